@@ -1,0 +1,45 @@
+# Laneway: `make run` starts the console with its workers; `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/laneway
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run setup test test-embedded test-scaleout lint bench
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Laneway needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/python manage.py bootstrap
+
+# Starts the embedded Valkey (unless REDIS_URL is set), the ASGI web server, one worker and beat.
+run: setup
+	@echo "Laneway console: http://$${LANEWAY_HOST:-127.0.0.1}:$${LANEWAY_PORT:-8000}/  (Ctrl-C stops everything)"
+	@if [ -z "$$REDIS_URL" ]; then procs="valkey web worker beat"; else procs="web worker beat"; fi; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start -f Procfile $$procs
+
+# The whole suite on the embedded default, then on PostgreSQL + Redis when they answer
+# (always in CI, where .ci/run starts them).
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+	@if $(BIN)/python tests/services.py "$(PG_TEST_URL)" "$(REDIS_TEST_URL)"; then \
+		DATABASE_URL="$(PG_TEST_URL)" REDIS_URL="$(REDIS_TEST_URL)" $(BIN)/python -m pytest; \
+	elif [ -n "$$CI" ]; then echo "CI: PostgreSQL and Redis must be running" >&2; exit 1; \
+	else echo "Skipped the PostgreSQL + Redis pass: no server at $(PG_TEST_URL) / $(REDIS_TEST_URL)"; fi
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/overhead.py

@@ -1,0 +1,60 @@
+from django import forms
+from django.conf import settings
+
+from lanes.actions import BriefRejected, submit_brief
+from lanes.models import Job, Route
+
+
+class BriefForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "A summer sale poster, bold type, warm light"}),
+        max_length=settings.PROMPT_MAX_LENGTH,
+    )
+    expected_text = forms.CharField(
+        required=False,
+        max_length=settings.EXPECTED_TEXT_MAX_LENGTH,
+        label="Text that must appear",
+        help_text="Exact text the image must render, if any.",
+    )
+    intent = forms.ChoiceField()
+    seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Blank: random.")
+    steps = forms.IntegerField(required=False, min_value=1, max_value=1000, help_text="Blank: the lane's default.")
+    guidance = forms.FloatField(required=False, min_value=0, max_value=100)
+    width = forms.IntegerField(required=False, min_value=8, max_value=8192)
+    height = forms.IntegerField(required=False, min_value=8, max_value=8192)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        routes = Route.objects.select_related("lane").order_by("intent")
+        self.fields["intent"].choices = [
+            (r.intent, f"{r.label or r.intent} → {r.lane.name}{'' if r.lane.enabled else ' (disabled)'}")
+            for r in routes
+        ]
+        if not self.is_bound and routes:
+            self.fields["intent"].initial = "draft" if any(r.intent == "draft" for r in routes) else routes[0].intent
+
+    def clean_prompt(self) -> str:
+        prompt = self.cleaned_data["prompt"].strip()
+        if not prompt:
+            raise forms.ValidationError("Describe the image: the prompt is empty.")
+        return prompt
+
+    def submit(self, owner) -> Job | None:
+        """Create the job, or put the router's objections on the fields and return None."""
+        data = self.cleaned_data
+        try:
+            return submit_brief(
+                owner,
+                prompt=data["prompt"],
+                expected_text=data.get("expected_text", ""),
+                intent=data["intent"],
+                seed=data.get("seed"),
+                steps=data.get("steps"),
+                guidance=data.get("guidance"),
+                width=data.get("width"),
+                height=data.get("height"),
+            )
+        except BriefRejected as exc:
+            for field, message in exc.errors.items():
+                self.add_error(field if field in self.fields else None, message)
+            return None

@@ -1,0 +1,255 @@
+"""Laneway settings: everything comes from environment variables.
+
+Nothing set gives the embedded default: SQLite under var/ and an embedded Valkey
+server on a unix socket under var/ (started by the run command). DATABASE_URL and
+REDIS_URL (optionally CELERY_BROKER_URL) point the same code at PostgreSQL and an
+external Redis/Valkey.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def envbool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no)")
+
+
+def envint(name: str, default: int, minimum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def envfloat(name: str, default: float, minimum: float | None = None) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def envpath(name: str, default: Path) -> Path:
+    return Path(_env(name, str(default))).expanduser().resolve()
+
+
+DEBUG = envbool("DEBUG", False)
+VAR_DIR = envpath("LANEWAY_VAR_DIR", BASE_DIR / "var")
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
+if not SECRET_KEY:
+    # The embedded default keeps a generated key under var/ so sessions survive restarts
+    # without a fixed secret in the repository.
+    _key_file = VAR_DIR / "secret_key"
+    if _key_file.exists():
+        SECRET_KEY = _key_file.read_text().strip()
+    else:
+        import secrets
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = secrets.token_urlsafe(50)
+        _key_file.write_text(SECRET_KEY)
+        _key_file.chmod(0o600)
+
+ALLOWED_HOSTS = [h.strip() for h in _env("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "channels",
+    "console",
+    "lanes",
+    "telemetry",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+ASGI_APPLICATION = "console.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: PostgreSQL (or any dj-database-url URL) when DATABASE_URL is set, else SQLite.
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60, 0))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if "postgres" in _db["ENGINE"]:
+        _db.setdefault("TEST", {})["NAME"] = _env("TEST_DATABASE_NAME", f"test_{_db['NAME']}")
+else:
+    # WAL + IMMEDIATE transactions + a busy timeout: the web server, the worker and beat
+    # all write, and without IMMEDIATE SQLite raises "database is locked" despite the timeout.
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "laneway.sqlite3",
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        # A file, not :memory:, so the worker thread and the live server see the test data.
+        "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Broker, channel layer and cache: external Redis/Valkey, or the embedded Valkey socket.
+VALKEY_SOCKET = VAR_DIR / "valkey.sock"
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+EMBEDDED_VALKEY = not REDIS_URL
+if EMBEDDED_VALKEY:
+    REDIS_URL = f"unix://{VALKEY_SOCKET}"
+    _broker_default = f"redis+socket://{VALKEY_SOCKET}"
+elif REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    _broker_default = REDIS_URL
+else:
+    raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://")
+CELERY_BROKER_URL = _env("CELERY_BROKER_URL", _broker_default)
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": _env("CHANNELS_PREFIX", "laneway"),
+            "capacity": 1000,
+            "expiry": 30,
+        },
+    }
+}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "laneway",
+    }
+}
+
+# Celery. Jobs are acked late so a worker crash redelivers them; the visibility timeout
+# must exceed the longest job, and beat re-dispatches what the database says is stuck.
+JOB_TIME_LIMIT = envint("JOB_TIME_LIMIT", 900, 10)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 2 * JOB_TIME_LIMIT, 60)}
+CELERY_TASK_DEFAULT_QUEUE = "control"
+CELERY_TASK_ROUTES = {
+    "lanes.tasks.reconcile_jobs": {"queue": "control"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
+}
+
+# Workers and jobs.
+MODELS_ROOT = envpath("MODELS_ROOT", VAR_DIR / "models")
+MEDIA_ROOT = envpath("MEDIA_ROOT", VAR_DIR / "media")
+LANEWAY_DEVICE = envchoice("LANEWAY_DEVICE", "auto", ("auto", "cpu", "cuda"))
+WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0, 0.1)
+# A worker that misses this many heartbeats is lost; its running jobs are requeued.
+WORKER_LOST_AFTER_BEATS = envint("WORKER_LOST_AFTER_BEATS", 3, 1)
+# A queued job whose message has not been picked up for this long is sent again.
+REDISPATCH_AFTER_SECONDS = envint("REDISPATCH_AFTER_SECONDS", 300, 1)
+JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, 1)
+PROMPT_MAX_LENGTH = envint("PROMPT_MAX_LENGTH", 1000, 1)
+EXPECTED_TEXT_MAX_LENGTH = envint("EXPECTED_TEXT_MAX_LENGTH", 200, 1)
+# Progress is pushed every step; the database copy (read on reconnect) at most this often.
+PROGRESS_DB_EVERY_SECONDS = envfloat("PROGRESS_DB_EVERY_SECONDS", 1.0, 0.0)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "job-list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = _env("TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from the app and static/ folders: `make run` needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

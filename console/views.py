@@ -1,0 +1,108 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from lanes.actions import cancel_job
+from lanes.models import Artifact, Job
+
+from .access import get_job_for_user
+from .forms import BriefForm
+
+JOBS_PER_PAGE = 24
+
+
+@require_GET
+def home(request):
+    return redirect("job-list")
+
+
+@login_required
+@require_GET
+def job_list(request):
+    jobs = (
+        Job.objects.visible_to(request.user)
+        .select_related("lane", "model_version", "owner")
+        .prefetch_related("artifacts")
+    )
+    state = request.GET.get("state", "")
+    if state in Job.State.values:
+        jobs = jobs.filter(state=state)
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "console/job_list.html",
+        {"page": page, "jobs": page.object_list, "state": state, "states": Job.State.choices},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def brief_new(request):
+    template = "console/brief_new.html"
+    if request.htmx:
+        template += "#brief-form"
+    if request.method == "POST":
+        form = BriefForm(request.POST)
+        if form.is_valid():
+            job = form.submit(request.user)
+            if job is not None:
+                url = reverse("job-list") + f"?new={job.pk}"
+                if request.htmx:
+                    return HttpResponseClientRedirect(url)
+                messages.success(request, f"Brief queued as job {job.pk} on lane {job.lane.name}.")
+                return redirect(url)
+        return render(request, template, {"form": form}, status=400)
+    return render(request, template, {"form": BriefForm()})
+
+
+@login_required
+@require_GET
+def job_detail(request, job_id: int):
+    job = get_job_for_user(request, job_id)
+    template = "console/job_detail.html"
+    if request.htmx:
+        template += "#job-detail"
+    return render(request, template, {"job": job})
+
+
+@login_required
+@require_GET
+def job_card(request, job_id: int):
+    job = get_job_for_user(request, job_id)
+    return render(request, "console/job_list.html#job-card", {"job": job})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id: int):
+    job = get_job_for_user(request, job_id)
+    if not cancel_job(job):
+        message = f"Job {job.pk} is {job.state}; only queued or deferred jobs can be cancelled."
+        if request.htmx:
+            return HttpResponse(message, status=409)
+        messages.error(request, message)
+        return redirect("job-detail", job_id=job.pk)
+    if request.htmx:
+        return render(request, "console/job_list.html#job-card", {"job": job})
+    messages.success(request, f"Job {job.pk} cancelled.")
+    return redirect("job-detail", job_id=job.pk)
+
+
+@login_required
+@require_GET
+def job_image(request, job_id: int, stage: str):
+    job = get_job_for_user(request, job_id)
+    artifact = next((a for a in job.artifacts.all() if a.stage == stage), None)
+    if artifact is None or stage not in Artifact.Stage.values:
+        raise Http404("No such image.")
+    path = artifact.absolute_path
+    if not path.is_file():
+        raise Http404("The image file is missing from MEDIA_ROOT.")
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=86400, immutable"
+    return response

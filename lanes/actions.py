@@ -1,0 +1,95 @@
+"""Writes that touch several models and have side effects (dispatch, events)."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import transaction
+
+from telemetry import push
+
+from .models import Job
+from .router import RoutingError, check_parameters, route_intent
+
+
+class BriefRejected(Exception):
+    """A brief that cannot become a job; `errors` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def submit_brief(
+    owner,
+    *,
+    prompt: str,
+    intent: str,
+    expected_text: str = "",
+    seed: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> Job:
+    """Validate a brief, store it as a queued job and dispatch it once the row is committed."""
+    prompt = (prompt or "").strip()
+    errors: dict[str, str] = {}
+    if not prompt:
+        errors["prompt"] = "Describe the image: the prompt is empty."
+    elif len(prompt) > settings.PROMPT_MAX_LENGTH:
+        errors["prompt"] = f"The prompt is {len(prompt)} characters; the limit is {settings.PROMPT_MAX_LENGTH}."
+    expected_text = (expected_text or "").strip()
+    if len(expected_text) > settings.EXPECTED_TEXT_MAX_LENGTH:
+        errors["expected_text"] = f"At most {settings.EXPECTED_TEXT_MAX_LENGTH} characters."
+    if seed is not None and not 0 <= seed < 2**63:
+        errors["seed"] = "The seed must be between 0 and 2^63 - 1."
+    try:
+        decision = route_intent(intent)
+    except RoutingError as exc:
+        errors[exc.field] = str(exc)
+        raise BriefRejected(errors) from None
+    lane = decision.lane
+    steps = lane.default_steps if steps is None else steps
+    guidance = lane.default_guidance if guidance is None else guidance
+    width = lane.default_width if width is None else width
+    height = lane.default_height if height is None else height
+    errors.update(check_parameters(lane, steps=steps, guidance=guidance, width=width, height=height))
+    if errors:
+        raise BriefRejected(errors)
+
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=owner,
+            prompt=prompt,
+            expected_text=expected_text,
+            intent=intent,
+            priority=decision.route.priority,
+            lane=lane,
+            model_version=lane.active_version,
+            seed=secrets.randbelow(2**31) if seed is None else seed,
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            height=height,
+        )
+        transaction.on_commit(lambda: dispatch(job))
+        transaction.on_commit(lambda: push.job_state(job))
+    return job
+
+
+def dispatch(job: Job) -> None:
+    """Send a committed job to its lane's queue. Safe to repeat: the worker claims jobs conditionally."""
+    from .tasks import run_job
+
+    run_job.apply_async(args=(job.pk,), queue=job.lane.queue)
+    job.mark_dispatched()
+
+
+def cancel_job(job: Job) -> bool:
+    """Cancel a job that has not started; False if it already had."""
+    cancelled = job.cancel()
+    if cancelled:
+        transaction.on_commit(lambda: push.job_state(job))
+    return cancelled

@@ -1,0 +1,105 @@
+"""The default lanes and routes of a fresh install, pointed at the demo checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from .models import Lane, ModelVersion, Priority, Route, hash_checkpoint
+
+DEMO_CHECKPOINT = "demo-tiny-sd"
+DEMO_VERSION = "demo-tiny-sd-v1"
+
+# Sized for the tiny demo checkpoint on a CPU; real lanes are edited in the console.
+DEMO_LANES = [
+    dict(
+        name="fast-draft",
+        description="Fast drafts",
+        default_steps=4,
+        max_steps=12,
+        default_width=64,
+        default_height=64,
+        max_size=256,
+        max_concurrency=2,
+        latency_slo_ms=1200,
+    ),
+    dict(
+        name="final-render",
+        description="Final renders",
+        default_steps=8,
+        max_steps=50,
+        default_width=128,
+        default_height=128,
+        max_size=512,
+        max_concurrency=1,
+        latency_slo_ms=5000,
+    ),
+    dict(
+        name="preview",
+        description="Thumbnails and previews",
+        default_steps=2,
+        max_steps=8,
+        default_width=32,
+        default_height=32,
+        max_size=128,
+        max_concurrency=2,
+        latency_slo_ms=800,
+    ),
+    dict(
+        name="fallback",
+        description="Cheap fallback",
+        default_steps=2,
+        max_steps=8,
+        default_width=64,
+        default_height=64,
+        max_size=256,
+        max_concurrency=2,
+        latency_slo_ms=1500,
+    ),
+]
+DEMO_FALLBACKS = {"fast-draft": "fallback", "final-render": "fast-draft", "preview": "fallback"}
+DEMO_ROUTES = [
+    ("draft", "Fast draft", "fast-draft", Priority.STANDARD),
+    ("final", "Final render", "final-render", Priority.CRITICAL),
+    ("preview", "Preview", "preview", Priority.BACKGROUND),
+    ("fallback", "Fallback", "fallback", Priority.STANDARD),
+]
+
+
+def ensure_demo_checkpoint() -> Path:
+    from .checkpoints import build_demo_checkpoint
+
+    path = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
+    if not (path / "model_index.json").exists():
+        build_demo_checkpoint(path)
+    return path
+
+
+def seed_demo_lanes(registered_by=None) -> ModelVersion:
+    """Register the demo version and create the default lanes and routes; existing rows are kept."""
+    path = ensure_demo_checkpoint()
+    with transaction.atomic():
+        version, _ = ModelVersion.objects.get_or_create(
+            name=DEMO_VERSION,
+            defaults=dict(
+                location=DEMO_CHECKPOINT,
+                content_hash=hash_checkpoint(path),
+                status=ModelVersion.Status.ACTIVE,
+                registered_by=registered_by,
+            ),
+        )
+        lanes = {}
+        for spec in DEMO_LANES:
+            lanes[spec["name"]], _ = Lane.objects.get_or_create(
+                name=spec["name"], defaults={**spec, "active_version": version}
+            )
+        for name, fallback in DEMO_FALLBACKS.items():
+            lane = lanes[name]
+            if lane.fallback_id is None:
+                lane.fallback = lanes[fallback]
+                lane.save(update_fields=["fallback"])
+        for intent, label, lane, priority in DEMO_ROUTES:
+            Route.objects.get_or_create(intent=intent, defaults=dict(label=label, lane=lanes[lane], priority=priority))
+    return version

@@ -1,0 +1,91 @@
+"""Worker liveness: each worker process upserts its Worker row every few seconds.
+
+The database is the truth for liveness too: beat requeues running jobs whose worker
+stopped heartbeating (see tasks.reconcile_jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from .models import Worker
+
+log = logging.getLogger(__name__)
+
+
+def worker_ident() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.queues = ""
+
+    def beat(self) -> None:
+        from .engines import current_device
+
+        device = current_device()
+        now = timezone.now()
+        Worker.objects.update_or_create(
+            ident=worker_ident(),
+            defaults={
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": self.queues[:500],
+                "device": device.kind,
+                "gpu_index": device.gpu_index,
+                "last_seen": now,
+                "stopped_at": None,
+            },
+            create_defaults={
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": self.queues[:500],
+                "device": device.kind,
+                "gpu_index": device.gpu_index,
+                "started_at": now,
+                "last_seen": now,
+            },
+        )
+
+    def start(self, queues: str = "") -> None:
+        """Beat once now (so no job is claimed before the worker is known), then in a thread."""
+        if self._thread is not None:
+            return
+        self.queues = queues
+        self._stop.clear()
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="laneway-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat failed")
+            finally:
+                close_old_connections()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            Worker.objects.filter(ident=worker_ident()).update(stopped_at=timezone.now())
+        finally:
+            close_old_connections()
+
+
+heartbeat = Heartbeat()

@@ -1,0 +1,51 @@
+import os
+import socket
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from console.celery import app
+from lanes.models import Lane
+
+
+class Command(BaseCommand):
+    help = "Start a Celery worker for one GPU (or the CPU), consuming the queues of the lanes it serves."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--gpu", type=int, help="GPU index: sets CUDA_VISIBLE_DEVICES for this worker.")
+        parser.add_argument("--lanes", default="", help="Comma-separated lane names (default: every lane).")
+        parser.add_argument("--concurrency", type=int, default=2, help="Jobs run at once (threads).")
+        parser.add_argument("--no-control", action="store_true", help="Do not consume the control queue.")
+        parser.add_argument("--loglevel", default="INFO")
+
+    def handle(self, gpu, lanes, concurrency, no_control, loglevel, **options) -> None:
+        if concurrency < 1:
+            raise CommandError("--concurrency must be at least 1.")
+        wanted = [name.strip() for name in lanes.split(",") if name.strip()]
+        qs = Lane.objects.all()
+        if wanted:
+            qs = qs.filter(name__in=wanted)
+            missing = set(wanted) - set(qs.values_list("name", flat=True))
+            if missing:
+                raise CommandError(f"Unknown lanes: {', '.join(sorted(missing))}")
+        queues = sorted({lane.queue for lane in qs})
+        if not no_control:
+            queues.append(settings.CELERY_TASK_DEFAULT_QUEUE)
+        if not queues:
+            raise CommandError("No lanes to serve: run `manage.py seed_demo` or apply a policy first.")
+        name = "cpu"
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            name = f"gpu{gpu}"
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={concurrency}",
+                f"--queues={','.join(queues)}",
+                f"--hostname={name}@{socket.gethostname()}",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )

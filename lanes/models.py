@@ -1,0 +1,383 @@
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: outside MODELS_ROOT, missing or corrupt."""
+
+
+class Priority(models.TextChoices):
+    CRITICAL = "critical"
+    STANDARD = "standard"
+    BACKGROUND = "background"
+
+
+class ModelVersion(models.Model):
+    class Family(models.TextChoices):
+        STABLE_DIFFUSION = "stable-diffusion", "Stable Diffusion (txt2img)"
+
+    class Status(models.TextChoices):
+        STAGED = "staged"
+        ACTIVE = "active"
+        RETIRED = "retired"
+
+    class DType(models.TextChoices):
+        FLOAT32 = "float32"
+        FLOAT16 = "float16"
+        BFLOAT16 = "bfloat16"
+
+    name = models.SlugField(max_length=100, unique=True)
+    family = models.CharField(max_length=40, choices=Family.choices, default=Family.STABLE_DIFFUSION)
+    location = models.CharField(
+        max_length=500,
+        help_text="A diffusers folder or a .safetensors file, relative to MODELS_ROOT.",
+    )
+    config_location = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="For a single-file checkpoint: a diffusers folder (under MODELS_ROOT) holding its configs.",
+    )
+    content_hash = models.CharField(max_length=64, blank=True)
+    dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.FLOAT32)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def checkpoint_path(self) -> Path:
+        return resolve_checkpoint(self.location)
+
+    def config_path(self) -> Path | None:
+        return resolve_checkpoint(self.config_location) if self.config_location else None
+
+    def compute_hash(self) -> str:
+        return hash_checkpoint(self.checkpoint_path())
+
+
+def resolve_checkpoint(location: str) -> Path:
+    """The absolute path of a checkpoint, refusing anything outside MODELS_ROOT."""
+    root = Path(settings.MODELS_ROOT).resolve()
+    if not location or not location.strip():
+        raise CheckpointError("No checkpoint location given.")
+    path = (root / location).resolve()
+    if not path.is_relative_to(root):
+        raise CheckpointError(f"Checkpoint {location!r} is outside MODELS_ROOT ({root}).")
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {location!r} does not exist under MODELS_ROOT ({root}).")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(f"Checkpoint folder {location!r} has no model_index.json: not a diffusers pipeline.")
+    elif path.suffix != ".safetensors":
+        raise CheckpointError(f"Checkpoint file {location!r} is not a .safetensors file.")
+    return path
+
+
+def hash_checkpoint(path: Path) -> str:
+    """sha256 over every file of a checkpoint (relative names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Lane(models.Model):
+    name = models.SlugField(max_length=50, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+    active_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="lanes")
+    default_steps = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    min_steps = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_steps = models.PositiveSmallIntegerField(default=50, validators=[MinValueValidator(1)])
+    default_guidance = models.FloatField(default=7.5)
+    min_guidance = models.FloatField(default=0.0)
+    max_guidance = models.FloatField(default=20.0)
+    default_width = models.PositiveIntegerField(default=64)
+    default_height = models.PositiveIntegerField(default=64)
+    min_size = models.PositiveIntegerField(default=32)
+    max_size = models.PositiveIntegerField(default=1024)
+    max_concurrency = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    queue = models.CharField(max_length=100, blank=True, help_text="Celery queue; defaults to lane.<name>.")
+    fallback = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    latency_slo_ms = models.PositiveIntegerField(default=1200)
+    default_priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.queue:
+            self.queue = f"lane.{self.name}"
+        super().save(*args, **kwargs)
+
+
+class Route(models.Model):
+    """The routing policy: an intent names the lane its briefs go to."""
+
+    intent = models.SlugField(max_length=50, unique=True)
+    label = models.CharField(max_length=100, blank=True)
+    lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="routes")
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+
+    class Meta:
+        ordering = ["intent"]
+
+    def __str__(self) -> str:
+        return self.label or self.intent
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user) -> JobQuerySet:
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def stuck_queued(self, now=None) -> JobQuerySet:
+        """Queued jobs whose broker message has not been picked up for too long."""
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=settings.REDISPATCH_AFTER_SECONDS)
+        return self.filter(state=Job.State.QUEUED).filter(
+            Q(dispatched_at__lt=cutoff) | Q(dispatched_at__isnull=True, submitted_at__lt=cutoff)
+        )
+
+    def running_on_lost_workers(self, now=None) -> JobQuerySet:
+        now = now or timezone.now()
+        alive = Worker.objects.alive(now).values("ident")
+        return self.filter(state=Job.State.RUNNING).exclude(worker__in=alive)
+
+
+class Job(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        DEFERRED = "deferred"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+    CANCELLABLE = (State.QUEUED, State.DEFERRED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    prompt = models.TextField()
+    expected_text = models.CharField(max_length=500, blank=True)
+    intent = models.SlugField(max_length=50)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+    lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="jobs")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
+    seed = models.BigIntegerField(validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveSmallIntegerField()
+    guidance = models.FloatField()
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    progress_step = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    submitted_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    run_seconds = models.FloatField(null=True, blank=True, help_text="Wall time of the pipeline call.")
+    gpu_seconds = models.FloatField(null=True, blank=True, help_text="Accelerator time billed to the job (0 on CPU).")
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    device = models.CharField(max_length=20, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    gpu_index = models.SmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-submitted_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-submitted_at"]), models.Index(fields=["state", "lane"])]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.state in self.CANCELLABLE
+
+    @property
+    def progress_percent(self) -> int:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        return int(100 * min(self.progress_step, self.steps) / self.steps) if self.steps else 0
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return (self.started_at - self.submitted_at).total_seconds() if self.started_at else None
+
+    @property
+    def execution_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def total_seconds(self) -> float | None:
+        return (self.finished_at - self.submitted_at).total_seconds() if self.finished_at else None
+
+    def final_artifact(self) -> Artifact | None:
+        for artifact in self.artifacts.all():
+            if artifact.stage == Artifact.Stage.FINAL:
+                return artifact
+        return None
+
+    # State transitions. Each is a conditional UPDATE: the row count says who won.
+
+    def mark_dispatched(self) -> None:
+        self.dispatched_at = timezone.now()
+        Job.objects.filter(pk=self.pk).update(dispatched_at=self.dispatched_at)
+
+    def mark_running(self, worker: str, gpu_index: int | None, device: str) -> bool:
+        now = timezone.now()
+        claimed = Job.objects.filter(pk=self.pk, state=self.State.QUEUED).update(
+            state=self.State.RUNNING,
+            started_at=now,
+            worker=worker,
+            gpu_index=gpu_index,
+            device=device,
+            progress_step=0,
+            attempts=F("attempts") + 1,
+            error="",
+        )
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    def record_progress(self, step: int) -> None:
+        self.progress_step = step
+        Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(progress_step=step)
+
+    def mark_succeeded(self, *, run_seconds: float, gpu_seconds: float, peak_memory_bytes: int) -> bool:
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            state=self.State.SUCCEEDED,
+            finished_at=now,
+            progress_step=self.steps,
+            run_seconds=run_seconds,
+            gpu_seconds=gpu_seconds,
+            peak_memory_bytes=peak_memory_bytes,
+        )
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def mark_failed(
+        self, error: str, *, run_seconds: float | None = None, peak_memory_bytes: int | None = None
+    ) -> bool:
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            state=self.State.FAILED,
+            finished_at=now,
+            error=error[:4000],
+            run_seconds=run_seconds,
+            peak_memory_bytes=peak_memory_bytes,
+        )
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def cancel(self) -> bool:
+        done = Job.objects.filter(pk=self.pk, state__in=self.CANCELLABLE).update(
+            state=self.State.CANCELLED, finished_at=timezone.now()
+        )
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def requeue_from(self, worker: str) -> bool:
+        """Put a job back in the queue after its worker was lost; fails it past the attempt limit."""
+        running = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=worker)
+        if self.attempts >= settings.JOB_MAX_ATTEMPTS:
+            done = running.update(
+                state=self.State.FAILED,
+                finished_at=timezone.now(),
+                error=f"Worker {worker} was lost; gave up after {self.attempts} attempts.",
+            )
+        else:
+            done = running.update(state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None)
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+
+class Artifact(models.Model):
+    class Stage(models.TextChoices):
+        DRAFT = "draft"
+        FINAL = "final"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.FINAL)
+    path = models.CharField(max_length=300, help_text="Relative to MEDIA_ROOT.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "created_at"]
+        constraints = [models.UniqueConstraint(fields=["job", "stage"], name="one_artifact_per_stage")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.stage}"
+
+    @property
+    def absolute_path(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / self.path
+
+
+class WorkerQuerySet(models.QuerySet):
+    def alive(self, now=None) -> WorkerQuerySet:
+        now = now or timezone.now()
+        window = settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS
+        return self.filter(last_seen__gte=now - timedelta(seconds=window), stopped_at__isnull=True)
+
+
+class Worker(models.Model):
+    """A worker process, as its heartbeats describe it. `ident` is host:pid, so a restart is a new worker."""
+
+    ident = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    queues = models.CharField(max_length=500, blank=True)
+    device = models.CharField(max_length=20, blank=True)
+    gpu_index = models.SmallIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname", "pid"]
+
+    def __str__(self) -> str:
+        return self.ident

@@ -1,0 +1,50 @@
+"""The routing policy: which lane a brief goes to, and whether its parameters fit that lane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import Lane, Route
+
+
+class RoutingError(Exception):
+    """A brief that no lane can take; `field` names the form field to blame."""
+
+    def __init__(self, message: str, field: str = "intent") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    lane: Lane
+
+
+def route_intent(intent: str) -> Decision:
+    route = Route.objects.select_related("lane__active_version").filter(intent=intent).first()
+    if route is None:
+        raise RoutingError(f"Unknown intent {intent!r}.")
+    lane = route.lane
+    if not lane.enabled:
+        raise RoutingError(f"Lane {lane.name!r} for intent {intent!r} is disabled.")
+    return Decision(route=route, lane=lane)
+
+
+def check_parameters(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> dict[str, str]:
+    """Errors per field for parameters outside the lane's bounds (empty when all fit)."""
+    errors: dict[str, str] = {}
+    if not lane.min_steps <= steps <= lane.max_steps:
+        errors["steps"] = f"Steps must be between {lane.min_steps} and {lane.max_steps} on lane {lane.name}."
+    if not lane.min_guidance <= guidance <= lane.max_guidance:
+        errors["guidance"] = (
+            f"Guidance must be between {lane.min_guidance:g} and {lane.max_guidance:g} on lane {lane.name}."
+        )
+    for field, value in (("width", width), ("height", height)):
+        if value % 8:
+            errors[field] = f"{field.capitalize()} must be a multiple of 8 (got {value})."
+        elif not lane.min_size <= value <= lane.max_size:
+            errors[field] = (
+                f"{field.capitalize()} must be between {lane.min_size} and {lane.max_size} on lane {lane.name}."
+            )
+    return errors

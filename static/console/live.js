@@ -1,0 +1,77 @@
+// Live job updates over the authenticated websocket. Pushes are hints: on a state change
+// the element re-reads itself from the server, and after a reconnect every unfinished job
+// on the page does the same, so nothing depends on an event that was missed.
+(function () {
+  "use strict";
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  let retry = 500;
+  let everConnected = false;
+
+  function elementsFor(jobId) {
+    return document.querySelectorAll('[data-job-id="' + jobId + '"]');
+  }
+
+  function refresh(el) {
+    if (!el.dataset.liveUrl || !window.htmx) return;
+    htmx.ajax("GET", el.dataset.liveUrl, { target: el, swap: "outerHTML" });
+  }
+
+  function setProgress(el, step, steps, percent) {
+    const bar = el.querySelector("[data-progress]");
+    if (bar) { bar.value = percent; bar.textContent = percent + "%"; }
+    const text = el.querySelector("[data-progress-text]");
+    if (text) text.textContent = "step " + step + "/" + steps;
+  }
+
+  function currentState(el) {
+    const badge = el.querySelector("[data-state]");
+    return badge ? badge.textContent.trim() : "";
+  }
+
+  function handle(event) {
+    if (event.type === "job.progress") {
+      elementsFor(event.job_id).forEach(function (el) {
+        const badge = el.querySelector("[data-state]");
+        if (badge && badge.textContent.trim() !== "running") refresh(el);
+        else setProgress(el, event.step, event.steps, event.percent);
+      });
+    } else if (event.type === "job.state") {
+      elementsFor(event.job_id).forEach(function (el) {
+        if (currentState(el) !== event.state || TERMINAL.has(event.state)) refresh(el);
+        else setProgress(el, event.step, event.steps, event.percent);
+      });
+    } else if (event.type === "jobs.snapshot") {
+      event.jobs.forEach(handle);
+    }
+  }
+
+  function status(text) {
+    const el = document.getElementById("live-status");
+    if (el) { el.textContent = text; el.dataset.state = text; }
+  }
+
+  function connect() {
+    const path = document.body.dataset.liveSocket;
+    if (!path || !window.WebSocket) return;
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + location.host + path);
+    socket.onopen = function () {
+      status("live");
+      retry = 500;
+      if (everConnected) {
+        document.querySelectorAll("[data-job-id]").forEach(function (el) {
+          if (!TERMINAL.has(currentState(el))) refresh(el);
+        });
+      }
+      everConnected = true;
+    };
+    socket.onmessage = function (message) { handle(JSON.parse(message.data)); };
+    socket.onclose = function () {
+      status("reconnecting");
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 10000);
+    };
+  }
+
+  document.addEventListener("DOMContentLoaded", connect);
+})();

@@ -1,0 +1,109 @@
+"""The one module that sends websocket events.
+
+Events are hints: pages re-read state from the database on reconnect. Sync callers (the
+worker, views) hand events to one sender thread with its own event loop, so a push
+never blocks a pipeline step on a network round trip, and events leave in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+
+from channels.layers import get_channel_layer
+
+from .events import JobProgressEvent, JobStateEvent
+
+log = logging.getLogger(__name__)
+
+STAFF_GROUP = "jobs.staff"
+
+
+def user_group(user_id: int) -> str:
+    return f"jobs.user.{user_id}"
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+
+    def _start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._queue = asyncio.Queue()
+            self._loop = loop
+            loop.create_task(self._drain())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="laneway-push", daemon=True).start()
+        ready.wait()
+
+    async def _drain(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            groups, message, done = await self._queue.get()
+            try:
+                for group in groups:
+                    await layer.group_send(group, message)
+            except Exception:
+                log.exception("could not push %s", message.get("event", {}).get("type"))
+            finally:
+                if done is not None:
+                    done.set_result(None)
+
+    def send(self, groups: list[str], message: dict, done: Future | None = None) -> None:
+        with self._lock:
+            if self._loop is None:
+                self._start()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (groups, message, done))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything sent so far has reached the channel layer."""
+        if self._loop is None:
+            return
+        done: Future = Future()
+        self.send([], {}, done)
+        done.result(timeout)
+
+
+_sender = _Sender()
+flush = _sender.flush
+
+
+def _publish(owner_id: int, event: JobProgressEvent | JobStateEvent) -> None:
+    _sender.send([user_group(owner_id), STAFF_GROUP], {"type": "laneway.event", "event": event})
+
+
+def job_state_event(job) -> JobStateEvent:
+    return JobStateEvent(
+        type="job.state",
+        job_id=job.pk,
+        owner_id=job.owner_id,
+        state=job.state,
+        step=job.progress_step,
+        steps=job.steps,
+        percent=job.progress_percent,
+        error=job.error,
+    )
+
+
+def job_state(job) -> None:
+    _publish(job.owner_id, job_state_event(job))
+
+
+def job_progress(job, step: int) -> None:
+    percent = int(100 * min(step, job.steps) / job.steps) if job.steps else 0
+    _publish(
+        job.owner_id,
+        JobProgressEvent(
+            type="job.progress", job_id=job.pk, owner_id=job.owner_id, step=step, steps=job.steps, percent=percent
+        ),
+    )

