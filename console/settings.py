@@ -240,7 +240,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Set STATIC_ROOT (and run collectstatic) to serve compressed, hashed copies in production.
+STATIC_ROOT = os.environ.get("STATIC_ROOT", "").strip() or None
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app and static/ folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True

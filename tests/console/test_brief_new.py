@@ -1,0 +1,89 @@
+import pytest
+from django.urls import reverse
+
+from lanes.models import Job, Lane
+
+URL = reverse("brief-new")
+GOOD = {"prompt": "A winter coat poster", "intent": "draft"}
+
+
+@pytest.fixture
+def submit(creative_client, demo_lanes, django_capture_on_commit_callbacks):
+    def post(htmx: bool = False, **overrides):
+        data = {**GOOD, **overrides}
+        headers = {"HX-Request": "true"} if htmx else {}
+        with django_capture_on_commit_callbacks(execute=True):
+            return creative_client.post(URL, data, headers=headers)
+
+    return post
+
+
+def test_anonymous_is_sent_to_login(client, db):
+    response = client.get(URL)
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert client.post(URL, GOOD).status_code == 302
+    assert Job.objects.count() == 0
+
+
+def test_the_form_lists_the_intents(creative_client, demo_lanes):
+    response = creative_client.get(URL)
+    assert response.status_code == 200
+    for intent in ("draft", "final", "preview", "fallback"):
+        assert f'value="{intent}"' in response.text
+
+
+def test_a_good_brief_becomes_a_queued_job_routed_by_intent(submit, creative):
+    response = submit(intent="final", expected_text="SALE 50%")
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"].endswith(f"?new={job.pk}")
+    assert job.owner == creative and job.state == Job.State.QUEUED
+    assert job.lane.name == "final-render" and job.priority == "critical"
+    assert job.model_version == job.lane.active_version
+    assert (job.steps, job.width, job.height) == (8, 128, 128)  # the lane's defaults
+    assert job.expected_text == "SALE 50%"
+    assert job.dispatched_at is not None  # sent to the broker after commit
+
+
+def test_an_htmx_submit_redirects_the_client(submit):
+    response = submit(htmx=True)
+    assert response.status_code == 200
+    assert response["HX-Redirect"].startswith(reverse("job-list"))
+
+
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"prompt": ""}, "prompt", "This field is required."),
+        ({"prompt": "   "}, "prompt", "This field is required."),
+        ({"prompt": "x" * 1001}, "prompt", "at most 1000 characters"),
+        ({"steps": "40"}, "steps", "Steps must be between 1 and 12 on lane fast-draft."),
+        ({"steps": "0"}, "steps", "greater than or equal to 1"),
+        ({"guidance": "25"}, "guidance", "Guidance must be between 0 and 20"),
+        ({"width": "100"}, "width", "Width must be a multiple of 8 (got 100)."),
+        ({"height": "1024"}, "height", "Height must be between 32 and 256 on lane fast-draft."),
+        ({"width": "abc"}, "width", "Enter a whole number."),
+        ({"seed": "-1"}, "seed", "greater than or equal to 0"),
+        ({"intent": "poster"}, "intent", "Select a valid choice."),
+        ({"expected_text": "y" * 201}, "expected_text", "at most 200 characters"),
+    ],
+)
+def test_a_bad_input_gets_a_message_next_to_its_field_and_no_job(submit, overrides, field, message):
+    for htmx in (False, True):
+        response = submit(htmx=htmx, **overrides)
+        assert response.status_code == 400
+        assert f'id="{field}-error"' in response.text
+        assert message in response.text
+    assert Job.objects.count() == 0
+
+
+def test_the_htmx_error_response_is_only_the_form(submit):
+    response = submit(htmx=True, prompt="")
+    assert response.text.lstrip().startswith('<form id="brief-form"')
+
+
+def test_a_disabled_lane_refuses_briefs(submit):
+    Lane.objects.filter(name="fast-draft").update(enabled=False)
+    response = submit()
+    assert response.status_code == 400
+    assert "Lane &#x27;fast-draft&#x27; for intent &#x27;draft&#x27; is disabled." in response.text
+    assert Job.objects.count() == 0

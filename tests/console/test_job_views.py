@@ -1,0 +1,89 @@
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from lanes.actions import submit_brief
+from lanes.models import Job
+
+
+@pytest.fixture
+def job(creative, demo_lanes):
+    return submit_brief(creative, prompt="A teal sneaker ad", intent="draft", seed=3)
+
+
+@pytest.mark.parametrize("name", ["job-list", "brief-new"])
+def test_anonymous_pages_redirect_to_login(client, db, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_job_pages_of_anonymous_redirect_to_login(client, job):
+    for url in (reverse("job-detail", args=[job.pk]), reverse("job-card", args=[job.pk])):
+        assert client.get(url).status_code == 302
+    assert client.post(reverse("job-cancel", args=[job.pk])).status_code == 302
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED
+
+
+def test_the_job_list_shows_the_users_jobs_with_state(creative_client, job):
+    response = creative_client.get(reverse("job-list"))
+    assert response.status_code == 200
+    assert f'id="job-{job.pk}"' in response.text and "A teal sneaker ad" in response.text
+    assert "queued" in response.text and "fast-draft" in response.text and "demo-tiny-sd-v1" in response.text
+
+
+def test_another_users_job_does_not_exist_for_them(client, other_creative, job):
+    client.force_login(other_creative)
+    assert f'id="job-{job.pk}"' not in client.get(reverse("job-list")).text
+    for url in (reverse("job-detail", args=[job.pk]), reverse("job-card", args=[job.pk])):
+        assert client.get(url).status_code == 404
+    assert client.get(reverse("job-image", args=[job.pk, "final"])).status_code == 404
+    assert client.post(reverse("job-cancel", args=[job.pk])).status_code == 404
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED
+
+
+def test_staff_see_every_job(admin_client, job):
+    assert admin_client.get(reverse("job-detail", args=[job.pk])).status_code == 200
+
+
+def test_cancelling_a_queued_job(creative_client, job):
+    response = creative_client.post(reverse("job-cancel", args=[job.pk]), headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "cancelled" in response.text
+    job.refresh_from_db()
+    assert job.state == Job.State.CANCELLED and job.finished_at
+
+
+def test_a_job_that_started_cannot_be_cancelled(creative_client, job):
+    job.mark_running("elsewhere:1", None, "cpu")
+    response = creative_client.post(reverse("job-cancel", args=[job.pk]), headers={"HX-Request": "true"})
+    assert response.status_code == 409 and "only queued or deferred" in response.text
+    response = creative_client.post(reverse("job-cancel", args=[job.pk]), follow=True)
+    assert "only queued or deferred" in response.text
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING
+
+
+def test_the_detail_page_has_a_live_partial(creative_client, job):
+    full = creative_client.get(reverse("job-detail", args=[job.pk]))
+    partial = creative_client.get(reverse("job-detail", args=[job.pk]), headers={"HX-Request": "true"})
+    assert "<html" in full.text and "<html" not in partial.text
+    assert f'id="job-detail-{job.pk}"' in partial.text
+
+
+def test_the_job_list_query_count_does_not_grow_with_jobs(creative_client, creative, job):
+    def count() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert creative_client.get(reverse("job-list")).status_code == 200
+        return len(ctx)
+
+    few = count()
+    for i in range(10):
+        submit_brief(creative, prompt=f"More {i}", intent="final")
+    assert count() == few
+
+
+def test_a_missing_image_is_a_404(creative_client, job):
+    assert creative_client.get(reverse("job-image", args=[job.pk, "final"])).status_code == 404
+    assert creative_client.get(reverse("job-image", args=[job.pk, "bogus"])).status_code == 404

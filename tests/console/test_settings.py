@@ -1,0 +1,55 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings as django_settings
+
+
+def import_settings(**env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    return subprocess.run(
+        [sys.executable, "-c", "import console.settings"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        cwd=django_settings.BASE_DIR,
+    )
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
+        ({"JOB_TIME_LIMIT": "ten"}, "JOB_TIME_LIMIT='ten' is not an integer"),
+        ({"JOB_TIME_LIMIT": "1"}, "JOB_TIME_LIMIT=1 must be at least 10"),
+        ({"WORKER_HEARTBEAT_SECONDS": "fast"}, "WORKER_HEARTBEAT_SECONDS='fast' is not a number"),
+        ({"LANEWAY_DEVICE": "tpu"}, "LANEWAY_DEVICE='tpu' must be one of auto, cpu, cuda"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),
+        ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
+    ],
+)
+def test_a_malformed_variable_fails_start_up_naming_it(env, message, tmp_path):
+    result = import_settings(LANEWAY_VAR_DIR=str(tmp_path), **env)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_nothing_set_is_the_embedded_default(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import console.settings as s; "
+            "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.EMBEDDED_VALKEY)",
+        ],
+        env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+        | {"LANEWAY_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=django_settings.BASE_DIR,
+    )
+    engine, broker, embedded = result.stdout.split()
+    assert engine == "django.db.backends.sqlite3"
+    assert broker == f"redis+socket://{tmp_path}/valkey.sock"
+    assert embedded == "True"

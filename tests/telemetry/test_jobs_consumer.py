@@ -1,0 +1,100 @@
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+
+from console.asgi import application
+from lanes.actions import submit_brief
+from lanes.models import Job
+from tests.conftest import wait_for_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_headers(client, user) -> list[tuple[bytes, bytes]]:
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    return [(b"origin", b"http://localhost"), (b"cookie", cookie.encode())]
+
+
+async def receive_until(communicator, predicate, timeout: float = 30.0) -> list[dict]:
+    """Every event received until one satisfies predicate (which is included)."""
+    received = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        event = await communicator.receive_json_from(timeout=max(0.1, deadline - loop.time()))
+        received.append(event)
+        if predicate(event):
+            return received
+
+
+def test_an_anonymous_socket_is_refused(db):
+    async def scenario():
+        communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=[(b"origin", b"http://localhost")])
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)() is False
+
+
+def test_a_socket_from_a_foreign_origin_is_refused(client, creative):
+    headers = [(b"origin", b"http://evil.example")] + session_headers(client, creative)[1:]
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)() is False
+
+
+def test_the_owner_gets_a_snapshot_then_progress_per_step_and_completion(worker, client, creative, other_creative):
+    queued = submit_brief(creative, prompt="Snapshot me", intent="final")
+    wait_for_job(queued.pk)
+    owner_headers = session_headers(client, creative)
+    other_headers = session_headers(client.__class__(), other_creative)
+
+    async def scenario():
+        owner = WebsocketCommunicator(application, "/ws/jobs/", headers=owner_headers)
+        other = WebsocketCommunicator(application, "/ws/jobs/", headers=other_headers)
+        assert (await owner.connect())[0] and (await other.connect())[0]
+        snapshot = await owner.receive_json_from(timeout=5)
+        assert (await other.receive_json_from(timeout=5)) == {"type": "jobs.snapshot", "jobs": []}
+        job = await asyncio.to_thread(submit_brief, creative, prompt="Live please", intent="final", seed=9)
+        events = await receive_until(owner, lambda e: e.get("type") == "job.state" and e["state"] == "succeeded")
+        other_got_nothing = await other.receive_nothing(timeout=0.3)
+        await owner.disconnect()
+        await other.disconnect()
+        return snapshot, job, events, other_got_nothing
+
+    snapshot, job, events, other_got_nothing = async_to_sync(scenario)()
+    assert snapshot == {"type": "jobs.snapshot", "jobs": []}  # the earlier job had finished
+    mine = [e for e in events if e.get("job_id") == job.pk]
+    states = [e["state"] for e in mine if e["type"] == "job.state"]
+    assert states == ["queued", "running", "succeeded"]
+    steps = [e["step"] for e in mine if e["type"] == "job.progress"]
+    assert steps == list(range(1, job.steps + 1))
+    assert mine[-1]["percent"] == 100
+    assert other_got_nothing
+
+
+def test_the_snapshot_holds_unfinished_jobs(client, creative, demo_lanes):
+    job = submit_brief(creative, prompt="Waiting", intent="draft")  # no worker: stays queued
+    headers = session_headers(client, creative)
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
+        await communicator.connect()
+        snapshot = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "jobs.snapshot"})
+        again = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return snapshot, again
+
+    snapshot, again = async_to_sync(scenario)()
+    assert [(j["job_id"], j["state"]) for j in snapshot["jobs"]] == [(job.pk, Job.State.QUEUED)]
+    assert again == snapshot
