@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -103,6 +103,7 @@ def job_image(request, job_id: int, stage: str):
     path = artifact.absolute_path
     if not path.is_file():
         raise Http404("The image file is missing from MEDIA_ROOT.")
-    response = FileResponse(path.open("rb"), content_type="image/png")
+    # Images are small; reading them whole avoids a sync file iterator under ASGI.
+    response = HttpResponse(path.read_bytes(), content_type="image/png")
     response["Cache-Control"] = "private, max-age=86400, immutable"
     return response

@@ -1,4 +1,5 @@
 import time
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
@@ -60,8 +61,8 @@ def creative_client(client, creative):
     return client
 
 
-@pytest.fixture
-def worker(transactional_db, demo_lanes):
+@contextmanager
+def running_worker():
     """A real Celery worker (threads pool) in this process, consuming every lane's queue."""
     from celery.contrib.testing.worker import start_worker
 
@@ -77,6 +78,12 @@ def worker(transactional_db, demo_lanes):
             yield controller
         finally:
             heartbeat.stop()
+
+
+@pytest.fixture
+def worker(transactional_db, demo_lanes):
+    with running_worker() as controller:
+        yield controller
 
 
 def wait_for_job(job_id: int, states=Job.TERMINAL, timeout: float = 60.0) -> Job:

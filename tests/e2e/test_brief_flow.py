@@ -1,0 +1,56 @@
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from lanes.models import Job
+from tests.conftest import running_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_creative_logs_in_submits_a_brief_and_sees_the_image_without_reloading(
+    demo_lanes, live_server_url, page, creative
+):
+    page.goto(f"{live_server_url}/jobs/")
+    expect(page).to_have_url(re.compile(r"/login/"))
+    page.fill("input[name=username]", "casey")
+    page.fill("input[name=password]", "casey-password-1")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+
+    page.click("text=New brief >> nth=0")
+    # A bad value is answered next to its field, without a job.
+    page.fill("textarea[name=prompt]", "")
+    page.click("button:has-text('Submit brief')")
+    expect(page.locator("#prompt-error")).to_contain_text("required")
+    assert Job.objects.count() == 0
+
+    page.fill("textarea[name=prompt]", "A neon 'OPEN' sign over a noodle bar")
+    page.fill("input[name=expected_text]", "OPEN")
+    page.select_option("select[name=intent]", "final")
+    page.click("button:has-text('Submit brief')")
+
+    expect(page).to_have_url(re.compile(r"/jobs/\?new=\d+"))
+    job = Job.objects.get()
+    card = page.locator(f"#job-{job.pk}")
+    # No worker runs yet: the job waits, queued, on the page.
+    expect(card.locator("[data-state]")).to_have_text("queued")
+    expect(card.locator("img")).to_have_count(0)
+    expect(page.locator("#live-status")).to_have_text("live")
+    navigations = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    with running_worker():
+        image = card.locator("img")
+        expect(image).to_be_visible(timeout=30_000)
+        expect(card.locator("[data-state]")).to_have_text("succeeded")
+    assert navigations == []  # it arrived over the websocket, not by a reload
+    natural = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert natural == [job.width, job.height]
+    expect(card).to_contain_text("final-render")
+    expect(card).to_contain_text(str(Job.objects.get().seed))
+
+    card.locator("a").first.click()
+    expect(page.get_by_role("heading", name=f"Job {job.pk}")).to_be_visible()
+    expect(page.locator("dl.facts")).to_contain_text("demo-tiny-sd-v1")
