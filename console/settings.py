@@ -176,7 +176,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 times socket reads out after 5 s by default, exactly channels-redis's
+            # blocking-pop timeout: an idle websocket consumer would die with TimeoutError.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
             "prefix": _env("CHANNELS_PREFIX", "laneway"),
             "capacity": 1000,
             "expiry": 30,

@@ -98,3 +98,23 @@ def test_the_snapshot_holds_unfinished_jobs(client, creative, demo_lanes):
     snapshot, again = async_to_sync(scenario)()
     assert [(j["job_id"], j["state"]) for j in snapshot["jobs"]] == [(job.pk, Job.State.QUEUED)]
     assert again == snapshot
+
+
+def test_an_idle_socket_outlives_the_channel_layers_blocking_read(client, creative, demo_lanes):
+    from channels_redis.core import RedisChannelLayer
+
+    headers = session_headers(client, creative)
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
+        await communicator.connect()
+        await communicator.receive_json_from(timeout=5)
+        # Longer than a blocking pop: the consumer must still be listening afterwards.
+        await asyncio.sleep(RedisChannelLayer.brpop_timeout + 1.5)
+        job = await asyncio.to_thread(submit_brief, creative, prompt="After a quiet spell", intent="draft")
+        event = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return job, event
+
+    job, event = async_to_sync(scenario)()
+    assert event["job_id"] == job.pk and event["state"] == "queued"
