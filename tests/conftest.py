@@ -7,6 +7,11 @@ from django.conf import settings
 from lanes.models import Job, Lane
 
 
+def pytest_collection_modifyitems(items):
+    """Browser tests last: they are the slowest, and the rest fail faster without them."""
+    items.sort(key=lambda item: "/e2e/" in str(item.path))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def message_server():
     """The embedded Valkey on var/test/valkey.sock, or a clean external Redis database."""

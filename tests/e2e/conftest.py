@@ -24,7 +24,9 @@ CHROMIUM_ARGS = [
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-@pytest.fixture(scope="session")
+# Module scope: the sync Playwright API keeps an event loop on this thread while it runs,
+# which async_to_sync in later (websocket) tests must not find.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM:
         if os.environ.get("CI"):

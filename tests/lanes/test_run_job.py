@@ -36,7 +36,7 @@ def test_a_brief_posted_over_http_becomes_a_png_of_the_requested_size(worker, cr
 
     page = creative_client.get(reverse("job-image", args=[job.pk, "final"]))
     assert page.status_code == 200 and page["Content-Type"] == "image/png"
-    assert Image.open(io.BytesIO(b"".join(page.streaming_content))).size == (96, 64)
+    assert Image.open(io.BytesIO(page.content)).size == (96, 64)
 
 
 def test_the_same_seed_gives_byte_identical_images(worker, creative):
