@@ -2,7 +2,7 @@ from django import forms
 from django.conf import settings
 
 from lanes.actions import BriefRejected, submit_brief
-from lanes.models import Job, Route
+from lanes.models import Job, Priority, Route
 
 
 class BriefForm(forms.Form):
@@ -17,14 +17,21 @@ class BriefForm(forms.Form):
         help_text="Exact text the image must render, if any.",
     )
     intent = forms.ChoiceField()
+    priority = forms.ChoiceField(
+        required=False,
+        choices=[("", "The intent's default"), *Priority.choices],
+        help_text="Ops and admins may override the intent's priority class.",
+    )
     seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Blank: random.")
     steps = forms.IntegerField(required=False, min_value=1, max_value=1000, help_text="Blank: the lane's default.")
     guidance = forms.FloatField(required=False, min_value=0, max_value=100)
     width = forms.IntegerField(required=False, min_value=8, max_value=8192)
     height = forms.IntegerField(required=False, min_value=8, max_value=8192)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, user=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if user is None or not user.is_staff:
+            del self.fields["priority"]
         routes = Route.objects.select_related("lane").order_by("intent")
         self.fields["intent"].choices = [
             (r.intent, f"{r.label or r.intent} → {r.lane.name}{'' if r.lane.enabled else ' (disabled)'}")
@@ -53,6 +60,7 @@ class BriefForm(forms.Form):
                 guidance=data.get("guidance"),
                 width=data.get("width"),
                 height=data.get("height"),
+                priority=data.get("priority") or None,
             )
         except BriefRejected as exc:
             for field, message in exc.errors.items():

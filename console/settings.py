@@ -202,14 +202,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 2 * JOB_TIME_LIMIT, 60)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 2 * JOB_TIME_LIMIT, 60),
+    # Message priorities per queue (lower runs first): critical 0, standard 3, background 6.
+    "priority_steps": [0, 3, 6, 9],
+    "sep": ":",
+}
 CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = {
     "lanes.tasks.reconcile_jobs": {"queue": "control"},
+    "lanes.tasks.release_deferred_jobs": {"queue": "control"},
 }
 CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
+    "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
 }
+
+# Admission control (per-lane thresholds live on the lane). Off: every brief is queued FIFO.
+ADMISSION_CONTROL = envbool("ADMISSION_CONTROL", True)
+# GPU memory budget of one worker in MiB (engines + activations). 0: 90% of the card on CUDA,
+# unlimited on CPU. On CUDA the process is capped with set_per_process_memory_fraction.
+GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
 
 # Workers and jobs.
 MODELS_ROOT = envpath("MODELS_ROOT", VAR_DIR / "models")

@@ -47,17 +47,23 @@ def brief_new(request):
     if request.htmx:
         template += "#brief-form"
     if request.method == "POST":
-        form = BriefForm(request.POST)
+        form = BriefForm(request.POST, user=request.user)
         if form.is_valid():
             job = form.submit(request.user)
+            if job is not None and job.state == Job.State.REJECTED:
+                # Admission refused it (the lane is past its hard cap): the job row records why.
+                form.add_error(None, f"Not accepted now: {job.admission_reason}. Retry in {job.retry_after} s.")
+                response = render(request, template, {"form": form}, status=429)
+                response["Retry-After"] = str(job.retry_after)
+                return response
             if job is not None:
                 url = reverse("job-list") + f"?new={job.pk}"
                 if request.htmx:
                     return HttpResponseClientRedirect(url)
-                messages.success(request, f"Brief queued as job {job.pk} on lane {job.lane.name}.")
+                messages.success(request, f"Brief {job.admission} as job {job.pk} on lane {job.lane.name}.")
                 return redirect(url)
         return render(request, template, {"form": form}, status=400)
-    return render(request, template, {"form": BriefForm()})
+    return render(request, template, {"form": BriefForm(user=request.user)})
 
 
 @login_required

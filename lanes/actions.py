@@ -6,11 +6,13 @@ import secrets
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from telemetry import push
 
-from .models import Job
-from .router import RoutingError, check_parameters, route_intent
+from . import admission
+from .models import Job, Priority
+from .router import RoutingError, check_parameters, clamp_to, route_intent
 
 
 class BriefRejected(Exception):
@@ -32,8 +34,13 @@ def submit_brief(
     guidance: float | None = None,
     width: int | None = None,
     height: int | None = None,
+    priority: str | None = None,
 ) -> Job:
-    """Validate a brief, store it as a queued job and dispatch it once the row is committed."""
+    """Validate a brief, run admission, store the job and dispatch it once the row is committed.
+
+    A brief refused by admission (hard cap) is stored too, as a REJECTED job saying why;
+    invalid input raises BriefRejected and stores nothing.
+    """
     prompt = (prompt or "").strip()
     errors: dict[str, str] = {}
     if not prompt:
@@ -45,36 +52,54 @@ def submit_brief(
         errors["expected_text"] = f"At most {settings.EXPECTED_TEXT_MAX_LENGTH} characters."
     if seed is not None and not 0 <= seed < 2**63:
         errors["seed"] = "The seed must be between 0 and 2^63 - 1."
+    if priority is not None and priority not in Priority.values:
+        errors["priority"] = f"Unknown priority {priority!r}."
     try:
-        decision = route_intent(intent)
+        routed = route_intent(intent)
     except RoutingError as exc:
         errors[exc.field] = str(exc)
         raise BriefRejected(errors) from None
-    lane = decision.lane
-    steps = lane.default_steps if steps is None else steps
-    guidance = lane.default_guidance if guidance is None else guidance
-    width = lane.default_width if width is None else width
-    height = lane.default_height if height is None else height
-    errors.update(check_parameters(lane, steps=steps, guidance=guidance, width=width, height=height))
+    lane = routed.lane
+    params = {
+        "steps": lane.default_steps if steps is None else steps,
+        "guidance": lane.default_guidance if guidance is None else guidance,
+        "width": lane.default_width if width is None else width,
+        "height": lane.default_height if height is None else height,
+    }
+    errors.update(check_parameters(lane, **params))
     if errors:
         raise BriefRejected(errors)
+    priority = priority or routed.route.priority
 
     with transaction.atomic():
+        try:
+            decision = admission.decide(lane, priority)
+        except admission.NoLaneAvailable as exc:
+            raise BriefRejected({"intent": str(exc)}) from None
+        if decision.lane != lane:
+            params = clamp_to(decision.lane, **params)
+        refine = decision.lane.cascade
         job = Job.objects.create(
             owner=owner,
             prompt=prompt,
             expected_text=expected_text,
             intent=intent,
-            priority=decision.route.priority,
-            lane=lane,
-            model_version=lane.active_version,
+            priority=priority,
+            requested_lane=lane,
+            lane=decision.lane,
+            model_version=decision.lane.active_version,
+            state=decision.state,
+            admission=decision.admission,
+            admission_reason=decision.reason[:300],
             seed=secrets.randbelow(2**31) if seed is None else seed,
-            steps=steps,
-            guidance=guidance,
-            width=width,
-            height=height,
+            refine_steps=decision.lane.refine_steps if refine else 0,
+            refine_strength=decision.lane.refine_strength if refine else 0.0,
+            finished_at=timezone.now() if decision.state == Job.State.REJECTED else None,
+            **params,
         )
-        transaction.on_commit(lambda: dispatch(job))
+        job.retry_after = decision.retry_after
+        if job.state == Job.State.QUEUED:
+            transaction.on_commit(lambda: dispatch(job))
         transaction.on_commit(lambda: push.job_state(job))
     return job
 
@@ -83,7 +108,8 @@ def dispatch(job: Job) -> None:
     """Send a committed job to its lane's queue. Safe to repeat: the worker claims jobs conditionally."""
     from .tasks import run_job
 
-    run_job.apply_async(args=(job.pk,), queue=job.lane.queue)
+    priority = admission.BROKER_PRIORITY[job.priority] if settings.ADMISSION_CONTROL else None
+    run_job.apply_async(args=(job.pk,), queue=job.lane.queue, priority=priority)
     job.mark_dispatched()
 
 

@@ -1,7 +1,12 @@
-"""Loading diffusers pipelines and running them, one cache per worker process.
+"""Loading diffusers pipelines and running them within a GPU memory budget.
 
 diffusers and torch take seconds to import, so they are imported here lazily and this
 module is only imported by worker code paths, never at Django start-up.
+
+The budget covers loaded weights (LRU eviction of idle engines; a module shared by
+several pipelines counts once) and the activation memory of the jobs running now
+(estimated from size x batch x bytes per pixel, learned from measured peaks on CUDA). A
+job that does not fit waits for memory instead of running into an out-of-memory error.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +28,15 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Activation bytes per output pixel per image before any measurement, per byte of dtype.
+# Deliberately generous (SD 1.5 at 512x512 fp16: ~1.5 GiB); replaced by measured peaks on CUDA.
+PRIOR_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 3000
+
+
+class MemoryBudgetError(Exception):
+    """A job that can never fit the worker's GPU memory budget."""
 
 
 @dataclass(frozen=True)
@@ -35,48 +50,124 @@ class Device:
 
 
 _device: Device | None = None
+_device_lock = threading.Lock()
 
 
 def current_device() -> Device:
     """CUDA when available (unless LANEWAY_DEVICE says otherwise), else CPU."""
     global _device
-    if _device is None:
-        import torch
+    with _device_lock:
+        if _device is None:
+            import torch
 
-        wanted = settings.LANEWAY_DEVICE
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("LANEWAY_DEVICE=cuda but torch sees no CUDA device.")
-        if wanted != "cpu" and torch.cuda.is_available():
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-            index = int(visible) if visible.isdigit() else torch.cuda.current_device()
-            _device = Device("cuda", index)
-        else:
-            _device = Device("cpu", None)
-    return _device
+            wanted = settings.LANEWAY_DEVICE
+            if wanted == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("LANEWAY_DEVICE=cuda but torch sees no CUDA device.")
+            if wanted != "cpu" and torch.cuda.is_available():
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+                index = int(visible) if visible.isdigit() else torch.cuda.current_device()
+                _device = Device("cuda", index)
+            else:
+                _device = Device("cpu", None)
+        return _device
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 @dataclass
 class RunResult:
-    image: Image
+    images: list[Image]
     run_seconds: float
     gpu_seconds: float
     peak_memory_bytes: int
+
+    @property
+    def image(self) -> Image:
+        return self.images[0]
+
+
+def tensor_storages(pipe) -> dict[int, int]:
+    """Bytes of each parameter/buffer storage of the pipeline, keyed by its address (shared ones once)."""
+    import torch
+
+    storages: dict[int, int] = {}
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return storages
 
 
 class Engine:
     """A loaded pipeline. Weights are shared by concurrent calls; each call gets its own scheduler."""
 
-    def __init__(self, pipe, device: Device) -> None:
+    def __init__(self, key: tuple, pipe, device: Device) -> None:
+        self.key = key
         self.pipe = pipe
         self.device = device
+        self.in_use = 0
+        self.last_used = time.monotonic()
+        self.storages = tensor_storages(pipe)
+        self.weights_bytes = sum(self.storages.values())
+        self.dtype_bytes = pipe.unet.dtype.itemsize
+        self.bytes_per_pixel = float(PRIOR_BYTES_PER_PIXEL_PER_DTYPE_BYTE * self.dtype_bytes)
 
-    def _call_pipeline(self):
+    def activation_bytes(self, width: int, height: int, batch: int = 1) -> int:
+        return int(batch * width * height * self.bytes_per_pixel)
+
+    def _fresh(self, cls):
         # Schedulers keep per-call state (timesteps, step index): never share one between calls.
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         components = {**self.pipe.components, "scheduler": scheduler}
-        pipe = self.pipe.__class__(**components, requires_safety_checker=False)
+        pipe = cls(**components, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    @staticmethod
+    def invoke(pipe, **kwargs):
+        """The one place a pipeline is called (and the seam where tests inject faults)."""
+        return pipe(**kwargs)
+
+    def _timed(self, pipe, pixels: int, on_step: Callable[[int], None] | None, **kwargs) -> RunResult:
+        import psutil
+        import torch
+
+        cuda = self.device.kind == "cuda"
+        process = psutil.Process()
+        peak_rss = process.memory_info().rss
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            baseline = torch.cuda.memory_allocated()
+
+        def step_end(_pipe, step: int, _timestep, callback_kwargs):
+            nonlocal peak_rss
+            if not cuda:
+                peak_rss = max(peak_rss, process.memory_info().rss)
+            if on_step is not None:
+                on_step(step + 1)
+            return callback_kwargs
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            images = self.invoke(pipe, callback_on_step_end=step_end, **kwargs).images
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if cuda:
+            peak = torch.cuda.max_memory_allocated()
+            # Learn the activation cost from what this call really took.
+            measured = (peak - baseline) / max(pixels, 1)
+            self.bytes_per_pixel = max(measured * 1.2, self.bytes_per_pixel * 0.5, 1.0)
+        else:
+            peak = max(peak_rss, process.memory_info().rss)
+        return RunResult(
+            images=images, run_seconds=elapsed, gpu_seconds=elapsed if cuda else 0.0, peak_memory_bytes=peak
+        )
 
     def run(
         self,
@@ -89,45 +180,51 @@ class Engine:
         guidance: float,
         on_step: Callable[[int], None] | None = None,
     ) -> RunResult:
-        import psutil
         import torch
-
-        pipe = self._call_pipeline()
-        cuda = self.device.kind == "cuda"
-        process = psutil.Process()
-        peak_rss = process.memory_info().rss
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-        def step_end(_pipe, step: int, _timestep, kwargs):
-            nonlocal peak_rss
-            if not cuda:
-                peak_rss = max(peak_rss, process.memory_info().rss)
-            if on_step is not None:
-                on_step(step + 1)
-            return kwargs
+        from diffusers import StableDiffusionPipeline
 
         # A CPU generator gives the same initial noise for a seed on every device.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            image = pipe(
-                prompt,
-                width=width,
-                height=height,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generator,
-                callback_on_step_end=step_end,
-            ).images[0]
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        if cuda:
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = max(peak_rss, process.memory_info().rss)
-        return RunResult(image=image, run_seconds=elapsed, gpu_seconds=elapsed if cuda else 0.0, peak_memory_bytes=peak)
+        return self._timed(
+            self._fresh(StableDiffusionPipeline),
+            width * height,
+            on_step,
+            prompt=prompt,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+        )
+
+    def refine(
+        self,
+        *,
+        prompts: list[str],
+        images: list[Image],
+        seeds: list[int],
+        steps: int,
+        strength: float,
+        guidance: float,
+        on_step: Callable[[int], None] | None = None,
+    ) -> RunResult:
+        """One batched img2img call over several jobs' upscaled drafts (all the same size)."""
+        import torch
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        width, height = images[0].size
+        return self._timed(
+            self._fresh(StableDiffusionImg2ImgPipeline),
+            width * height * len(images),
+            on_step,
+            prompt=prompts,
+            image=images,
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+        )
 
 
 def load_pipeline(version: ModelVersion, device: Device):
@@ -166,28 +263,154 @@ def load_pipeline(version: ModelVersion, device: Device):
     return pipe.to(device.torch_device)
 
 
+def checkpoint_bytes_on_disk(version: ModelVersion) -> int:
+    path = version.checkpoint_path()
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file() and f.suffix in (".safetensors", ".bin"))
+
+
+def default_budget_bytes() -> int | None:
+    if settings.GPU_MEMORY_BUDGET_MB:
+        return settings.GPU_MEMORY_BUDGET_MB * MiB
+    if current_device().kind == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
+    return None
+
+
 class EngineCache:
-    """Loaded engines of this process, keyed by model version and checkpoint hash."""
+    """The engines of this worker process, kept (with running jobs' activations) under a budget."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_bytes: int | None | bool = False, wait_timeout: float = 600.0) -> None:
         self._engines: dict[tuple, Engine] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._reserved = 0
+        self._budget = budget_bytes
+        self.wait_timeout = wait_timeout
+        self.evictions = 0
 
-    def get(self, version: ModelVersion) -> Engine:
+    @property
+    def budget(self) -> int | None:
+        if self._budget is False:  # resolved lazily: the device is known only in the worker
+            self._budget = default_budget_bytes()
+            apply_process_memory_cap(self._budget)
+        return self._budget
+
+    def weights_bytes(self) -> int:
+        """Loaded weights; a module shared by several pipelines counts once."""
+        storages: dict[int, int] = {}
+        for engine in self._engines.values():
+            storages.update(engine.storages)
+        return sum(storages.values())
+
+    def used_bytes(self) -> int:
+        return self.weights_bytes() + self._reserved
+
+    def _evict_idle(self, needed: int) -> None:
+        """Drop least recently used idle engines until `needed` more bytes fit (or none is idle)."""
+        budget = self.budget
+        while budget is not None and self.used_bytes() + needed > budget:
+            idle = [e for e in self._engines.values() if e.in_use == 0]
+            if not idle:
+                return
+            victim = min(idle, key=lambda e: e.last_used)
+            del self._engines[victim.key]
+            self.evictions += 1
+            log.info("evicted %s to stay under the memory budget", victim.key)
+            _empty_device_cache()
+
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.wait_timeout
+        while not ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MemoryBudgetError(f"Waited {self.wait_timeout:.0f} s for GPU memory to {what}.")
+            self._cond.wait(remaining)
+
+    @contextmanager
+    def use(self, version: ModelVersion, *, width: int, height: int, batch: int = 1) -> Iterator[Engine]:
+        """An engine for the version, with activation memory for one call reserved; waits for room."""
         device = current_device()
         key = (version.pk, version.content_hash, device.kind, version.dtype)
-        with self._lock:
+        with self._cond:
             engine = self._engines.get(key)
             if engine is None:
-                started = time.perf_counter()
-                engine = Engine(load_pipeline(version, device), device)
-                self._engines[key] = engine
-                log.info("loaded %s on %s in %.2fs", version.name, device.kind, time.perf_counter() - started)
-            return engine
+                estimate = int(checkpoint_bytes_on_disk(version) * (0.5 if version.dtype != "float32" else 1.0))
+                budget = self.budget
+                if budget is not None and estimate > budget:
+                    raise MemoryBudgetError(
+                        f"{version.name} needs about {estimate / MiB:.0f} MiB of weights; the budget is "
+                        f"{budget / MiB:.0f} MiB."
+                    )
+
+                def room_for_weights() -> bool:
+                    self._evict_idle(estimate)
+                    return budget is None or self.used_bytes() + estimate <= budget
+
+                self._wait(room_for_weights, f"load {version.name}")
+                engine = self._engines.get(key)
+                if engine is None:
+                    started = time.perf_counter()
+                    engine = Engine(key, load_pipeline(version, device), device)
+                    self._engines[key] = engine
+                    log.info("loaded %s on %s in %.2fs", version.name, device.kind, time.perf_counter() - started)
+            engine.in_use += 1
+            try:
+                activations = engine.activation_bytes(width, height, batch)
+                budget = self.budget
+                if budget is not None:
+                    own = engine.weights_bytes
+                    if own + activations > budget:
+                        raise MemoryBudgetError(
+                            f"A {width}x{height} batch of {batch} needs about {(own + activations) / MiB:.0f} MiB "
+                            f"with {version.name}; the budget is {budget / MiB:.0f} MiB."
+                        )
+
+                    def room_for_activations() -> bool:
+                        self._evict_idle(activations)
+                        return self.used_bytes() + activations <= budget
+
+                    self._wait(room_for_activations, f"run a {width}x{height} batch of {batch}")
+                self._reserved += activations
+            except BaseException:
+                engine.in_use -= 1
+                self._cond.notify_all()
+                raise
+        try:
+            yield engine
+        finally:
+            with self._cond:
+                self._reserved -= activations
+                engine.in_use -= 1
+                engine.last_used = time.monotonic()
+                self._cond.notify_all()
+
+    def loaded(self) -> list[tuple]:
+        with self._cond:
+            return list(self._engines)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
             self._engines.clear()
+            _empty_device_cache()
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def apply_process_memory_cap(budget: int | None) -> None:
+    """On CUDA, make the budget a hard cap: the allocator raises OOM past it instead of taking the card."""
+    if budget is None or current_device().kind != "cuda":
+        return
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
 
 
 engines = EngineCache()

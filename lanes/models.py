@@ -118,9 +118,24 @@ class Lane(models.Model):
     fallback = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     latency_slo_ms = models.PositiveIntegerField(default=1200)
     default_priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+    # Admission: queued + running jobs at which the lane counts as saturated (background work
+    # is deferred, standard work goes to the fallback), and past which every brief is refused.
+    defer_depth = models.PositiveIntegerField(default=8, validators=[MinValueValidator(1)])
+    hard_cap = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
+    # Cascade: a draft at the lane's size and steps, then a batched img2img refine at scale x.
+    cascade = models.BooleanField(default=False)
+    refine_scale = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)])
+    refine_steps = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    refine_strength = models.FloatField(default=0.5)
+    refine_batch_size = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    refine_max_wait_ms = models.PositiveIntegerField(default=50)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(max_concurrency__gte=1), name="lane_max_concurrency_positive"),
+            models.CheckConstraint(condition=Q(hard_cap__gte=F("defer_depth")), name="lane_hard_cap_above_defer"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -129,6 +144,10 @@ class Lane(models.Model):
         if not self.queue:
             self.queue = f"lane.{self.name}"
         super().save(*args, **kwargs)
+
+    @property
+    def refine_queue(self) -> str:
+        return f"{self.queue}.refine"
 
 
 class Route(models.Model):
@@ -174,8 +193,20 @@ class Job(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        REJECTED = "rejected"
 
-    TERMINAL = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+    class Admission(models.TextChoices):
+        ADMITTED = "admitted"
+        DEFERRED = "deferred"
+        REROUTED = "rerouted"
+        REJECTED = "rejected"
+
+    class Stage(models.TextChoices):
+        DRAFT = "draft"
+        REFINE_QUEUED = "refine-queued"
+        REFINING = "refining"
+
+    TERMINAL = (State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED)
     CANCELLABLE = (State.QUEUED, State.DEFERRED)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -190,8 +221,20 @@ class Job(models.Model):
     height = models.PositiveIntegerField()
     steps = models.PositiveSmallIntegerField()
     guidance = models.FloatField()
+    # Cascade jobs: the refine stage's steps and strength, pinned at submission (0: no refine).
+    refine_steps = models.PositiveSmallIntegerField(default=0)
+    refine_strength = models.FloatField(default=0.0)
+    refine_scale = models.PositiveSmallIntegerField(default=1)
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    admission = models.CharField(max_length=10, choices=Admission.choices, default=Admission.ADMITTED)
+    admission_reason = models.CharField(max_length=300, blank=True)
+    requested_lane = models.ForeignKey(
+        Lane, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="The intent's lane."
+    )
+    stage = models.CharField(max_length=14, choices=Stage.choices, default=Stage.DRAFT)
+    refine_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
+    oom_count = models.PositiveSmallIntegerField(default=0)
     progress_step = models.PositiveSmallIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     submitted_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -224,10 +267,30 @@ class Job(models.Model):
         return self.state in self.CANCELLABLE
 
     @property
+    def is_cascade(self) -> bool:
+        return self.refine_steps > 0
+
+    @property
+    def effective_refine_steps(self) -> int:
+        # img2img denoises only the last `strength` share of its schedule.
+        return min(int(self.refine_steps * self.refine_strength), self.refine_steps) if self.refine_steps else 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.effective_refine_steps
+
+    @property
     def progress_percent(self) -> int:
         if self.state == self.State.SUCCEEDED:
             return 100
-        return int(100 * min(self.progress_step, self.steps) / self.steps) if self.steps else 0
+        total = self.total_steps
+        return int(100 * min(self.progress_step, total) / total) if total else 0
+
+    def draft_artifact(self) -> Artifact | None:
+        for artifact in self.artifacts.all():
+            if artifact.stage == Artifact.Stage.DRAFT:
+                return artifact
+        return None
 
     @property
     def queue_seconds(self) -> float | None:
@@ -280,7 +343,7 @@ class Job(models.Model):
         done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
             state=self.State.SUCCEEDED,
             finished_at=now,
-            progress_step=self.steps,
+            progress_step=self.total_steps,
             run_seconds=run_seconds,
             gpu_seconds=gpu_seconds,
             peak_memory_bytes=peak_memory_bytes,
@@ -373,6 +436,7 @@ class Worker(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    oom_count = models.PositiveIntegerField(default=0)
 
     objects = WorkerQuerySet.as_manager()
 

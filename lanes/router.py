@@ -16,19 +16,35 @@ class RoutingError(Exception):
 
 
 @dataclass(frozen=True)
-class Decision:
+class Routed:
     route: Route
     lane: Lane
 
 
-def route_intent(intent: str) -> Decision:
-    route = Route.objects.select_related("lane__active_version").filter(intent=intent).first()
+def route_intent(intent: str) -> Routed:
+    route = (
+        Route.objects.select_related("lane__active_version", "lane__fallback__active_version")
+        .filter(intent=intent)
+        .first()
+    )
     if route is None:
         raise RoutingError(f"Unknown intent {intent!r}.")
-    lane = route.lane
-    if not lane.enabled:
-        raise RoutingError(f"Lane {lane.name!r} for intent {intent!r} is disabled.")
-    return Decision(route=route, lane=lane)
+    # A disabled lane is not an error here: admission sends the brief down its fallback chain.
+    return Routed(route=route, lane=route.lane)
+
+
+def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> dict:
+    """Parameters moved inside another lane's bounds (for a brief rerouted to a fallback)."""
+
+    def clamp(value, low, high):
+        return min(max(value, low), high)
+
+    return {
+        "steps": clamp(steps, lane.min_steps, lane.max_steps),
+        "guidance": clamp(guidance, lane.min_guidance, lane.max_guidance),
+        "width": clamp(width, lane.min_size, lane.max_size),
+        "height": clamp(height, lane.min_size, lane.max_size),
+    }
 
 
 def check_parameters(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> dict[str, str]:

@@ -11,58 +11,108 @@ from pathlib import Path
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from telemetry import push
 
-from .models import Artifact, Job, Worker
+from .models import Artifact, Job, Lane, Worker
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="lanes.tasks.run_job", acks_late=True, ignore_result=True)
-def run_job(job_id: int) -> str:
-    """Run one job. Safe to deliver twice: only the worker whose conditional UPDATE claims it runs it."""
-    from . import engines
-    from .heartbeat import worker_ident
-
-    job = Job.objects.select_related("model_version", "lane").filter(pk=job_id).first()
-    if job is None:
-        return "missing"
-    if job.state != Job.State.QUEUED:
-        return f"skipped: {job.state}"
-    device = engines.current_device()
-    if not job.mark_running(worker_ident(), device.gpu_index, device.kind):
-        return "skipped: claimed elsewhere"
-    push.job_state(job)
-
+def _progress_recorder(job: Job, offset: int = 0):
+    """A per-step callback: push every step, store progress at most every PROGRESS_DB_EVERY_SECONDS."""
     last_saved = time.monotonic()
 
     def on_step(step: int) -> None:
         nonlocal last_saved
-        push.job_progress(job, step)
+        push.job_progress(job, offset + step)
         if time.monotonic() - last_saved >= settings.PROGRESS_DB_EVERY_SECONDS:
-            job.record_progress(step)
+            job.record_progress(offset + step)
             last_saved = time.monotonic()
 
-    try:
-        engine = engines.engines.get(job.model_version)
-        result = engine.run(
-            prompt=job.prompt,
-            seed=job.seed,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            on_step=on_step,
-        )
-    except Exception as exc:  # a pipeline error fails the job, never the worker
-        log.warning("job %s failed: %s", job.pk, exc, exc_info=not isinstance(exc, engines.CheckpointError))
-        if job.mark_failed(f"{type(exc).__name__}: {exc}"):
-            push.job_state(job)
-        return "failed"
+    return on_step
 
-    relative, digest, size = _write_png(job, result.image)
+
+def _count_oom(job: Job) -> None:
+    from .heartbeat import worker_ident
+
+    Job.objects.filter(pk=job.pk).update(oom_count=F("oom_count") + 1)
+    Worker.objects.filter(ident=worker_ident()).update(oom_count=F("oom_count") + 1)
+    job.oom_count += 1
+
+
+def _fail(job: Job, exc: BaseException) -> str:
+    from .engines import CheckpointError, MemoryBudgetError
+
+    expected = isinstance(exc, CheckpointError | MemoryBudgetError)
+    log.warning("job %s failed: %s", job.pk, exc, exc_info=not expected)
+    if job.mark_failed(f"{type(exc).__name__}: {exc}"):
+        push.job_state(job)
+    return "failed"
+
+
+@shared_task(name="lanes.tasks.run_job", acks_late=True, ignore_result=True)
+def run_job(job_id: int) -> str:
+    """Run a job (a cascade's draft stage). Safe to deliver twice: only a conditional claim runs it."""
+    from .admission import release_deferred
+    from .slots import slots
+
+    job = Job.objects.select_related("model_version", "lane__fallback__active_version").filter(pk=job_id).first()
+    if job is None:
+        return "missing"
+    if job.state != Job.State.QUEUED:
+        return f"skipped: {job.state}"
+    with slots.acquire(job.lane_id):
+        outcome = _run_claimed(job)
+    release_deferred(job.lane)
+    return outcome
+
+
+def _run_claimed(job: Job) -> str:
+    from . import engines
+    from .heartbeat import worker_ident
+
+    device = engines.current_device()
+    if not job.mark_running(worker_ident(), device.gpu_index, device.kind):
+        return "skipped: claimed elsewhere"
+    push.job_state(job)
+    if job.is_cascade and job.draft_artifact() is not None:
+        # Requeued after its worker was lost between the stages: the draft is kept, refine again.
+        return _queue_refine(job)
+
+    scale = job.refine_scale if job.is_cascade else 1
+    width, height = job.width // scale, job.height // scale
+    on_step = _progress_recorder(job)
+    for attempt in (1, 2):
+        try:
+            with engines.engines.use(job.model_version, width=width, height=height) as engine:
+                result = engine.run(
+                    prompt=job.prompt,
+                    seed=job.seed,
+                    width=width,
+                    height=height,
+                    steps=job.steps,
+                    guidance=job.guidance,
+                    on_step=on_step,
+                )
+            break
+        except Exception as exc:  # a pipeline error fails the job, never the worker
+            if not engines.is_oom(exc):
+                return _fail(job, exc)
+            _count_oom(job)
+            engines._empty_device_cache()
+            log.warning("job %s: out of GPU memory on lane %s (attempt %s)", job.pk, job.lane.name, attempt)
+            fallback = job.lane.fallback
+            if attempt == 1 and fallback is not None and fallback.enabled and fallback.pk != job.lane_id:
+                return _requeue_on_fallback(job, fallback)
+            if attempt == 2:
+                return _fail(job, exc)
+
+    if job.is_cascade:
+        return _store_draft(job, result)
+    relative, digest, size = _write_png(job, result.image, Artifact.Stage.FINAL)
     with transaction.atomic():
         succeeded = job.mark_succeeded(
             run_seconds=result.run_seconds,
@@ -70,15 +120,7 @@ def run_job(job_id: int) -> str:
             peak_memory_bytes=result.peak_memory_bytes,
         )
         if succeeded:
-            Artifact.objects.create(
-                job=job,
-                stage=Artifact.Stage.FINAL,
-                path=relative,
-                width=result.image.width,
-                height=result.image.height,
-                sha256=digest,
-                size_bytes=size,
-            )
+            _create_artifact(job, Artifact.Stage.FINAL, relative, result.image, digest, size)
             transaction.on_commit(lambda: push.job_state(job))
     if not succeeded:
         # Cancelled, deleted or requeued while running: the row says this run does not count.
@@ -87,18 +129,199 @@ def run_job(job_id: int) -> str:
     return "succeeded"
 
 
-def _write_png(job: Job, image) -> tuple[str, str, int]:
+def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
+    from .actions import dispatch
+    from .router import clamp_to
+
+    params = clamp_to(fallback, steps=job.steps, guidance=job.guidance, width=job.width, height=job.height)
+    moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
+        state=Job.State.QUEUED,
+        lane=fallback,
+        model_version=fallback.active_version,
+        admission=Job.Admission.REROUTED,
+        admission_reason=f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"[:300],
+        worker="",
+        gpu_index=None,
+        started_at=None,
+        progress_step=0,
+        refine_steps=fallback.refine_steps if fallback.cascade else 0,
+        refine_strength=fallback.refine_strength if fallback.cascade else 0.0,
+        refine_scale=fallback.refine_scale if fallback.cascade else 1,
+        **params,
+    )
+    if not moved:
+        return "discarded"
+    job.refresh_from_db()
+    dispatch(job)
+    push.job_state(job)
+    return "rerouted after OOM"
+
+
+def _store_draft(job: Job, result) -> str:
+    relative, digest, size = _write_png(job, result.image, Artifact.Stage.DRAFT)
+    with transaction.atomic():
+        moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker, stage=Job.Stage.DRAFT).update(
+            stage=Job.Stage.REFINE_QUEUED,
+            progress_step=job.steps,
+            run_seconds=result.run_seconds,
+            gpu_seconds=result.gpu_seconds,
+            peak_memory_bytes=result.peak_memory_bytes,
+        )
+        if moved:
+            _create_artifact(job, Artifact.Stage.DRAFT, relative, result.image, digest, size)
+    if not moved:
+        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
+        return "discarded"
+    job.refresh_from_db()
+    return _queue_refine(job)
+
+
+def _queue_refine(job: Job) -> str:
+    from .admission import BROKER_PRIORITY
+
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(stage=Job.Stage.REFINE_QUEUED)
+    job.stage = Job.Stage.REFINE_QUEUED
+    priority = BROKER_PRIORITY[job.priority] if settings.ADMISSION_CONTROL else None
+    refine_job.apply_async(args=(job.pk,), queue=job.lane.refine_queue, priority=priority)
+    push.job_state(job)  # the draft is shown as soon as it exists
+    return "draft done"
+
+
+@shared_task(name="lanes.tasks.refine_job", acks_late=True, ignore_result=True)
+def refine_job(job_id: int) -> str:
+    """A cascade's refine stage: img2img over the upscaled draft, batched with other waiting jobs."""
+    from .admission import release_deferred
+    from .batching import refine_batcher
+    from .heartbeat import worker_ident
+
+    job = Job.objects.select_related("model_version", "lane").prefetch_related("artifacts").filter(pk=job_id).first()
+    if job is None:
+        return "missing"
+    claimed = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, stage=Job.Stage.REFINE_QUEUED).update(
+        stage=Job.Stage.REFINING, worker=worker_ident()
+    )
+    if not claimed:
+        return f"skipped: {job.state}/{job.stage}"
+    job.refresh_from_db()
+    key = (job.model_version_id, job.width, job.height, job.refine_steps, job.refine_strength, job.guidance)
+    try:
+        outcome, batch_size = refine_batcher.submit(
+            key,
+            job,
+            max_batch=job.lane.refine_batch_size,
+            max_wait_s=job.lane.refine_max_wait_ms / 1000,
+            run=_refine_batch,
+        )
+    except Exception as exc:
+        return _fail(job, exc)
+    if isinstance(outcome, BaseException):
+        return _fail(job, outcome)
+    image, run_seconds, gpu_seconds, peak = outcome
+    relative, digest, size = _write_png(job, image, Artifact.Stage.FINAL)
+    with transaction.atomic():
+        succeeded = job.mark_succeeded(
+            run_seconds=(job.run_seconds or 0) + run_seconds,
+            gpu_seconds=(job.gpu_seconds or 0) + gpu_seconds,
+            peak_memory_bytes=max(job.peak_memory_bytes or 0, peak),
+        )
+        if succeeded:
+            Job.objects.filter(pk=job.pk).update(refine_batch_size=batch_size)
+            job.refine_batch_size = batch_size
+            _create_artifact(job, Artifact.Stage.FINAL, relative, image, digest, size)
+            transaction.on_commit(lambda: push.job_state(job))
+    if not succeeded:
+        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
+        return "discarded"
+    release_deferred(job.lane)
+    return "succeeded"
+
+
+def _refine_batch(jobs: list[Job]) -> list:
+    """Refine several jobs in one call; on OOM, split the batch once. Returns a result or an error per job."""
+    from PIL import Image
+
+    from . import engines
+
+    first = jobs[0]
+    images = []
+    for job in jobs:
+        draft = next(a for a in job.artifacts.all() if a.stage == Artifact.Stage.DRAFT)
+        with Image.open(draft.absolute_path) as img:
+            images.append(img.convert("RGB").resize((job.width, job.height), Image.Resampling.BICUBIC))
+
+    def run(indices: list[int]) -> list:
+        recorders = [_progress_recorder(jobs[i], offset=jobs[i].steps) for i in indices]
+
+        def on_step(step: int) -> None:
+            for record in recorders:
+                record(step)
+
+        with engines.engines.use(first.model_version, width=first.width, height=first.height, batch=len(indices)) as e:
+            result = e.refine(
+                prompts=[jobs[i].prompt for i in indices],
+                images=[images[i] for i in indices],
+                seeds=[jobs[i].seed for i in indices],
+                steps=first.refine_steps,
+                strength=first.refine_strength,
+                guidance=first.guidance,
+                on_step=on_step,
+            )
+        share = len(indices)
+        return [
+            (image, result.run_seconds, result.gpu_seconds / share, result.peak_memory_bytes) for image in result.images
+        ]
+
+    everyone = list(range(len(jobs)))
+    try:
+        return run(everyone)
+    except Exception as exc:
+        if not engines.is_oom(exc):
+            raise
+        for job in jobs:
+            _count_oom(job)
+        engines._empty_device_cache()
+        if len(jobs) == 1:
+            return [exc]
+        log.warning("refine batch of %s ran out of GPU memory: retrying as two halves", len(jobs))
+        results: list = []
+        half = len(jobs) // 2
+        for part in (everyone[:half], everyone[half:]):
+            try:
+                results.extend(run(part))
+            except Exception as again:
+                if not engines.is_oom(again):
+                    raise
+                results.extend([again] * len(part))
+        return results
+
+
+def _create_artifact(job: Job, stage: str, relative: str, image, digest: str, size: int) -> Artifact:
+    return Artifact.objects.create(
+        job=job, stage=stage, path=relative, width=image.width, height=image.height, sha256=digest, size_bytes=size
+    )
+
+
+def _write_png(job: Job, image, stage: str) -> tuple[str, str, int]:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
     # One file per attempt: a run that lost its claim deletes only its own file.
-    relative = f"artifacts/{job.pk}/final-{job.attempts}.png"
+    relative = f"artifacts/{job.pk}/{stage}-{job.attempts}.png"
     target = Path(settings.MEDIA_ROOT) / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     partial.write_bytes(data)
     os.replace(partial, target)
     return relative, hashlib.sha256(data).hexdigest(), len(data)
+
+
+@shared_task(name="lanes.tasks.release_deferred_jobs", ignore_result=True)
+def release_deferred_jobs() -> int:
+    """Beat: release deferred work, oldest first, on every lane with room."""
+    from .admission import release_deferred
+
+    lanes = Lane.objects.filter(jobs__state=Job.State.DEFERRED).distinct()
+    return sum(len(release_deferred(lane)) for lane in lanes)
 
 
 @shared_task(name="lanes.tasks.reconcile_jobs", ignore_result=True)

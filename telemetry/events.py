@@ -17,6 +17,7 @@ class JobStateEvent(TypedDict):
     job_id: int
     owner_id: int
     state: str
+    stage: str
     step: int
     steps: int
     percent: int

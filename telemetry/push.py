@@ -88,8 +88,9 @@ def job_state_event(job) -> JobStateEvent:
         job_id=job.pk,
         owner_id=job.owner_id,
         state=job.state,
+        stage=job.stage,
         step=job.progress_step,
-        steps=job.steps,
+        steps=job.total_steps,
         percent=job.progress_percent,
         error=job.error,
     )
@@ -100,10 +101,11 @@ def job_state(job) -> None:
 
 
 def job_progress(job, step: int) -> None:
-    percent = int(100 * min(step, job.steps) / job.steps) if job.steps else 0
+    total = job.total_steps
+    percent = int(100 * min(step, total) / total) if total else 0
     _publish(
         job.owner_id,
         JobProgressEvent(
-            type="job.progress", job_id=job.pk, owner_id=job.owner_id, step=step, steps=job.steps, percent=percent
+            type="job.progress", job_id=job.pk, owner_id=job.owner_id, step=step, steps=total, percent=percent
         ),
     )

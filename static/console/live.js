@@ -3,7 +3,7 @@
 // on the page does the same, so nothing depends on an event that was missed.
 (function () {
   "use strict";
-  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled", "rejected"]);
   let retry = 500;
   let everConnected = false;
 
@@ -37,7 +37,8 @@
       });
     } else if (event.type === "job.state") {
       elementsFor(event.job_id).forEach(function (el) {
-        if (currentState(el) !== event.state || TERMINAL.has(event.state)) refresh(el);
+        const stageChanged = el.dataset.jobStage !== undefined && el.dataset.jobStage !== event.stage;
+        if (currentState(el) !== event.state || stageChanged || TERMINAL.has(event.state)) refresh(el);
         else setProgress(el, event.step, event.steps, event.percent);
       });
     } else if (event.type === "jobs.snapshot") {

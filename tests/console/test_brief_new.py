@@ -81,9 +81,20 @@ def test_the_htmx_error_response_is_only_the_form(submit):
     assert response.text.lstrip().startswith('<form id="brief-form"')
 
 
-def test_a_disabled_lane_refuses_briefs(submit):
+def test_a_disabled_lane_sends_briefs_down_its_fallback_chain(submit):
     Lane.objects.filter(name="fast-draft").update(enabled=False)
+    response = submit(steps="10")
+    assert response.status_code == 302
+    job = Job.objects.get()
+    assert job.requested_lane.name == "fast-draft" and job.lane.name == "fallback"
+    assert job.admission == Job.Admission.REROUTED
+    assert "lane fast-draft disabled → fallback fallback" in job.admission_reason
+    assert job.steps == 8  # clamped into the fallback lane's bounds
+
+
+def test_a_disabled_lane_with_no_enabled_fallback_refuses_briefs(submit):
+    Lane.objects.filter(name__in=["fast-draft", "fallback"]).update(enabled=False)
     response = submit()
     assert response.status_code == 400
-    assert "Lane &#x27;fast-draft&#x27; for intent &#x27;draft&#x27; is disabled." in response.text
+    assert "Lane &#x27;fast-draft&#x27; is disabled and no enabled fallback lane can take its briefs." in response.text
     assert Job.objects.count() == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lanes.engines import EngineCache, load_pipeline
+from lanes.engines import EngineCache, MemoryBudgetError, load_pipeline
 from lanes.engines import current_device as device
 from lanes.models import CheckpointError, ModelVersion, hash_checkpoint, resolve_checkpoint
 
@@ -58,7 +58,10 @@ def test_a_single_file_checkpoint_without_configs_is_refused(settings):
 
 
 def test_the_demo_checkpoint_loads_with_from_pretrained_and_is_reproducible(demo_checkpoint):
-    engine = EngineCache().get(version(demo_checkpoint.name, content_hash=hash_checkpoint(demo_checkpoint)))
+    with EngineCache(budget_bytes=None).use(
+        version(demo_checkpoint.name, content_hash=hash_checkpoint(demo_checkpoint)), width=64, height=48
+    ) as engine:
+        pass
     steps_seen = []
     first = engine.run(prompt="red", seed=11, width=64, height=48, steps=3, guidance=7.5, on_step=steps_seen.append)
     second = engine.run(prompt="red", seed=11, width=64, height=48, steps=3, guidance=7.5)
@@ -71,10 +74,86 @@ def test_the_demo_checkpoint_loads_with_from_pretrained_and_is_reproducible(demo
 
 
 def test_the_engine_cache_loads_a_version_once(demo_checkpoint):
-    cache = EngineCache()
+    cache = EngineCache(budget_bytes=None)
     v = version(demo_checkpoint.name, content_hash="abc")
-    assert cache.get(v) is cache.get(v)
-    assert cache.get(version(demo_checkpoint.name, content_hash="changed")) is not cache.get(v)
+    with cache.use(v, width=64, height=64) as first, cache.use(v, width=64, height=64) as second:
+        assert first is second and first.in_use == 2
+    with cache.use(version(demo_checkpoint.name, content_hash="changed"), width=64, height=64) as changed:
+        assert changed is not first
+    assert len(cache.loaded()) == 2
+
+
+@pytest.fixture
+def two_versions(settings, demo_checkpoint):
+    """Two model versions on two copies of the demo checkpoint: two sets of weights."""
+    copy = Path(settings.MODELS_ROOT) / "demo-copy"
+    if not copy.exists():
+        shutil.copytree(demo_checkpoint, copy)
+    a = ModelVersion(pk=101, name="a", location=demo_checkpoint.name, content_hash="a")
+    b = ModelVersion(pk=102, name="b", location="demo-copy", content_hash="b")
+    return a, b
+
+
+def test_a_budget_too_small_for_two_pipelines_evicts_the_idle_one(two_versions):
+    a, b = two_versions
+    with EngineCache(budget_bytes=None).use(a, width=64, height=64) as probe:
+        one = probe.weights_bytes + probe.activation_bytes(64, 64)
+        # Room for one pipeline and its activations, not for a second set of weights.
+        budget = one + probe.weights_bytes // 2
+    cache = EngineCache(budget_bytes=budget)
+    for _ in range(2):
+        for v in (a, b):
+            with cache.use(v, width=64, height=64) as engine:
+                engine.run(prompt="x", seed=1, width=64, height=64, steps=1, guidance=1.0)
+            assert cache.loaded() == [engine.key]
+            assert cache.used_bytes() <= cache.budget
+    assert cache.evictions == 3
+
+
+def test_a_job_waits_for_memory_held_by_a_running_job(two_versions):
+    import threading
+
+    a, b = two_versions
+    with EngineCache(budget_bytes=None).use(a, width=64, height=64) as probe:
+        budget = probe.weights_bytes + probe.activation_bytes(64, 64) + probe.weights_bytes // 2
+    cache = EngineCache(budget_bytes=budget)
+    order = []
+    with cache.use(a, width=64, height=64):
+        waiter = threading.Thread(target=lambda: cache.use(b, width=64, height=64).__enter__() and order.append("b"))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # b cannot load while a runs: it waits, it does not crash
+        order.append("a done")
+    waiter.join(30)
+    assert order == ["a done", "b"]
+
+
+def test_components_shared_between_pipelines_count_once(demo_checkpoint):
+    from lanes.engines import Engine
+
+    cache = EngineCache(budget_bytes=None)
+    with cache.use(version(demo_checkpoint.name), width=64, height=64) as engine:
+        pass
+    total = cache.weights_bytes()
+    assert total == engine.weights_bytes > 0
+    # A second pipeline built from the same components (as img2img is) adds nothing.
+    cache._engines["img2img"] = Engine("img2img", engine.pipe, engine.device)
+    assert cache.weights_bytes() == total
+
+
+def test_a_job_that_can_never_fit_is_refused_with_the_numbers(demo_checkpoint):
+    cache = EngineCache(budget_bytes=1024)
+    with pytest.raises(MemoryBudgetError, match=r"needs about .* MiB of weights; the budget is 0 MiB"):
+        with cache.use(version(demo_checkpoint.name), width=64, height=64):
+            pass
+    with EngineCache(budget_bytes=None).use(version(demo_checkpoint.name), width=64, height=64) as probe:
+        weights = probe.weights_bytes
+    small = EngineCache(budget_bytes=weights + 1024 * 1024)
+    with pytest.raises(MemoryBudgetError, match=r"A 1024x1024 batch of 4 needs about"):
+        with small.use(version(demo_checkpoint.name), width=1024, height=1024, batch=4):
+            pass
+    with small.use(version(demo_checkpoint.name), width=8, height=8) as engine:
+        assert engine.in_use == 1
 
 
 def test_the_checkpoint_hash_covers_every_file(demo_checkpoint, tmp_path):

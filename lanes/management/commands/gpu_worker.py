@@ -14,12 +14,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--gpu", type=int, help="GPU index: sets CUDA_VISIBLE_DEVICES for this worker.")
         parser.add_argument("--lanes", default="", help="Comma-separated lane names (default: every lane).")
-        parser.add_argument("--concurrency", type=int, default=2, help="Jobs run at once (threads).")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            help="Pool threads (default: the served lanes' caps plus their refine batch sizes, plus one). "
+            "Per-lane caps are enforced inside the worker; this only bounds the total.",
+        )
         parser.add_argument("--no-control", action="store_true", help="Do not consume the control queue.")
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, gpu, lanes, concurrency, no_control, loglevel, **options) -> None:
-        if concurrency < 1:
+        if concurrency is not None and concurrency < 1:
             raise CommandError("--concurrency must be at least 1.")
         wanted = [name.strip() for name in lanes.split(",") if name.strip()]
         qs = Lane.objects.all()
@@ -28,7 +33,14 @@ class Command(BaseCommand):
             missing = set(wanted) - set(qs.values_list("name", flat=True))
             if missing:
                 raise CommandError(f"Unknown lanes: {', '.join(sorted(missing))}")
-        queues = sorted({lane.queue for lane in qs})
+        lanes_served = list(qs)
+        queues = sorted(
+            {lane.queue for lane in lanes_served} | {lane.refine_queue for lane in lanes_served if lane.cascade}
+        )
+        if concurrency is None:
+            concurrency = 1 + sum(
+                lane.max_concurrency + (lane.refine_batch_size if lane.cascade else 0) for lane in lanes_served
+            )
         if not no_control:
             queues.append(settings.CELERY_TASK_DEFAULT_QUEUE)
         if not queues:

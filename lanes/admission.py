@@ -1,0 +1,191 @@
+"""Admission control: admit, defer, reroute or reject a brief from its lane's live pressure.
+
+Pressure is read from the database (the truth): queued + running jobs on the lane, the
+slots that serve it (its per-GPU cap times the live workers consuming its queue), and
+the p95 of its recent run times. A lane is saturated when its depth reaches
+`defer_depth`, or when a job admitted now is predicted to finish past the lane's SLO.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from telemetry import push
+
+from .models import Job, Lane, Priority, Worker
+
+RECENT_RUNS = 50
+
+# Celery priorities on the Redis transport: lower runs first.
+BROKER_PRIORITY = {Priority.CRITICAL: 0, Priority.STANDARD: 3, Priority.BACKGROUND: 6}
+
+
+@dataclass(frozen=True)
+class Pressure:
+    lane: Lane
+    depth: int
+    capacity: int
+    p95_run_s: float | None
+
+    @property
+    def predicted_s(self) -> float | None:
+        """Predicted latency of a job admitted now: the waves ahead of it plus its own run."""
+        if self.p95_run_s is None:
+            return None
+        return self.p95_run_s * (math.floor(self.depth / self.capacity) + 1)
+
+    @property
+    def over_slo(self) -> bool:
+        predicted = self.predicted_s
+        return predicted is not None and predicted * 1000 > self.lane.latency_slo_ms
+
+    @property
+    def saturated(self) -> bool:
+        return self.depth >= self.lane.defer_depth or self.over_slo
+
+    @property
+    def at_hard_cap(self) -> bool:
+        return self.depth >= self.lane.hard_cap
+
+    def describe(self) -> str:
+        parts = [
+            f"depth {self.depth}/{self.lane.defer_depth} (hard cap {self.lane.hard_cap})",
+            f"{self.capacity} slots",
+        ]
+        if self.p95_run_s is not None:
+            parts.append(
+                f"p95 run {self.p95_run_s * 1000:.0f} ms, predicted {self.predicted_s * 1000:.0f} ms "
+                f"vs SLO {self.lane.latency_slo_ms} ms"
+            )
+        return ", ".join(parts)
+
+    def retry_after_s(self) -> int:
+        per_job = self.p95_run_s or 1.0
+        return max(1, math.ceil(per_job * (self.depth - self.lane.defer_depth + 1) / self.capacity))
+
+
+def recent_p95_run_s(lane: Lane) -> float | None:
+    rows = list(
+        Job.objects.filter(lane=lane, state=Job.State.SUCCEEDED, finished_at__isnull=False, started_at__isnull=False)
+        .order_by("-finished_at")
+        .values_list("started_at", "finished_at")[:RECENT_RUNS]
+    )
+    if not rows:
+        return None
+    runs = sorted((finished - started).total_seconds() for started, finished in rows)
+    return runs[min(len(runs) - 1, math.ceil(0.95 * len(runs)) - 1)]
+
+
+def pressure(lane: Lane) -> Pressure:
+    depth = Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.RUNNING)).count()
+    workers = Worker.objects.alive().filter(queues__contains=lane.queue).count()
+    return Pressure(
+        lane=lane, depth=depth, capacity=lane.max_concurrency * max(workers, 1), p95_run_s=recent_p95_run_s(lane)
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    lane: Lane
+    admission: str
+    state: str
+    reason: str
+    retry_after: int | None = None
+
+
+class NoLaneAvailable(Exception):
+    pass
+
+
+def enabled_lane(lane: Lane) -> tuple[Lane, list[str]]:
+    """The lane itself if enabled, else the first enabled lane down its fallback chain."""
+    hops, seen = [], {lane.pk}
+    while not lane.enabled:
+        hops.append(lane.name)
+        fallback = lane.fallback
+        if fallback is None or fallback.pk in seen:
+            raise NoLaneAvailable(f"Lane {hops[0]!r} is disabled and no enabled fallback lane can take its briefs.")
+        seen.add(fallback.pk)
+        lane = fallback
+    return lane, hops
+
+
+def decide(lane: Lane, priority: str) -> Decision:
+    lane, disabled = enabled_lane(lane)
+    prefix = f"lane {' → '.join(disabled)} disabled → fallback {lane.name}; " if disabled else ""
+    admitted = Job.Admission.REROUTED if disabled else Job.Admission.ADMITTED
+    if not settings.ADMISSION_CONTROL:
+        return Decision(lane, admitted, Job.State.QUEUED, prefix + "admission control is off")
+
+    load = pressure(lane)
+    if load.at_hard_cap:
+        return Decision(
+            lane,
+            Job.Admission.REJECTED,
+            Job.State.REJECTED,
+            prefix + f"lane {lane.name} at its hard cap: {load.describe()}",
+            retry_after=load.retry_after_s(),
+        )
+    if priority == Priority.CRITICAL:
+        return Decision(lane, admitted, Job.State.QUEUED, prefix + f"critical, below the hard cap: {load.describe()}")
+    if not load.saturated:
+        return Decision(lane, admitted, Job.State.QUEUED, prefix + f"{lane.name} has room: {load.describe()}")
+    if priority == Priority.BACKGROUND:
+        return Decision(
+            lane,
+            Job.Admission.DEFERRED,
+            Job.State.DEFERRED,
+            prefix + f"{lane.name} saturated, background work waits: {load.describe()}",
+        )
+    fallback = lane.fallback
+    if fallback is not None and fallback.enabled:
+        fallback_load = pressure(fallback)
+        if not fallback_load.saturated:
+            return Decision(
+                fallback,
+                Job.Admission.REROUTED,
+                Job.State.QUEUED,
+                prefix + f"{lane.name} saturated ({load.describe()}) → fallback {fallback.name} "
+                f"({fallback_load.describe()})",
+            )
+        why = f"fallback {fallback.name} saturated too ({fallback_load.describe()})"
+    else:
+        why = "no enabled fallback"
+    return Decision(
+        lane, admitted, Job.State.QUEUED, prefix + f"{lane.name} saturated, {why}; queued: {load.describe()}"
+    )
+
+
+def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
+    """Release deferred jobs oldest-first while the lane has room; returns the jobs released."""
+    from .actions import dispatch
+
+    released: list[Job] = []
+    while len(released) < limit:
+        if pressure(lane).saturated:
+            break
+        job = (
+            Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
+            .select_related("lane")
+            .order_by("submitted_at", "pk")
+            .first()
+        )
+        if job is None:
+            break
+        with transaction.atomic():
+            # Conditional: a concurrent releaser (beat, another worker) may have taken it.
+            won = Job.objects.filter(pk=job.pk, state=Job.State.DEFERRED).update(state=Job.State.QUEUED)
+            if won:
+                job.state = Job.State.QUEUED
+                waited = (timezone.now() - job.submitted_at) / timedelta(seconds=1)
+                job.admission_reason = (job.admission_reason + f"; released after {waited:.1f} s")[:300]
+                job.save(update_fields=["admission_reason"])
+                transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
+                released.append(job)
+    return released
