@@ -94,6 +94,7 @@ def submit_brief(
             seed=secrets.randbelow(2**31) if seed is None else seed,
             refine_steps=decision.lane.refine_steps if refine else 0,
             refine_strength=decision.lane.refine_strength if refine else 0.0,
+            refine_scale=decision.lane.refine_scale if refine else 1,
             finished_at=timezone.now() if decision.state == Job.State.REJECTED else None,
             **params,
         )

@@ -3,7 +3,8 @@
 Pressure is read from the database (the truth): queued + running jobs on the lane, the
 slots that serve it (its per-GPU cap times the live workers consuming its queue), and
 the p95 of its recent run times. A lane is saturated when its depth reaches
-`defer_depth`, or when a job admitted now is predicted to finish past the lane's SLO.
+`defer_depth`, or when every slot is busy and a job admitted now is predicted to finish
+past the lane's SLO.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ class Pressure:
 
     @property
     def over_slo(self) -> bool:
+        """Jobs would queue, and the queue would push a new one past the SLO.
+
+        With free slots a job runs at once, so holding it back cannot help its latency: a lane
+        whose runs are simply slower than its SLO is not saturated while idle.
+        """
         predicted = self.predicted_s
-        return predicted is not None and predicted * 1000 > self.lane.latency_slo_ms
+        return self.depth >= self.capacity and predicted is not None and predicted * 1000 > self.lane.latency_slo_ms
 
     @property
     def saturated(self) -> bool:

@@ -39,11 +39,17 @@ def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int
     def clamp(value, low, high):
         return min(max(value, low), high)
 
+    multiple = 8 * (lane.refine_scale if lane.cascade else 1)
+
+    def size(value: int) -> int:
+        value = clamp(value, lane.min_size, lane.max_size)
+        return max(multiple, value - value % multiple)
+
     return {
         "steps": clamp(steps, lane.min_steps, lane.max_steps),
         "guidance": clamp(guidance, lane.min_guidance, lane.max_guidance),
-        "width": clamp(width, lane.min_size, lane.max_size),
-        "height": clamp(height, lane.min_size, lane.max_size),
+        "width": size(width),
+        "height": size(height),
     }
 
 
@@ -56,9 +62,11 @@ def check_parameters(lane: Lane, *, steps: int, guidance: float, width: int, hei
         errors["guidance"] = (
             f"Guidance must be between {lane.min_guidance:g} and {lane.max_guidance:g} on lane {lane.name}."
         )
+    # A cascade drafts at 1/scale of the size, which must itself be a multiple of 8.
+    multiple = 8 * (lane.refine_scale if lane.cascade else 1)
     for field, value in (("width", width), ("height", height)):
-        if value % 8:
-            errors[field] = f"{field.capitalize()} must be a multiple of 8 (got {value})."
+        if value % multiple:
+            errors[field] = f"{field.capitalize()} must be a multiple of {multiple} (got {value})."
         elif not lane.min_size <= value <= lane.max_size:
             errors[field] = (
                 f"{field.capitalize()} must be between {lane.min_size} and {lane.max_size} on lane {lane.name}."

@@ -94,3 +94,112 @@ def test_the_worker_records_its_heartbeat(worker):
     row = Worker.objects.get(ident=worker_ident())
     assert row.device == "cpu" and "lane.fast-draft" in row.queues
     assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
+
+
+def max_overlap(jobs) -> int:
+    """The most jobs whose [started, finished] running intervals overlap at one instant."""
+    edges = sorted([(j.started_at, 1) for j in jobs] + [(j.finished_at, -1) for j in jobs], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in edges:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_lane_never_runs_more_than_its_cap_and_a_new_cap_applies_live(worker, creative):
+    lane = Lane.objects.get(name="fast-draft")
+    # Thresholds out of reach: this test is about the cap, not about admission.
+    lane.max_concurrency, lane.defer_depth, lane.hard_cap, lane.latency_slo_ms = 1, 50, 100, 600_000
+    lane.save()
+    first = [submit_brief(creative, prompt=f"one {i}", intent="draft", steps=8) for i in range(5)]
+    first = [wait_for_job(job.pk) for job in first]
+    assert {(job.state, job.lane.name) for job in first} == {("succeeded", "fast-draft")}
+    assert {job.worker for job in first} == {first[0].worker}  # one worker, one GPU
+    assert max_overlap(first) == 1
+
+    Lane.objects.filter(pk=lane.pk).update(max_concurrency=3)  # as the console does, no restart
+    second = [submit_brief(creative, prompt=f"three {i}", intent="draft", steps=8) for i in range(9)]
+    second = [wait_for_job(job.pk) for job in second]
+    assert {(job.state, job.lane.name) for job in second} == {("succeeded", "fast-draft")}
+    assert 1 < max_overlap(second) <= 3
+
+
+@pytest.fixture
+def oom_once(monkeypatch):
+    """Fault injection at the one seam that calls the pipeline: the first call runs out of GPU memory."""
+    import torch
+
+    from lanes.engines import Engine
+
+    real = Engine.invoke
+    calls = []
+
+    def invoke(pipe, **kwargs):
+        calls.append(pipe.__class__.__name__)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(pipe, **kwargs)
+
+    monkeypatch.setattr(Engine, "invoke", staticmethod(invoke))
+    return calls
+
+
+def test_an_oom_is_retried_on_the_fallback_lane_and_the_worker_lives(worker, creative, oom_once):
+    from lanes.heartbeat import worker_ident
+    from lanes.models import Worker
+
+    job = wait_for_job(submit_brief(creative, prompt="Too big", intent="draft").pk)
+    assert job.state == Job.State.SUCCEEDED
+    assert job.oom_count == 1 and job.lane.name == "fallback" and job.requested_lane.name == "fast-draft"
+    assert job.admission == "rerouted" and "out of GPU memory on fast-draft" in job.admission_reason
+    assert Worker.objects.get(ident=worker_ident()).oom_count == 1
+    after = wait_for_job(submit_brief(creative, prompt="Next one", intent="draft").pk)
+    assert after.state == Job.State.SUCCEEDED and after.worker == job.worker
+
+
+def test_an_oom_without_a_fallback_is_retried_once_in_place(worker, creative, oom_once):
+    Lane.objects.filter(name="fast-draft").update(fallback=None)
+    job = wait_for_job(submit_brief(creative, prompt="Retry here", intent="draft").pk)
+    assert job.state == Job.State.SUCCEEDED and job.lane.name == "fast-draft" and job.oom_count == 1
+    assert len(oom_once) == 2
+
+
+def test_a_job_that_runs_out_of_memory_twice_fails_with_the_reason(worker, creative, monkeypatch):
+    import torch
+
+    from lanes.engines import Engine
+
+    def invoke(pipe, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(Engine, "invoke", staticmethod(invoke))
+    Lane.objects.filter(name="fast-draft").update(fallback=None)
+    job = wait_for_job(submit_brief(creative, prompt="Never fits", intent="draft").pk)
+    assert job.state == Job.State.FAILED and job.oom_count == 2
+    assert "OutOfMemoryError" in job.error
+
+
+def test_a_budget_too_small_for_two_pipelines_evicts_and_no_job_fails(worker, creative, settings, monkeypatch):
+    import shutil
+
+    from lanes import engines
+    from lanes.models import hash_checkpoint
+
+    copy = Path(settings.MODELS_ROOT) / "demo-copy-2"
+    if not copy.exists():
+        shutil.copytree(Path(settings.MODELS_ROOT) / "demo-tiny-sd", copy)
+    other = ModelVersion.objects.create(name="copy", location="demo-copy-2", content_hash=hash_checkpoint(copy))
+    Lane.objects.filter(name="final-render").update(active_version=other)
+    with engines.EngineCache(budget_bytes=None).use(other, width=128, height=128) as probe:
+        budget = probe.weights_bytes * 3 // 2 + probe.activation_bytes(128, 128)
+    cache = engines.EngineCache(budget_bytes=budget)
+    monkeypatch.setattr(engines, "engines", cache)
+
+    jobs = []
+    for i in range(3):
+        jobs.append(submit_brief(creative, prompt=f"a{i}", intent="draft"))
+        jobs.append(submit_brief(creative, prompt=f"b{i}", intent="final"))
+    done = [wait_for_job(job.pk) for job in jobs]
+    assert {job.state for job in done} == {"succeeded"}
+    assert cache.evictions >= 1
+    assert len(cache.loaded()) == 1
