@@ -14,5 +14,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/card/", views.job_card, name="job-card"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/<str:stage>.png", views.job_image, name="job-image"),
+    path("policy/", views.policy, name="policy"),
+    path("policy.yaml", views.policy_yaml, name="policy-yaml"),
     path("admin/", admin.site.urls),
 ]

@@ -1,5 +1,8 @@
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -8,7 +11,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from lanes.actions import cancel_job
-from lanes.models import Artifact, Job
+from lanes.models import Artifact, Job, Lane, Route
+from lanes.policy import PolicyError
+from lanes.policy import apply as apply_policy
+from lanes.policy import export as export_policy
 
 from .access import get_job_for_user
 from .forms import BriefForm
@@ -112,4 +118,50 @@ def job_image(request, job_id: int, stage: str):
     # Images are small; reading them whole avoids a sync file iterator under ASGI.
     response = HttpResponse(path.read_bytes(), content_type="image/png")
     response["Cache-Control"] = "private, max-age=86400, immutable"
+    return response
+
+
+def staff_required(view):
+    """Signed-in ops and admins; anyone else signed in gets 403."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("Ops and admins only.")
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapped)
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def policy(request):
+    """The routing policy: lanes and intents, shown to ops and admins, edited as YAML by admins."""
+    errors: list[str] = []
+    text = None
+    status = 200
+    if request.method == "POST":
+        if not request.user.is_superuser:
+            raise PermissionDenied("Only admins may change the routing policy.")
+        text = request.POST.get("policy", "")
+        try:
+            result = apply_policy(text)
+        except PolicyError as exc:
+            errors, status = exc.errors, 400
+        else:
+            messages.success(
+                request, f"Policy applied: {result['lanes']} lanes, {result['intents']} intents, nothing else changed."
+            )
+            return redirect("policy")
+    lanes = Lane.objects.select_related("active_version", "fallback").order_by("name")
+    routes = Route.objects.select_related("lane").order_by("intent")
+    context = {"lanes": lanes, "routes": routes, "errors": errors, "policy_text": text or export_policy()}
+    return render(request, "console/policy.html", context, status=status)
+
+
+@staff_required
+@require_GET
+def policy_yaml(request):
+    response = HttpResponse(export_policy(), content_type="application/yaml; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="laneway-policy.yaml"'
     return response

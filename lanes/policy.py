@@ -1,0 +1,293 @@
+"""The routing policy as YAML: lanes ("routes") and the intents that map onto them.
+
+    routes:
+      - name: fast_draft
+        model: demo-tiny-sd-v1
+        max_concurrency: 2
+        sample_steps: 12
+        ...
+    intents:
+      draft: {lane: fast_draft, priority: standard}
+
+Applying is validated first and atomic: a file with any error changes nothing and gets
+every error with its line number. Lanes missing from an applied file are disabled (jobs
+still point at them), never deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
+from django.db import transaction
+
+from .models import Lane, ModelVersion, Priority, Route
+
+# YAML key -> (Lane field, type, minimum)
+LANE_KEYS: dict[str, tuple[str, type, float | None]] = {
+    "description": ("description", str, None),
+    "enabled": ("enabled", bool, None),
+    "model": ("active_version", str, None),
+    "queue": ("queue", str, None),
+    "fallback": ("fallback", str, None),
+    "priority": ("default_priority", str, None),
+    "sample_steps": ("default_steps", int, 1),
+    "min_steps": ("min_steps", int, 1),
+    "max_steps": ("max_steps", int, 1),
+    "guidance": ("default_guidance", float, 0),
+    "min_guidance": ("min_guidance", float, 0),
+    "max_guidance": ("max_guidance", float, 0),
+    "width": ("default_width", int, 8),
+    "height": ("default_height", int, 8),
+    "min_size": ("min_size", int, 8),
+    "max_size": ("max_size", int, 8),
+    "max_concurrency": ("max_concurrency", int, 1),
+    "latency_slo_ms": ("latency_slo_ms", int, 1),
+    "defer_depth": ("defer_depth", int, 1),
+    "hard_cap": ("hard_cap", int, 1),
+}
+CASCADE_KEYS: dict[str, tuple[str, type, float | None]] = {
+    "scale": ("refine_scale", int, 1),
+    "steps": ("refine_steps", int, 1),
+    "strength": ("refine_strength", float, 0),
+    "batch_size": ("refine_batch_size", int, 1),
+    "max_wait_ms": ("refine_max_wait_ms", int, 0),
+}
+INTENT_KEYS = ("lane", "priority", "label")
+
+
+class PolicyError(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class LaneSpec:
+    line: int
+    values: dict  # Lane field -> value (active_version/fallback still names)
+
+
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+def _scalar(node, kind: type, key: str, minimum, errors: list[str]):
+    if not isinstance(node, yaml.ScalarNode):
+        errors.append(f"line {_line(node)}: {key} must be a single value")
+        return None
+    value = yaml.constructor.SafeConstructor().construct_object(node)
+    if key == "fallback" and value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        errors.append(f"line {_line(node)}: {key} must be {kind.__name__}, not {value!r}")
+        return None
+    if minimum is not None and value < minimum:
+        errors.append(f"line {_line(node)}: {key} must be at least {minimum:g}, not {value}")
+        return None
+    if key == "priority" and value not in Priority.values:
+        errors.append(f"line {_line(node)}: priority must be one of {', '.join(Priority.values)}, not {value!r}")
+        return None
+    return value
+
+
+def _mapping(node, what: str, errors: list[str]) -> list[tuple[str, object, int]]:
+    if not isinstance(node, yaml.MappingNode):
+        errors.append(f"line {_line(node)}: {what} must be a mapping")
+        return []
+    return [(k.value, v, _line(k)) for k, v in node.value]
+
+
+def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
+    """Lane specs and intents from YAML, with every error found (line-numbered)."""
+    errors: list[str] = []
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise PolicyError([f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if root is None:
+        raise PolicyError(["line 1: the policy is empty"])
+    lanes: list[LaneSpec] = []
+    intents: dict[str, dict] = {}
+    seen_top = set()
+    for key, value, line in _mapping(root, "the policy", errors):
+        seen_top.add(key)
+        if key == "routes":
+            if not isinstance(value, yaml.SequenceNode):
+                errors.append(f"line {line}: routes must be a list")
+                continue
+            for item in value.value:
+                spec = LaneSpec(line=_line(item), values={})
+                for k, v, kline in _mapping(item, "a route", errors):
+                    if k == "name":
+                        spec.values["name"] = _scalar(v, str, k, None, errors)
+                    elif k == "cascade":
+                        spec.values["cascade"] = True
+                        for ck, cv, ckline in _mapping(v, "cascade", errors):
+                            if ck not in CASCADE_KEYS:
+                                errors.append(f"line {ckline}: unknown cascade key {ck!r}")
+                                continue
+                            field, kind, minimum = CASCADE_KEYS[ck]
+                            spec.values[field] = _scalar(cv, kind, f"cascade.{ck}", minimum, errors)
+                    elif k in LANE_KEYS:
+                        field, kind, minimum = LANE_KEYS[k]
+                        spec.values[field] = _scalar(v, kind, k, minimum, errors)
+                    else:
+                        errors.append(f"line {kline}: unknown route key {k!r}")
+                if not spec.values.get("name"):
+                    errors.append(f"line {spec.line}: a route needs a name")
+                    continue
+                if "active_version" not in spec.values:
+                    errors.append(f"line {spec.line}: route {spec.values['name']!r} needs a model")
+                lanes.append(spec)
+        elif key == "intents":
+            for intent, v, iline in _mapping(value, "intents", errors):
+                entry = {"line": iline}
+                if isinstance(v, yaml.ScalarNode):
+                    entry["lane"] = v.value
+                else:
+                    for ik, iv, ikline in _mapping(v, f"intent {intent!r}", errors):
+                        if ik not in INTENT_KEYS:
+                            errors.append(f"line {ikline}: unknown intent key {ik!r}")
+                        else:
+                            entry[ik] = _scalar(iv, str, ik, None, errors)
+                if not entry.get("lane"):
+                    errors.append(f"line {iline}: intent {intent!r} needs a lane")
+                intents[intent] = entry
+        else:
+            errors.append(f"line {line}: unknown key {key!r} (expected routes, intents)")
+    for required in ("routes", "intents"):
+        if required not in seen_top:
+            errors.append(f"line 1: the policy needs {required}")
+    return lanes, intents, errors
+
+
+def _is_slug(value: str) -> bool:
+    try:
+        validate_slug(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str]) -> dict[str, ModelVersion]:
+    names: dict[str, LaneSpec] = {}
+    for spec in lanes:
+        name = spec.values["name"]
+        if name in names:
+            errors.append(f"line {spec.line}: route {name!r} is defined twice (first on line {names[name].line})")
+        names[name] = spec
+        if name and not _is_slug(name):
+            errors.append(f"line {spec.line}: route name {name!r} may hold only letters, digits, - and _")
+    models = {m.name: m for m in ModelVersion.objects.filter(name__in=[s.values.get("active_version") for s in lanes])}
+    for spec in lanes:
+        v = spec.values
+        model = v.get("active_version")
+        if model is not None and model not in models:
+            errors.append(f"line {spec.line}: route {v['name']!r}: unknown model {model!r}")
+        elif model is not None and models[model].status == ModelVersion.Status.RETIRED:
+            errors.append(f"line {spec.line}: route {v['name']!r}: model {model!r} is retired")
+        fallback = v.get("fallback")
+        if fallback is not None and fallback not in names:
+            errors.append(f"line {spec.line}: route {v['name']!r}: fallback {fallback!r} is not a route in this policy")
+        for low, high in (("min_steps", "max_steps"), ("min_guidance", "max_guidance"), ("min_size", "max_size")):
+            if v.get(low) is not None and v.get(high) is not None and v[low] > v[high]:
+                errors.append(f"line {spec.line}: route {v['name']!r}: {low} is above {high}")
+        if v.get("defer_depth") and v.get("hard_cap") and v["hard_cap"] < v["defer_depth"]:
+            errors.append(f"line {spec.line}: route {v['name']!r}: hard_cap is below defer_depth")
+    # Fallback cycles: follow each chain; a name seen twice closes a loop.
+    for spec in lanes:
+        chain, current = [spec.values["name"]], spec.values.get("fallback")
+        while current is not None and current in names:
+            if current in chain:
+                if current == chain[0]:
+                    errors.append(f"line {spec.line}: fallback cycle {' → '.join([*chain, current])}")
+                break
+            chain.append(current)
+            current = names[current].values.get("fallback")
+    for intent, entry in intents.items():
+        if entry.get("lane") and entry["lane"] not in names:
+            errors.append(f"line {entry['line']}: intent {intent!r}: unknown lane {entry['lane']!r}")
+        if entry.get("priority") and entry["priority"] not in Priority.values:
+            errors.append(f"line {entry['line']}: intent {intent!r}: unknown priority {entry['priority']!r}")
+        if not _is_slug(intent):
+            errors.append(f"line {entry['line']}: intent name {intent!r} may hold only letters, digits, - and _")
+    return models
+
+
+def apply(text: str) -> dict[str, int]:
+    """Validate and apply a policy atomically; raises PolicyError listing every problem."""
+    lanes, intents, errors = parse(text)
+    models = validate(lanes, intents, errors)
+    if errors:
+        raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
+    with transaction.atomic():
+        existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
+        saved: dict[str, Lane] = {}
+        defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
+        for spec in lanes:
+            values = dict(spec.values)
+            name = values.pop("name")
+            values["active_version"] = models[values["active_version"]]
+            values.pop("fallback", None)
+            values.setdefault("cascade", False)
+            lane = existing.get(name) or Lane(name=name)
+            # Keys left out of the file take their defaults, so the file alone describes the lane.
+            for field, default in defaults.items():
+                if field not in ("id", "name", "fallback") and field not in values:
+                    setattr(lane, field, default)
+            for field, value in values.items():
+                setattr(lane, field, value)
+            if "queue" not in values:
+                lane.queue = ""
+            try:
+                lane.full_clean(exclude=["fallback"], validate_unique=False)
+            except ValidationError as exc:
+                problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+                raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
+            lane.save()
+            saved[name] = lane
+        for spec in lanes:
+            lane = saved[spec.values["name"]]
+            fallback = spec.values.get("fallback")
+            lane.fallback = saved[fallback] if fallback else None
+            lane.save(update_fields=["fallback"])
+        disabled = Lane.objects.exclude(name__in=saved).filter(enabled=True).update(enabled=False)
+        Route.objects.exclude(intent__in=intents).delete()
+        for intent, entry in intents.items():
+            Route.objects.update_or_create(
+                intent=intent,
+                defaults={
+                    "lane": saved[entry["lane"]],
+                    "priority": entry.get("priority") or Priority.STANDARD,
+                    "label": entry.get("label") or "",
+                },
+            )
+    return {"lanes": len(saved), "intents": len(intents), "disabled": disabled}
+
+
+def export() -> str:
+    routes = []
+    for lane in Lane.objects.select_related("active_version", "fallback").order_by("name"):
+        item: dict = {"name": lane.name}
+        for key, (field, _, _) in LANE_KEYS.items():
+            if key == "model":
+                item[key] = lane.active_version.name
+            elif key == "fallback":
+                item[key] = lane.fallback.name if lane.fallback else None
+            else:
+                item[key] = getattr(lane, field)
+        if lane.cascade:
+            item["cascade"] = {key: getattr(lane, field) for key, (field, _, _) in CASCADE_KEYS.items()}
+        routes.append(item)
+    intents = {
+        route.intent: {"lane": route.lane.name, "priority": route.priority, "label": route.label}
+        for route in Route.objects.select_related("lane").order_by("intent")
+    }
+    return yaml.safe_dump({"routes": routes, "intents": intents}, sort_keys=False, allow_unicode=True)

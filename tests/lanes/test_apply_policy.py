@@ -1,0 +1,137 @@
+import io
+import textwrap
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from lanes.actions import submit_brief
+from lanes.models import Lane, Route
+
+GOOD = textwrap.dedent(
+    """\
+    routes:
+      - name: fast_draft
+        model: demo-tiny-sd-v1
+        max_concurrency: 2
+        sample_steps: 12
+        fallback: final_render
+      - name: final_render
+        model: demo-tiny-sd-v1
+        max_concurrency: 1
+        sample_steps: 50
+        width: 128
+        height: 128
+        cascade: {scale: 2, steps: 4, strength: 0.5, batch_size: 8, max_wait_ms: 40}
+    intents:
+      draft: fast_draft
+      final: {lane: final_render, priority: critical, label: Final render}
+    """
+)
+
+
+def export() -> str:
+    out = io.StringIO()
+    call_command("export_policy", stdout=out)
+    return out.getvalue()
+
+
+def apply(tmp_path, text: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    out = io.StringIO()
+    call_command("apply_policy", str(path), stdout=out)
+    return out.getvalue()
+
+
+def test_export_apply_export_is_identical(demo_lanes, tmp_path):
+    before = export()
+    assert "Applied" in apply(tmp_path, before)
+    assert export() == before
+
+
+def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creative):
+    message = apply(tmp_path, GOOD)
+    assert "2 lanes, 2 intents, 4 lanes not in the file disabled" in message
+    fast = Lane.objects.get(name="fast_draft")
+    assert (fast.max_concurrency, fast.default_steps, fast.fallback.name, fast.queue) == (
+        2,
+        12,
+        "final_render",
+        "lane.fast_draft",
+    )
+    final = Lane.objects.get(name="final_render")
+    assert final.cascade and final.refine_batch_size == 8 and final.refine_max_wait_ms == 40
+    assert set(Route.objects.values_list("intent", "lane__name", "priority")) == {
+        ("draft", "fast_draft", "standard"),
+        ("final", "final_render", "critical"),
+    }
+    assert not Lane.objects.get(name="preview").enabled
+    assert submit_brief(creative, prompt="p", intent="final").lane == final
+    # And the result exports and re-applies to itself.
+    again = export()
+    apply(tmp_path, again)
+    assert export() == again
+
+
+@pytest.mark.parametrize(
+    "text, errors",
+    [
+        (
+            GOOD.replace("model: demo-tiny-sd-v1\n    max_concurrency: 1", "model: sdxl-9\n    max_concurrency: 1"),
+            ["line 7: route 'final_render': unknown model 'sdxl-9'"],
+        ),
+        (
+            GOOD.replace("fallback: final_render", "fallback: nowhere"),
+            ["line 2: route 'fast_draft': fallback 'nowhere' is not a route in this policy"],
+        ),
+        (
+            GOOD.replace("draft: fast_draft", "draft: slow_draft"),
+            ["line 15: intent 'draft': unknown lane 'slow_draft'"],
+        ),
+        (
+            GOOD.replace("    width: 128\n", "    fallback: fast_draft\n    width: 128\n"),
+            [
+                "line 2: fallback cycle fast_draft → final_render → fast_draft",
+                "line 7: fallback cycle final_render → fast_draft → final_render",
+            ],
+        ),
+        (
+            GOOD.replace("max_concurrency: 2", "max_concurrency: 0"),
+            ["line 4: max_concurrency must be at least 1, not 0"],
+        ),
+        (
+            GOOD.replace("max_concurrency: 1", "max_concurrency: -3"),
+            ["line 9: max_concurrency must be at least 1, not -3"],
+        ),
+        (GOOD.replace("sample_steps: 12", "sample_steps: 12\n    turbo: true"), ["line 6: unknown route key 'turbo'"]),
+        (GOOD.replace("intents:", "extras: 1\nintents:"), ["line 14: unknown key 'extras' (expected routes, intents)"]),
+        (GOOD.replace("strength: 0.5", "strength: 0.5, sharpen: 2"), ["line 13: unknown cascade key 'sharpen'"]),
+        (GOOD.replace("sample_steps: 50", "sample_steps: fifty"), ["line 10: sample_steps must be int, not 'fifty'"]),
+        (
+            GOOD.replace("name: final_render", "name: fast_draft").replace(
+                "fallback: final_render", "fallback: fast_draft"
+            ),
+            ["line 7: route 'fast_draft' is defined twice (first on line 2)"],
+        ),
+        (
+            GOOD.replace("max_concurrency: 2", "max_concurrency: 2\n    defer_depth: 10\n    hard_cap: 5"),
+            ["line 2: route 'fast_draft': hard_cap is below defer_depth"],
+        ),
+        ("routes: [\n  {name: x\n", ["line 3: not valid YAML"]),
+        ("", ["line 1: the policy is empty"]),
+    ],
+)
+def test_a_bad_policy_changes_nothing_and_says_where(demo_lanes, tmp_path, text, errors):
+    before = export()
+    with pytest.raises(CommandError) as caught:
+        apply(tmp_path, text)
+    message = str(caught.value)
+    assert "nothing was changed" in message
+    for error in errors:
+        assert error in message
+    assert export() == before
+
+
+def test_an_unreadable_file_is_a_clear_error(demo_lanes, tmp_path):
+    with pytest.raises(CommandError, match="Cannot read"):
+        call_command("apply_policy", str(tmp_path / "missing.yaml"))
