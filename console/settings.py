@@ -142,6 +142,11 @@ if DATABASE_URL:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if "postgres" in _db["ENGINE"]:
         _db.setdefault("TEST", {})["NAME"] = _env("TEST_DATABASE_NAME", f"test_{_db['NAME']}")
+        if envbool("DB_POOL", True):
+            # Under ASGI every request runs in a fresh thread, so per-thread persistent
+            # connections never get reused: a process-wide pool does.
+            _db["CONN_MAX_AGE"] = 0
+            _db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": envint("DB_POOL_SIZE", 20, 1)}
 else:
     # WAL + IMMEDIATE transactions + a busy timeout: the web server, the worker and beat
     # all write, and without IMMEDIATE SQLite raises "database is locked" despite the timeout.
@@ -245,6 +250,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sessions are read from the cache (one Redis round trip), written through to the database.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "job-list"
 LOGOUT_REDIRECT_URL = "login"

@@ -10,6 +10,7 @@ past the lane's SLO.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,6 +77,20 @@ class Pressure:
         return max(1, math.ceil(per_job * (self.depth - self.lane.defer_depth + 1) / self.capacity))
 
 
+# Worker liveness and recent run times change over seconds, not per request: each process
+# keeps them this long. Queue depth, the number that moves with every brief, is always live.
+SLOW_FIGURES_TTL = 1.0
+_slow_figures: dict[tuple, tuple[float, object]] = {}
+
+
+def _cached(key: tuple, compute):
+    now = time.monotonic()
+    hit = _slow_figures.get(key)
+    if hit is None or now - hit[0] > SLOW_FIGURES_TTL:
+        hit = _slow_figures[key] = (now, compute())
+    return hit[1]
+
+
 def recent_p95_run_s(lane: Lane) -> float | None:
     rows = list(
         Job.objects.filter(lane=lane, state=Job.State.SUCCEEDED, finished_at__isnull=False, started_at__isnull=False)
@@ -90,10 +105,11 @@ def recent_p95_run_s(lane: Lane) -> float | None:
 
 def pressure(lane: Lane) -> Pressure:
     depth = Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.RUNNING)).count()
-    workers = Worker.objects.alive().filter(queues__contains=lane.queue).count()
-    return Pressure(
-        lane=lane, depth=depth, capacity=lane.max_concurrency * max(workers, 1), p95_run_s=recent_p95_run_s(lane)
+    workers = _cached(
+        ("workers", lane.queue), lambda: Worker.objects.alive().filter(queues__contains=lane.queue).count()
     )
+    p95 = _cached(("p95", lane.pk), lambda: recent_p95_run_s(lane))
+    return Pressure(lane=lane, depth=depth, capacity=lane.max_concurrency * max(workers, 1), p95_run_s=p95)
 
 
 @dataclass(frozen=True)

@@ -331,7 +331,14 @@ class Job(models.Model):
             error="",
         )
         if claimed:
-            self.refresh_from_db()
+            self.state, self.started_at, self.worker, self.gpu_index, self.device = (
+                self.State.RUNNING,
+                now,
+                worker,
+                gpu_index,
+                device,
+            )
+            self.progress_step, self.attempts, self.error = 0, self.attempts + 1, ""
         return bool(claimed)
 
     def record_progress(self, step: int) -> None:
@@ -349,7 +356,8 @@ class Job(models.Model):
             peak_memory_bytes=peak_memory_bytes,
         )
         if done:
-            self.refresh_from_db()
+            self.state, self.finished_at, self.progress_step = self.State.SUCCEEDED, now, self.total_steps
+            self.run_seconds, self.gpu_seconds, self.peak_memory_bytes = run_seconds, gpu_seconds, peak_memory_bytes
         return bool(done)
 
     def mark_failed(

@@ -22,13 +22,10 @@ class Routed:
 
 
 def route_intent(intent: str) -> Routed:
-    route = (
-        Route.objects.select_related("lane__active_version", "lane__fallback__active_version")
-        .filter(intent=intent)
-        .first()
-    )
-    if route is None:
-        raise RoutingError(f"Unknown intent {intent!r}.")
+    try:
+        route = Route.objects.select_related("lane__active_version", "lane__fallback").get(intent=intent)
+    except Route.DoesNotExist:
+        raise RoutingError(f"Unknown intent {intent!r}.") from None
     # A disabled lane is not an error here: admission sends the brief down its fallback chain.
     return Routed(route=route, lane=route.lane)
 

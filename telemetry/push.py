@@ -51,8 +51,7 @@ class _Sender:
         while True:
             groups, message, done = await self._queue.get()
             try:
-                for group in groups:
-                    await layer.group_send(group, message)
+                await asyncio.gather(*(layer.group_send(group, message) for group in groups))
             except Exception:
                 log.exception("could not push %s", message.get("event", {}).get("type"))
             finally:

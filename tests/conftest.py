@@ -31,6 +31,14 @@ def message_server():
 
 
 @pytest.fixture(autouse=True)
+def fresh_admission_figures():
+    """Admission caches slow-moving figures for a second; each test starts without them."""
+    from lanes import admission
+
+    admission._slow_figures.clear()
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
