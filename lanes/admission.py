@@ -179,9 +179,9 @@ def decide(lane: Lane, priority: str) -> Decision:
         why = f"fallback {fallback.name} saturated too ({fallback_load.describe()})"
     else:
         why = "no enabled fallback"
-    return Decision(
-        lane, admitted, Job.State.QUEUED, prefix + f"{lane.name} saturated, {why}; queued: {load.describe()}"
-    )
+    # Queueing it would only lengthen the line in front of critical work: it waits instead.
+    reason = prefix + f"{lane.name} saturated ({load.describe()}), {why}; standard work waits"
+    return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, reason)
 
 
 def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
@@ -190,7 +190,10 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
 
     released: list[Job] = []
     while len(released) < limit:
-        if pressure(lane).saturated:
+        load = pressure(lane)
+        # Pressure has dropped when a slot is free, not merely below the defer threshold:
+        # released work must not queue up in front of critical briefs still arriving.
+        if load.saturated or load.depth >= load.capacity:
             break
         job = (
             Job.objects.filter(lane=lane, state=Job.State.DEFERRED)

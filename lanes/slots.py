@@ -2,11 +2,16 @@
 
 Each lane may run at most `max_concurrency` jobs at once on one GPU. The limit is
 re-read from the database while waiting, so a change made in the console takes effect
-on running workers within REFRESH seconds, without a restart.
+on running workers within REFRESH seconds, without a restart. Jobs waiting for a slot of
+the same lane are served by priority class, then in arrival order, and on a lane with two
+or more slots one is kept for critical work, so a critical job that reaches this worker
+starts without waiting for a standard or background job to finish.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -15,16 +20,19 @@ from contextlib import contextmanager
 
 from django.db import close_old_connections
 
-from .models import Lane
+from .models import Lane, Priority
 
 REFRESH = 1.0
+RANK = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BACKGROUND: 2}
 
 
 class LaneSlots:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._running: dict[int, int] = defaultdict(int)
+        self._waiting: dict[int, list[tuple[int, int]]] = defaultdict(list)
         self._limits: dict[int, tuple[int, float]] = {}
+        self._arrivals = itertools.count()
 
     def limit(self, lane_id: int) -> int:
         cached = self._limits.get(lane_id)
@@ -37,14 +45,29 @@ class LaneSlots:
         return self._running[lane_id]
 
     @contextmanager
-    def acquire(self, lane_id: int) -> Iterator[None]:
-        while True:
-            limit = self.limit(lane_id)
+    def acquire(self, lane_id: int, priority: str = Priority.STANDARD) -> Iterator[None]:
+        ticket = (RANK.get(priority, 1), next(self._arrivals))
+        with self._cond:
+            heapq.heappush(self._waiting[lane_id], ticket)
+        try:
+            while True:
+                limit = self.limit(lane_id)
+                with self._cond:
+                    queue = self._waiting[lane_id]
+                    # Non-critical work leaves one slot free for critical work when there are two or more.
+                    usable = limit if ticket[0] == 0 or limit < 2 else limit - 1
+                    if self._running[lane_id] < usable and queue[0] == ticket:
+                        heapq.heappop(queue)
+                        self._running[lane_id] += 1
+                        self._cond.notify_all()  # the next in line may fit too
+                        break
+                    self._cond.wait(REFRESH)
+        except BaseException:
             with self._cond:
-                if self._running[lane_id] < limit:
-                    self._running[lane_id] += 1
-                    break
-                self._cond.wait(REFRESH)
+                self._waiting[lane_id].remove(ticket)
+                heapq.heapify(self._waiting[lane_id])
+                self._cond.notify_all()
+            raise
         try:
             yield
         finally:

@@ -64,7 +64,7 @@ def run_job(job_id: int) -> str:
         return "missing"
     if job.state != Job.State.QUEUED:
         return f"skipped: {job.state}"
-    with slots.acquire(job.lane_id):
+    with slots.acquire(job.lane_id, job.priority):
         outcome = _run_claimed(job)
     release_deferred(job.lane)
     return outcome

@@ -108,3 +108,12 @@ def test_deferred_work_is_released_by_beat_when_pressure_drops(creative, draft_l
     Job.objects.filter(pk__in=[j.pk for j in blockers]).update(state=Job.State.CANCELLED)
     assert release_deferred_jobs() == 2
     assert set(Job.objects.filter(pk__in=[j.pk for j in waiting]).values_list("state", flat=True)) == {"queued"}
+
+
+def test_standard_work_waits_when_the_fallback_is_saturated_too(creative, draft_lane):
+    Lane.objects.filter(name="fallback").update(defer_depth=1, hard_cap=5)
+    [brief(creative) for _ in range(3)]  # fast-draft saturated
+    assert brief(creative).lane.name == "fallback"  # fallback now saturated as well
+    waiting = brief(creative)
+    assert (waiting.state, waiting.admission, waiting.lane.name) == ("deferred", "deferred", "fast-draft")
+    assert "fallback fallback saturated too" in waiting.admission_reason

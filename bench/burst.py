@@ -1,0 +1,170 @@
+"""A burst of 3x the fleet's capacity of mixed-priority briefs, admission control on and off.
+
+One CPU worker runs the tiny pipeline. The intents of all three priority classes share
+one lane (final: critical, draft: standard, preview: background), with a cheaper fallback
+lane, as in the incident that motivated Laneway. Each scenario runs in a fresh stack:
+
+- unloaded: critical briefs one at a time on an idle fleet;
+- admission_on / admission_off: the same seeded burst, submitted over HTTP at three times
+  the rate the fleet can serve, with ADMISSION_CONTROL on or off.
+
+Latency is the job's finished_at - submitted_at. Prints per-class p50/p95 and the counts,
+then one line of JSON.
+
+    .venv/bin/python bench/burst.py [--briefs 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+from harness import Stack, percentile, run_child
+
+MIX = [("final", "critical", 0.2), ("draft", "standard", 0.5), ("preview", "background", 0.3)]
+UNLOADED_RUNS = 20
+
+
+def shape_lanes() -> None:
+    from lanes.models import Lane, Route
+
+    shared = Lane.objects.get(name="final-render")
+    shared.default_width = shared.default_height = 64
+    shared.default_steps, shared.max_concurrency, shared.defer_depth, shared.hard_cap = 8, 2, 4, 40
+    shared.latency_slo_ms = 600_000  # admission here is by depth, so every run sees the same rules
+    shared.fallback = Lane.objects.get(name="fallback")
+    shared.save()
+    fallback = shared.fallback
+    fallback.default_steps, fallback.max_concurrency, fallback.defer_depth, fallback.hard_cap = 2, 1, 4, 40
+    fallback.latency_slo_ms = 600_000
+    fallback.save()
+    Route.objects.filter(intent__in=["final", "draft", "preview"]).update(lane=shared)
+
+
+def wait_all(job_ids: list[int], timeout: float) -> None:
+    from lanes.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Job.objects.filter(pk__in=job_ids).exclude(state__in=Job.TERMINAL).exists():
+            return
+        time.sleep(0.2)
+
+
+def run(scenario: str, briefs: int, rate: float) -> dict:
+    with Stack(worker_args=("--concurrency", "4")) as stack:
+        from lanes.models import Job
+
+        shape_lanes()
+        stack.start()
+        session = stack.session()
+        status, warm = session.submit(prompt="warm-up", intent="final")
+        wait_all([warm], 120)
+        Job.objects.all().delete()
+        if scenario == "unloaded":
+            ids = []
+            for i in range(UNLOADED_RUNS):
+                _, job_id = session.submit(prompt=f"alone {i}", intent="final", seed=str(i))
+                wait_all([job_id], 60)
+                ids.append(job_id)
+            jobs = list(Job.objects.filter(pk__in=ids))
+            latencies = [(j.finished_at - j.submitted_at).total_seconds() for j in jobs if j.state == "succeeded"]
+            # Capacity: the throughput of the shared lane kept full (slots share the same cores).
+            started = time.monotonic()
+            batch = [session.submit(prompt=f"full {i}", intent="final", seed=str(i))[1] for i in range(UNLOADED_RUNS)]
+            wait_all(batch, 300)
+            throughput = len(batch) / (time.monotonic() - started)
+            return {
+                "critical_p95_s": percentile(latencies, 95),
+                "critical_p50_s": percentile(latencies, 50),
+                "capacity_per_s": throughput,
+            }
+
+        rng = random.Random(7)
+        plan = rng.choices([(intent, cls) for intent, cls, _ in MIX], weights=[w for *_, w in MIX], k=briefs)
+        ids, rejected = [], {cls: 0 for _, cls, _ in MIX}
+        started = time.monotonic()
+        for n, (intent, cls) in enumerate(plan):
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+            status, job_id = session.submit(prompt=f"burst {n}", intent=intent, seed=str(n))
+            if status == 429:
+                rejected[cls] += 1
+            elif status != 302:
+                raise RuntimeError(f"submit returned {status}")
+            if job_id:
+                ids.append(job_id)
+        wait_all(ids, 300)
+        jobs = list(Job.objects.filter(pk__in=ids).select_related("lane"))
+        result = {"briefs": briefs, "rate_per_s": rate, "classes": {}}
+        for _, cls, _ in MIX:
+            mine = [j for j in jobs if j.priority == cls]
+            done = [(j.finished_at - j.submitted_at).total_seconds() for j in mine if j.state == "succeeded"]
+            result["classes"][cls] = {
+                "submitted": sum(1 for _, c in plan if c == cls),
+                "succeeded": len(done),
+                "p50_s": round(percentile(done, 50), 3),
+                "p95_s": round(percentile(done, 95), 3),
+                "deferred": sum(1 for j in mine if j.admission == "deferred" or "released after" in j.admission_reason),
+                "rerouted": sum(1 for j in mine if j.admission == "rerouted"),
+                "rejected": rejected[cls],
+                "failed": sum(1 for j in mine if j.state == "failed"),
+            }
+        result["ooms"] = sum(j.oom_count for j in jobs)
+        result["lost_jobs"] = sum(1 for j in jobs if j.state not in Job.TERMINAL)
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--briefs", type=int, default=90)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run(args.child, args.briefs, args.rate)))
+        return
+
+    unloaded = json.loads(run_child(__file__, ["--child", "unloaded"], {}, "unloaded"))
+    rate = 3 * unloaded["capacity_per_s"]
+    print(
+        f"unloaded: critical p50 {unloaded['critical_p50_s']:.3f} s, p95 {unloaded['critical_p95_s']:.3f} s; "
+        f"fleet capacity {unloaded['capacity_per_s']:.2f} jobs/s -> burst at {rate:.2f} briefs/s",
+        file=sys.stderr,
+    )
+    results = {}
+    for scenario, flag in (("admission_on", "true"), ("admission_off", "false")):
+        line = run_child(
+            __file__,
+            ["--child", scenario, "--briefs", str(args.briefs), "--rate", str(rate)],
+            {"ADMISSION_CONTROL": flag},
+            scenario,
+        )
+        results[scenario] = r = json.loads(line)
+        print(f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}", file=sys.stderr)
+        for cls, c in r["classes"].items():
+            print(
+                f"  {cls:10s} n={c['submitted']:3d} ok={c['succeeded']:3d} p50 {c['p50_s']:.3f} s p95 {c['p95_s']:.3f} s "
+                f"deferred {c['deferred']} rerouted {c['rerouted']} rejected {c['rejected']} failed {c['failed']}",
+                file=sys.stderr,
+            )
+    print(
+        json.dumps(
+            {
+                "bench": "burst",
+                "critical_p95_s": {
+                    "unloaded": round(unloaded["critical_p95_s"], 3),
+                    "admission_on": results["admission_on"]["classes"]["critical"]["p95_s"],
+                    "admission_off": results["admission_off"]["classes"]["critical"]["p95_s"],
+                },
+                "lost_jobs": results["admission_on"]["lost_jobs"] + results["admission_off"]["lost_jobs"],
+                "ooms": results["admission_on"]["ooms"] + results["admission_off"]["ooms"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+import threading
+import time
+
+import pytest
+
+from lanes.models import Lane
+from lanes.slots import LaneSlots
+
+
+@pytest.mark.django_db
+def test_waiting_jobs_get_a_slot_by_priority_then_arrival(demo_lanes):
+    lane = Lane.objects.get(name="fast-draft")
+    lane.max_concurrency = 1
+    lane.save()
+    slots, order = LaneSlots(), []
+
+    def job(name: str, priority: str) -> None:
+        with slots.acquire(lane.pk, priority):
+            order.append(name)
+            time.sleep(0.02)
+
+    with slots.acquire(lane.pk, "standard"):  # the lane's one slot is busy
+        threads = []
+        for name, priority in [
+            ("bg", "background"),
+            ("std-1", "standard"),
+            ("crit", "critical"),
+            ("std-2", "standard"),
+        ]:
+            threads.append(threading.Thread(target=job, args=(name, priority)))
+            threads[-1].start()
+            time.sleep(0.05)  # arrive in this order
+        assert order == []
+    for thread in threads:
+        thread.join(10)
+    assert order == ["crit", "std-1", "std-2", "bg"]
