@@ -146,7 +146,8 @@ def main() -> None:
         print(f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}", file=sys.stderr)
         for cls, c in r["classes"].items():
             print(
-                f"  {cls:10s} n={c['submitted']:3d} ok={c['succeeded']:3d} p50 {c['p50_s']:.3f} s p95 {c['p95_s']:.3f} s "
+                f"  {cls:10s} n={c['submitted']:3d} ok={c['succeeded']:3d} "
+                f"p50 {c['p50_s']:.3f} s p95 {c['p95_s']:.3f} s "
                 f"deferred {c['deferred']} rerouted {c['rerouted']} rejected {c['rejected']} failed {c['failed']}",
                 file=sys.stderr,
             )

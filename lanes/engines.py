@@ -112,6 +112,7 @@ class Engine:
         self.device = device
         self.in_use = 0
         self.last_used = time.monotonic()
+        self._text_lock = threading.Lock()
         self.storages = tensor_storages(pipe)
         self.weights_bytes = sum(self.storages.values())
         self.dtype_bytes = pipe.unet.dtype.itemsize
@@ -126,6 +127,15 @@ class Engine:
         components = {**self.pipe.components, "scheduler": scheduler}
         pipe = cls(**components, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
+        # A fast (Rust) tokenizer keeps its padding/truncation settings as shared mutable state:
+        # two threads encoding prompts at once corrupt each other's batches. Encode one at a time.
+        encode = pipe.encode_prompt
+
+        def encode_prompt(*args, **kwargs):
+            with self._text_lock:
+                return encode(*args, **kwargs)
+
+        pipe.encode_prompt = encode_prompt
         return pipe
 
     @staticmethod

@@ -164,3 +164,30 @@ def test_the_checkpoint_hash_covers_every_file(demo_checkpoint, tmp_path):
     config["steps_offset"] = 0
     (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     assert hash_checkpoint(copy) != hash_checkpoint(demo_checkpoint)
+
+
+def test_concurrent_calls_on_one_engine_with_prompts_of_different_lengths(demo_checkpoint):
+    import threading
+
+    with EngineCache(budget_bytes=None).use(version(demo_checkpoint.name), width=32, height=32) as engine:
+        image = engine.run(prompt="warm", seed=1, width=16, height=16, steps=1, guidance=1.0).image
+        start, errors = threading.Barrier(16), []
+
+        def one(i: int) -> None:
+            start.wait()
+            try:
+                for _ in range(3):
+                    # A batch of prompts of different lengths needs the tokenizer's padding on.
+                    engine.refine(
+                        prompts=["a", "a longer prompt " * (i + 1)], images=[image, image], seeds=[i, i],
+                        steps=2, strength=1.0, guidance=7.5,
+                    )  # fmt: skip
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert errors == []
