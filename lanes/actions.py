@@ -95,6 +95,7 @@ def submit_brief(
             refine_steps=decision.lane.refine_steps if refine else 0,
             refine_strength=decision.lane.refine_strength if refine else 0.0,
             refine_scale=decision.lane.refine_scale if refine else 1,
+            refine_version=decision.lane.refine_version if refine else None,
             finished_at=timezone.now() if decision.state == Job.State.REJECTED else None,
             **params,
         )

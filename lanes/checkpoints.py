@@ -83,3 +83,48 @@ def build_demo_checkpoint(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path)
     return path
+
+
+def build_demo_upscaler(path: Path, base: Path, seed: int = 0) -> Path:
+    """A tiny random-weight latent x2 upscaler that reuses the base checkpoint's VAE and text encoder."""
+    import torch
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionLatentUpscalePipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    source = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+    torch.manual_seed(seed)
+    # The upscaler's UNet sees the noisy latents and the upsampled low-res latents (8 channels),
+    # and conditions time on the text encoder's pooled output (128 + 32 = 160).
+    unet = UNet2DConditionModel(
+        act_fn="gelu",
+        attention_head_dim=8,
+        norm_num_groups=None,
+        block_out_channels=[32, 32, 64, 64],
+        time_cond_proj_dim=160,
+        conv_in_kernel=1,
+        conv_out_kernel=1,
+        cross_attention_dim=32,
+        down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D"),
+        in_channels=8,
+        mid_block_type=None,
+        only_cross_attention=False,
+        out_channels=5,
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier",
+        timestep_post_act="gelu",
+        up_block_types=("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+    )
+    pipe = StableDiffusionLatentUpscalePipeline(
+        vae=source.vae,
+        text_encoder=source.text_encoder,
+        tokenizer=source.tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="sample"),
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path)
+    return path

@@ -11,6 +11,8 @@ from .models import Lane, ModelVersion, Priority, Route, hash_checkpoint
 
 DEMO_CHECKPOINT = "demo-tiny-sd"
 DEMO_VERSION = "demo-tiny-sd-v1"
+DEMO_UPSCALER_CHECKPOINT = "demo-tiny-sd-x2-upscaler"
+DEMO_UPSCALER_VERSION = "demo-tiny-sd-x2-upscaler-v1"
 
 # Sized for the tiny demo checkpoint on a CPU; real lanes are edited in the console.
 DEMO_LANES = [
@@ -58,13 +60,36 @@ DEMO_LANES = [
         max_concurrency=2,
         latency_slo_ms=1500,
     ),
+    dict(
+        name="hires",
+        description="Draft, then a batched latent x2 upscale",
+        default_steps=4,
+        max_steps=20,
+        default_width=128,
+        default_height=128,
+        min_size=64,
+        max_size=512,
+        max_concurrency=2,
+        latency_slo_ms=3000,
+        cascade=True,
+        refine_scale=2,
+        refine_steps=4,
+        refine_batch_size=4,
+        refine_max_wait_ms=50,
+    ),
 ]
-DEMO_FALLBACKS = {"fast-draft": "fallback", "final-render": "fast-draft", "preview": "fallback"}
+DEMO_FALLBACKS = {
+    "fast-draft": "fallback",
+    "final-render": "fast-draft",
+    "preview": "fallback",
+    "hires": "final-render",
+}
 DEMO_ROUTES = [
     ("draft", "Fast draft", "fast-draft", Priority.STANDARD),
     ("final", "Final render", "final-render", Priority.CRITICAL),
     ("preview", "Preview", "preview", Priority.BACKGROUND),
     ("fallback", "Fallback", "fallback", Priority.STANDARD),
+    ("hires", "High-res (draft, then x2 upscale)", "hires", Priority.STANDARD),
 ]
 
 
@@ -77,10 +102,31 @@ def ensure_demo_checkpoint() -> Path:
     return path
 
 
+def ensure_demo_upscaler() -> Path:
+    from .checkpoints import build_demo_upscaler
+
+    base = ensure_demo_checkpoint()
+    path = Path(settings.MODELS_ROOT) / DEMO_UPSCALER_CHECKPOINT
+    if not (path / "model_index.json").exists():
+        build_demo_upscaler(path, base)
+    return path
+
+
 def seed_demo_lanes(registered_by=None) -> ModelVersion:
     """Register the demo version and create the default lanes and routes; existing rows are kept."""
     path = ensure_demo_checkpoint()
+    upscaler_path = ensure_demo_upscaler()
     with transaction.atomic():
+        upscaler, _ = ModelVersion.objects.get_or_create(
+            name=DEMO_UPSCALER_VERSION,
+            defaults=dict(
+                family=ModelVersion.Family.LATENT_UPSCALER_X2,
+                location=DEMO_UPSCALER_CHECKPOINT,
+                content_hash=hash_checkpoint(upscaler_path),
+                status=ModelVersion.Status.ACTIVE,
+                registered_by=registered_by,
+            ),
+        )
         version, _ = ModelVersion.objects.get_or_create(
             name=DEMO_VERSION,
             defaults=dict(
@@ -92,8 +138,9 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
         )
         lanes = {}
         for spec in DEMO_LANES:
+            extra = {"refine_version": upscaler} if spec.get("cascade") else {}
             lanes[spec["name"]], _ = Lane.objects.get_or_create(
-                name=spec["name"], defaults={**spec, "active_version": version}
+                name=spec["name"], defaults={**spec, "active_version": version, **extra}
             )
         for name, fallback in DEMO_FALLBACKS.items():
             lane = lanes[name]

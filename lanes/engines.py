@@ -11,6 +11,7 @@ job that does not fit waits for memory instead of running into an out-of-memory 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -116,6 +117,7 @@ class Engine:
         self.storages = tensor_storages(pipe)
         self.weights_bytes = sum(self.storages.values())
         self.dtype_bytes = pipe.unet.dtype.itemsize
+        self.family = type(pipe).__name__
         self.bytes_per_pixel = float(PRIOR_BYTES_PER_PIXEL_PER_DTYPE_BYTE * self.dtype_bytes)
 
     def activation_bytes(self, width: int, height: int, batch: int = 1) -> int:
@@ -125,7 +127,9 @@ class Engine:
         # Schedulers keep per-call state (timesteps, step index): never share one between calls.
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         components = {**self.pipe.components, "scheduler": scheduler}
-        pipe = cls(**components, requires_safety_checker=False)
+        if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
+            components["requires_safety_checker"] = False
+        pipe = cls(**components)
         pipe.set_progress_bar_config(disable=True)
         # A fast (Rust) tokenizer keeps its padding/truncation settings as shared mutable state:
         # two threads encoding prompts at once corrupt each other's batches. Encode one at a time.
@@ -143,7 +147,9 @@ class Engine:
         """The one place a pipeline is called (and the seam where tests inject faults)."""
         return pipe(**kwargs)
 
-    def _timed(self, pipe, pixels: int, on_step: Callable[[int], None] | None, **kwargs) -> RunResult:
+    def _timed(
+        self, pipe, pixels: int, on_step: Callable[[int], None] | None, legacy_callback: bool = False, **kwargs
+    ) -> RunResult:
         import psutil
         import torch
 
@@ -162,9 +168,13 @@ class Engine:
                 on_step(step + 1)
             return callback_kwargs
 
+        if legacy_callback:  # pipelines that still take callback(step, timestep, latents)
+            kwargs.update(callback=lambda step, timestep, latents: step_end(pipe, step, timestep, {}), callback_steps=1)
+        else:
+            kwargs["callback_on_step_end"] = step_end
         started = time.perf_counter()
         with torch.inference_mode():
-            images = self.invoke(pipe, callback_on_step_end=step_end, **kwargs).images
+            images = self.invoke(pipe, **kwargs).images
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
@@ -236,23 +246,55 @@ class Engine:
             generator=generators,
         )
 
+    def upscale(
+        self,
+        *,
+        prompts: list[str],
+        images: list[Image],
+        seeds: list[int],
+        steps: int,
+        strength: float = 0.0,
+        guidance: float = 0.0,
+        on_step: Callable[[int], None] | None = None,
+    ) -> RunResult:
+        """One batched latent x2 upscale over several jobs' drafts (all the same size)."""
+        import torch
+        from diffusers import StableDiffusionLatentUpscalePipeline
+
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        width, height = images[0].size
+        return self._timed(
+            self._fresh(StableDiffusionLatentUpscalePipeline),
+            4 * width * height * len(images),
+            on_step,
+            legacy_callback=True,
+            prompt=prompts,
+            image=images,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+        )
+
 
 def load_pipeline(version: ModelVersion, device: Device):
     """Load a checkpoint the one way every checkpoint is loaded: from_pretrained or from_single_file."""
     path = version.checkpoint_path()
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionLatentUpscalePipeline, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
+    cls = {
+        ModelVersion.Family.STABLE_DIFFUSION: StableDiffusionPipeline,
+        ModelVersion.Family.LATENT_UPSCALER_X2: StableDiffusionLatentUpscalePipeline,
+    }[version.family]
     dtype = getattr(torch, version.dtype)
     if device.kind == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision is not worth it (or not supported) on CPU
+    extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     try:
         if path.is_dir():
-            pipe = StableDiffusionPipeline.from_pretrained(
-                path, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
-            )
+            pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
         else:
             config = version.config_path()
             if config is None:
@@ -260,9 +302,7 @@ def load_pipeline(version: ModelVersion, device: Device):
                     f"Single-file checkpoint {version.location!r} needs a config folder (config_location) "
                     "because configs cannot be downloaded."
                 )
-            pipe = StableDiffusionPipeline.from_single_file(
-                path, config=str(config), torch_dtype=dtype, local_files_only=True, safety_checker=None
-            )
+            pipe = cls.from_single_file(path, config=str(config), torch_dtype=dtype, local_files_only=True, **extra)
     except CheckpointError:
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, JSON and safetensors errors

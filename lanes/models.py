@@ -23,7 +23,8 @@ class Priority(models.TextChoices):
 
 class ModelVersion(models.Model):
     class Family(models.TextChoices):
-        STABLE_DIFFUSION = "stable-diffusion", "Stable Diffusion (txt2img)"
+        STABLE_DIFFUSION = "stable-diffusion", "Stable Diffusion (txt2img, img2img)"
+        LATENT_UPSCALER_X2 = "latent-upscaler-x2", "Stable Diffusion latent upscaler (x2)"
 
     class Status(models.TextChoices):
         STAGED = "staged"
@@ -129,6 +130,10 @@ class Lane(models.Model):
     refine_strength = models.FloatField(default=0.5)
     refine_batch_size = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
     refine_max_wait_ms = models.PositiveIntegerField(default=50)
+    # The refine stage's pipeline: a latent x2 upscaler, or (empty) img2img with the active version.
+    refine_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refining_lanes"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -144,6 +149,18 @@ class Lane(models.Model):
         if not self.queue:
             self.queue = f"lane.{self.name}"
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        upscaler = self.refine_version
+        if upscaler is not None and upscaler.family == ModelVersion.Family.LATENT_UPSCALER_X2:
+            if self.refine_scale != 2:
+                raise ValidationError({"refine_scale": "A latent x2 upscaler refines at scale 2."})
+        if upscaler is not None and upscaler.family != ModelVersion.Family.LATENT_UPSCALER_X2:
+            raise ValidationError({"refine_version": f"{upscaler.name} is not an upscaler."})
+        if self.active_version_id and self.active_version.family != ModelVersion.Family.STABLE_DIFFUSION:
+            raise ValidationError({"active_version": f"{self.active_version.name} cannot render from a prompt."})
 
     @property
     def refine_queue(self) -> str:
@@ -225,6 +242,9 @@ class Job(models.Model):
     refine_steps = models.PositiveSmallIntegerField(default=0)
     refine_strength = models.FloatField(default=0.0)
     refine_scale = models.PositiveSmallIntegerField(default=1)
+    refine_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refined_jobs"
+    )
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
     admission = models.CharField(max_length=10, choices=Admission.choices, default=Admission.ADMITTED)

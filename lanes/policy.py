@@ -54,6 +54,7 @@ CASCADE_KEYS: dict[str, tuple[str, type, float | None]] = {
     "strength": ("refine_strength", float, 0),
     "batch_size": ("refine_batch_size", int, 1),
     "max_wait_ms": ("refine_max_wait_ms", int, 0),
+    "upscaler": ("refine_version", str, None),
 }
 INTENT_KEYS = ("lane", "priority", "label")
 
@@ -185,7 +186,8 @@ def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str])
         names[name] = spec
         if name and not _is_slug(name):
             errors.append(f"line {spec.line}: route name {name!r} may hold only letters, digits, - and _")
-    models = {m.name: m for m in ModelVersion.objects.filter(name__in=[s.values.get("active_version") for s in lanes])}
+    wanted = [s.values.get(k) for s in lanes for k in ("active_version", "refine_version")]
+    models = {m.name: m for m in ModelVersion.objects.filter(name__in=[w for w in wanted if w])}
     for spec in lanes:
         v = spec.values
         model = v.get("active_version")
@@ -193,6 +195,9 @@ def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str])
             errors.append(f"line {spec.line}: route {v['name']!r}: unknown model {model!r}")
         elif model is not None and models[model].status == ModelVersion.Status.RETIRED:
             errors.append(f"line {spec.line}: route {v['name']!r}: model {model!r} is retired")
+        upscaler = v.get("refine_version")
+        if upscaler is not None and upscaler not in models:
+            errors.append(f"line {spec.line}: route {v['name']!r}: unknown upscaler {upscaler!r}")
         fallback = v.get("fallback")
         if fallback is not None and fallback not in names:
             errors.append(f"line {spec.line}: route {v['name']!r}: fallback {fallback!r} is not a route in this policy")
@@ -235,12 +240,13 @@ def apply(text: str) -> dict[str, int]:
             values = dict(spec.values)
             name = values.pop("name")
             values["active_version"] = models[values["active_version"]]
+            values["refine_version"] = models[values["refine_version"]] if values.get("refine_version") else None
             values.pop("fallback", None)
             values.setdefault("cascade", False)
             lane = existing.get(name) or Lane(name=name)
             # Keys left out of the file take their defaults, so the file alone describes the lane.
             for field, default in defaults.items():
-                if field not in ("id", "name", "fallback") and field not in values:
+                if field not in ("id", "name", "fallback", "refine_version") and field not in values:
                     setattr(lane, field, default)
             for field, value in values.items():
                 setattr(lane, field, value)
@@ -274,7 +280,7 @@ def apply(text: str) -> dict[str, int]:
 
 def export() -> str:
     routes = []
-    for lane in Lane.objects.select_related("active_version", "fallback").order_by("name"):
+    for lane in Lane.objects.select_related("active_version", "fallback", "refine_version").order_by("name"):
         item: dict = {"name": lane.name}
         for key, (field, _, _) in LANE_KEYS.items():
             if key == "model":
@@ -284,7 +290,11 @@ def export() -> str:
             else:
                 item[key] = getattr(lane, field)
         if lane.cascade:
-            item["cascade"] = {key: getattr(lane, field) for key, (field, _, _) in CASCADE_KEYS.items()}
+            item["cascade"] = {
+                key: getattr(lane, field) for key, (field, _, _) in CASCADE_KEYS.items() if key != "upscaler"
+            }
+            if lane.refine_version:
+                item["cascade"]["upscaler"] = lane.refine_version.name
         routes.append(item)
     intents = {
         route.intent: {"lane": route.lane.name, "priority": route.priority, "label": route.label}

@@ -147,6 +147,7 @@ def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
         refine_steps=fallback.refine_steps if fallback.cascade else 0,
         refine_strength=fallback.refine_strength if fallback.cascade else 0.0,
         refine_scale=fallback.refine_scale if fallback.cascade else 1,
+        refine_version=fallback.refine_version if fallback.cascade else None,
         **params,
     )
     if not moved:
@@ -194,7 +195,8 @@ def refine_job(job_id: int) -> str:
     from .batching import refine_batcher
     from .heartbeat import worker_ident
 
-    job = Job.objects.select_related("model_version", "lane").prefetch_related("artifacts").filter(pk=job_id).first()
+    related = ("model_version", "refine_version", "lane")
+    job = Job.objects.select_related(*related).prefetch_related("artifacts").filter(pk=job_id).first()
     if job is None:
         return "missing"
     claimed = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, stage=Job.Stage.REFINE_QUEUED).update(
@@ -203,7 +205,14 @@ def refine_job(job_id: int) -> str:
     if not claimed:
         return f"skipped: {job.state}/{job.stage}"
     job.refresh_from_db()
-    key = (job.model_version_id, job.width, job.height, job.refine_steps, job.refine_strength, job.guidance)
+    key = (
+        job.refine_version_id or job.model_version_id,
+        job.width,
+        job.height,
+        job.refine_steps,
+        job.refine_strength,
+        job.guidance,
+    )
     try:
         outcome, batch_size = refine_batcher.submit(
             key,
@@ -243,11 +252,14 @@ def _refine_batch(jobs: list[Job]) -> list:
     from . import engines
 
     first = jobs[0]
+    upscaler = first.refine_version
     images = []
     for job in jobs:
         draft = next(a for a in job.artifacts.all() if a.stage == Artifact.Stage.DRAFT)
         with Image.open(draft.absolute_path) as img:
-            images.append(img.convert("RGB").resize((job.width, job.height), Image.Resampling.BICUBIC))
+            img = img.convert("RGB")
+            # img2img refines at the final size; the latent upscaler takes the draft as it is.
+            images.append(img if upscaler else img.resize((job.width, job.height), Image.Resampling.BICUBIC))
 
     def run(indices: list[int]) -> list:
         recorders = [_progress_recorder(jobs[i], offset=jobs[i].steps) for i in indices]
@@ -256,8 +268,10 @@ def _refine_batch(jobs: list[Job]) -> list:
             for record in recorders:
                 record(step)
 
-        with engines.engines.use(first.model_version, width=first.width, height=first.height, batch=len(indices)) as e:
-            result = e.refine(
+        version = upscaler or first.model_version
+        with engines.engines.use(version, width=first.width, height=first.height, batch=len(indices)) as e:
+            call = e.upscale if upscaler else e.refine
+            result = call(
                 prompts=[jobs[i].prompt for i in indices],
                 images=[images[i] for i in indices],
                 seeds=[jobs[i].seed for i in indices],

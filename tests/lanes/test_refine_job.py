@@ -58,3 +58,16 @@ def test_a_cascade_size_must_halve_to_a_multiple_of_8(creative, cascade_lane):
 
     with pytest.raises(BriefRejected, match="Width must be a multiple of 16 \\(got 40\\)"):
         submit_brief(creative, prompt="Odd", intent="draft", width=40)
+
+
+def test_the_hires_lane_drafts_then_batches_a_latent_x2_upscale(worker, creative, demo_lanes):
+    jobs = [submit_brief(creative, prompt=f"Hires {i}", intent="hires", seed=i) for i in range(4)]
+    done = [wait_for_job(job.pk) for job in jobs]
+    assert {job.state for job in done} == {Job.State.SUCCEEDED}, [j.error for j in done]
+    for job in done:
+        assert job.refine_version.family == "latent-upscaler-x2"
+        draft, final = job.artifacts.get(stage="draft"), job.artifacts.get(stage="final")
+        assert (draft.width, draft.height, final.width, final.height) == (64, 64, 128, 128)
+        assert Image.open(final.absolute_path).size == (128, 128)
+    sizes = Counter(job.refine_batch_size for job in done)
+    assert all(count % size == 0 for size, count in sizes.items()), sizes

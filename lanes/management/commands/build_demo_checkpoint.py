@@ -3,7 +3,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from lanes.checkpoints import build_demo_checkpoint
+from lanes.checkpoints import build_demo_checkpoint, build_demo_upscaler
+from lanes.models import CheckpointError, resolve_checkpoint
 
 
 class Command(BaseCommand):
@@ -13,8 +14,13 @@ class Command(BaseCommand):
         parser.add_argument("path", help="Target folder, relative to MODELS_ROOT (or absolute, inside it).")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--force", action="store_true", help="Overwrite an existing checkpoint.")
+        parser.add_argument(
+            "--upscaler-of",
+            metavar="BASE",
+            help="Build a latent x2 upscaler instead, sharing the VAE and text encoder of BASE (under MODELS_ROOT).",
+        )
 
-    def handle(self, path: str, seed: int, force: bool, **options) -> None:
+    def handle(self, path: str, seed: int, force: bool, upscaler_of: str | None, **options) -> None:
         root = Path(settings.MODELS_ROOT).resolve()
         target = (root / path).resolve()
         if not target.is_relative_to(root):
@@ -22,5 +28,12 @@ class Command(BaseCommand):
         if (target / "model_index.json").exists() and not force:
             self.stdout.write(f"Checkpoint already at {target} (use --force to rebuild).")
             return
-        build_demo_checkpoint(target, seed=seed)
+        if upscaler_of:
+            try:
+                base = resolve_checkpoint(upscaler_of)
+            except CheckpointError as exc:
+                raise CommandError(str(exc)) from None
+            build_demo_upscaler(target, base, seed=seed)
+        else:
+            build_demo_checkpoint(target, seed=seed)
         self.stdout.write(self.style.SUCCESS(f"Built demo checkpoint at {target}"))
