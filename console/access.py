@@ -7,5 +7,5 @@ from lanes.models import Job
 
 def get_job_for_user(request, job_id: int) -> Job:
     """The job if the user may see it; 404 otherwise (another user's job does not exist for them)."""
-    queryset = Job.objects.visible_to(request.user).select_related("lane", "model_version", "owner")
+    queryset = Job.objects.visible_to(request.user).select_related("lane", "model_version", "refine_version", "owner")
     return get_object_or_404(queryset.prefetch_related("artifacts"), pk=job_id)

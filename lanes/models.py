@@ -292,8 +292,12 @@ class Job(models.Model):
 
     @property
     def effective_refine_steps(self) -> int:
+        if not self.refine_steps:
+            return 0
+        if self.refine_version_id:  # an upscaler runs its whole schedule
+            return self.refine_steps
         # img2img denoises only the last `strength` share of its schedule.
-        return min(int(self.refine_steps * self.refine_strength), self.refine_steps) if self.refine_steps else 0
+        return min(int(self.refine_steps * self.refine_strength), self.refine_steps)
 
     @property
     def total_steps(self) -> int:

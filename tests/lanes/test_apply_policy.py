@@ -119,10 +119,20 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
         ),
         ("routes: [\n  {name: x\n", ["line 3: not valid YAML"]),
         ("", ["line 1: the policy is empty"]),
-        (GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: nope}"), ["line 7: route 'final_render': unknown upscaler 'nope'"]),
-        (GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sd-v1}"), ["demo-tiny-sd-v1 is not an upscaler"]),
-        (GOOD.replace("scale: 2, steps: 4", "scale: 4, steps: 4").replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sd-x2-upscaler-v1}"),
-         ["A latent x2 upscaler refines at scale 2."]),
+        (
+            GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: nope}"),
+            ["line 7: route 'final_render': unknown upscaler 'nope'"],
+        ),
+        (
+            GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sd-v1}"),
+            ["demo-tiny-sd-v1 is not an upscaler"],
+        ),
+        (
+            GOOD.replace("scale: 2, steps: 4", "scale: 4, steps: 4").replace(
+                "max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sd-x2-upscaler-v1}"
+            ),
+            ["A latent x2 upscaler refines at scale 2."],
+        ),
     ],
 )
 def test_a_bad_policy_changes_nothing_and_says_where(demo_lanes, tmp_path, text, errors):

@@ -69,5 +69,6 @@ def test_the_hires_lane_drafts_then_batches_a_latent_x2_upscale(worker, creative
         draft, final = job.artifacts.get(stage="draft"), job.artifacts.get(stage="final")
         assert (draft.width, draft.height, final.width, final.height) == (64, 64, 128, 128)
         assert Image.open(final.absolute_path).size == (128, 128)
+        assert job.progress_step == job.total_steps == 4 + 4  # the upscaler runs all its steps
     sizes = Counter(job.refine_batch_size for job in done)
     assert all(count % size == 0 for size, count in sizes.items()), sizes
