@@ -198,6 +198,10 @@ CACHES = {
     }
 }
 
+# Typography verification: OCR runs on its own queue, on CPU workers.
+VERIFY_QUEUE = _env("VERIFY_QUEUE", "verify")
+VERIFY_MAX_PIXELS = envint("VERIFY_MAX_PIXELS", 40_000_000, 1)
+
 # Celery. Jobs are acked late so a worker crash redelivers them; the visibility timeout
 # must exceed the longest job, and beat re-dispatches what the database says is stuck.
 JOB_TIME_LIMIT = envint("JOB_TIME_LIMIT", 900, 10)
@@ -217,6 +221,7 @@ CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = {
     "lanes.tasks.reconcile_jobs": {"queue": "control"},
     "lanes.tasks.release_deferred_jobs": {"queue": "control"},
+    "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
 }
 CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},

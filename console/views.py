@@ -1,3 +1,4 @@
+from datetime import timedelta
 from functools import wraps
 
 from django.contrib import messages
@@ -7,16 +8,17 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from lanes.actions import cancel_job
-from lanes.models import Artifact, Job, Lane, Route
+from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
+from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification
 from lanes.policy import PolicyError
 from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
 
-from .access import get_job_for_user
+from .access import get_job_for_user, get_verification_for_user
 from .forms import BriefForm
 
 JOBS_PER_PAGE = 24
@@ -33,7 +35,7 @@ def job_list(request):
     jobs = (
         Job.objects.visible_to(request.user)
         .select_related("lane", "model_version", "owner")
-        .prefetch_related("artifacts")
+        .prefetch_related("artifacts", "verifications")
     )
     state = request.GET.get("state", "")
     if state in Job.State.values:
@@ -165,3 +167,117 @@ def policy_yaml(request):
     response = HttpResponse(export_policy(), content_type="application/yaml; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="laneway-policy.yaml"'
     return response
+
+
+REVIEW_AGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+REVIEW_ACTIONS = ("approve", "reject", "autofix", "rerender")
+
+
+@login_required
+@require_GET
+def review_queue(request):
+    """Flagged images awaiting a decision: the user's own (staff: everyone's)."""
+    items = (
+        Verification.objects.visible_to(request.user)
+        .awaiting_review()
+        .select_related("job__owner", "artifact", "lane", "model_version")
+    )
+    filters = {key: request.GET.get(key, "") for key in ("lane", "version", "age", "reason")}
+    if filters["lane"]:
+        items = items.filter(lane__name=filters["lane"])
+    if filters["version"]:
+        items = items.filter(model_version__name=filters["version"])
+    if filters["age"] in REVIEW_AGES:
+        items = items.filter(created_at__gte=timezone.now() - REVIEW_AGES[filters["age"]])
+    if filters["reason"] in ("missing", "mismatch"):
+        items = items.filter(reason__startswith=filters["reason"])
+    page = Paginator(items, 20).get_page(request.GET.get("page"))
+    for item in page.object_list:
+        item.overlay = _boxes_as_percent(item)
+    context = {
+        "page": page,
+        "items": page.object_list,
+        "filters": filters,
+        "lanes": Lane.objects.values_list("name", flat=True),
+        "versions": ModelVersion.objects.values_list("name", flat=True),
+        "intents": Route.objects.values_list("intent", flat=True),
+        "ages": REVIEW_AGES,
+    }
+    return render(request, "console/review.html", context)
+
+
+def _boxes_as_percent(verification) -> list[dict]:
+    """OCR boxes as percentages of the image, for drawing over it at any display size."""
+    width, height = verification.artifact.width or 1, verification.artifact.height or 1
+    rects = []
+    for line in verification.details.get("lines", []):
+        xs, ys = [p[0] for p in line["box"]], [p[1] for p in line["box"]]
+        rects.append(
+            {
+                "text": line["text"],
+                "left": round(100 * min(xs) / width, 2),
+                "top": round(100 * min(ys) / height, 2),
+                "width": round(100 * (max(xs) - min(xs)) / width, 2),
+                "height": round(100 * (max(ys) - min(ys)) / height, 2),
+            }
+        )
+    return rects
+
+
+def _apply_review(request, verification, action: str):
+    if action == "approve":
+        approve(verification, request.user)
+        return f"Job {verification.job_id} approved."
+    if action == "reject":
+        reject(verification, request.user)
+        return f"Job {verification.job_id} rejected."
+    if action == "autofix":
+        autofix(verification, request.user)
+        return f"Job {verification.job_id}: text overlaid; verifying the fixed image."
+    intent = request.POST.get("intent", "") or verification.job.intent
+    new = rerender(verification, request.user, intent)
+    return f"Job {verification.job_id} re-rendered as job {new.pk} on lane {new.lane.name}."
+
+
+@login_required
+@require_POST
+def review_action(request, verification_id: int, action: str):
+    verification = get_verification_for_user(request, verification_id)
+    if action not in REVIEW_ACTIONS:
+        raise Http404("No such review action.")
+    try:
+        message = _apply_review(request, verification, action)
+    except (ReviewError, BriefRejected) as exc:
+        if request.htmx:
+            return HttpResponse(str(exc), status=409)
+        messages.error(request, str(exc))
+        return redirect("review")
+    if request.htmx:
+        return render(request, "console/review.html#review-done", {"verification": verification, "message": message})
+    messages.success(request, message)
+    return redirect(request.POST.get("next") or reverse("review"))
+
+
+@login_required
+@require_POST
+def review_bulk(request):
+    action = request.POST.get("action", "")
+    if action not in ("approve", "reject", "autofix"):
+        messages.error(request, "Pick approve, reject or auto-fix for the selected images.")
+        return redirect("review")
+    ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()]
+    chosen = Verification.objects.visible_to(request.user).filter(pk__in=ids).select_related("job__lane", "artifact")
+    done, failed = 0, []
+    for verification in chosen:
+        try:
+            _apply_review(request, verification, action)
+            done += 1
+        except (ReviewError, BriefRejected) as exc:
+            failed.append(str(exc))
+    if done:
+        messages.success(request, f"{action}: {done} image{'s' if done != 1 else ''}.")
+    for problem in failed:
+        messages.error(request, problem)
+    if not ids:
+        messages.error(request, "Select at least one image.")
+    return redirect("review")

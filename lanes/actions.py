@@ -121,3 +121,85 @@ def cancel_job(job: Job) -> bool:
     if cancelled:
         transaction.on_commit(lambda: push.job_state(job))
     return cancelled
+
+
+def start_verification(job: Job, artifact, source=None):
+    """Queue the OCR check of a job's image (after commit), when its lane verifies typography."""
+    from .models import Verification
+    from .verification import expected_texts
+
+    if not job.lane.verify:
+        return None
+    expected = expected_texts(job.expected_text, job.prompt)
+    verification = Verification.objects.create(
+        job=job,
+        artifact=artifact,
+        lane=job.lane,
+        model_version=job.model_version,
+        source=source,
+        expected=expected,
+        status=Verification.Status.PENDING if expected else Verification.Status.NOT_APPLICABLE,
+        reason="" if expected else "the brief expects no text",
+        finished_at=None if expected else timezone.now(),
+    )
+    if expected:
+        from .tasks import verify_artifact
+
+        transaction.on_commit(lambda: verify_artifact.apply_async(args=(verification.pk,), queue=settings.VERIFY_QUEUE))
+    return verification
+
+
+class ReviewError(Exception):
+    pass
+
+
+def approve(verification, by) -> None:
+    if not verification.decide(verification.Decision.APPROVED, by):
+        raise ReviewError(f"Verification {verification.pk} was already reviewed ({verification.decision}).")
+
+
+def reject(verification, by) -> None:
+    if not verification.decide(verification.Decision.REJECTED, by):
+        raise ReviewError(f"Verification {verification.pk} was already reviewed ({verification.decision}).")
+
+
+def autofix(verification, by=None):
+    """Overlay the expected text on the flagged image as a new artifact, then verify that again."""
+    from PIL import Image
+
+    from .models import Artifact, Verification
+    from .tasks import store_png
+    from .verification import overlay_text
+
+    job = verification.job
+    if verification.status != Verification.Status.FLAGGED:
+        raise ReviewError("Only a flagged image can be auto-fixed.")
+    if job.artifacts.filter(stage=Artifact.Stage.FIXED).exists():
+        raise ReviewError(f"Job {job.pk} already has an auto-fixed image.")
+    failing = [s for s in verification.details.get("scores", []) if not s["passed"]]
+    with Image.open(verification.artifact.absolute_path) as source:
+        image = source.convert("RGB")
+    if len(failing) == 1:
+        image = overlay_text(image, failing[0]["expected"], failing[0]["box"])
+    else:
+        image = overlay_text(image, " ".join(s["expected"] for s in failing), None)
+    with transaction.atomic():
+        if not verification.decide(Verification.Decision.FIXED, by):
+            raise ReviewError(f"Verification {verification.pk} was already reviewed ({verification.decision}).")
+        artifact = store_png(job, image, Artifact.Stage.FIXED)
+        followup = start_verification(job, artifact, source=verification)
+    return followup
+
+
+def rerender(verification, by, intent: str) -> Job:
+    """A new job for the same brief with a new seed, on the lane the chosen intent routes to."""
+    from .models import Verification
+
+    job = verification.job
+    with transaction.atomic():
+        if not verification.decide(Verification.Decision.RERENDERED, by):
+            raise ReviewError(f"Verification {verification.pk} was already reviewed ({verification.decision}).")
+        new = submit_brief(job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent)
+        Job.objects.filter(pk=new.pk).update(rerender_of=job)
+        new.rerender_of = job
+    return new

@@ -130,6 +130,15 @@ class Lane(models.Model):
     refine_strength = models.FloatField(default=0.5)
     refine_batch_size = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
     refine_max_wait_ms = models.PositiveIntegerField(default=50)
+    # Typography verification of final images that must carry text.
+    verify = models.BooleanField(default=True)
+    verify_threshold = models.FloatField(
+        default=0.95, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Similarity (1 - normalized edit distance) an expected string needs to pass.",
+    )  # fmt: skip
+    verify_case_sensitive = models.BooleanField(default=True)
+    verify_ignore_punctuation = models.BooleanField(default=False)
+    autofix = models.BooleanField(default=False, help_text="Overlay the expected text on flagged images.")
     # The refine stage's pipeline: a latent x2 upscaler, or (empty) img2img with the active version.
     refine_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refining_lanes"
@@ -268,6 +277,7 @@ class Job(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     gpu_index = models.SmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
+    rerender_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rerenders")
 
     objects = JobQuerySet.as_manager()
 
@@ -427,6 +437,7 @@ class Artifact(models.Model):
     class Stage(models.TextChoices):
         DRAFT = "draft"
         FINAL = "final"
+        FIXED = "fixed", "fixed (text overlaid)"
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
     stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.FINAL)
@@ -477,3 +488,87 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.ident
+
+
+class VerificationQuerySet(models.QuerySet):
+    def visible_to(self, user) -> VerificationQuerySet:
+        return self if user.is_staff else self.filter(job__owner=user)
+
+    def awaiting_review(self) -> VerificationQuerySet:
+        return self.filter(status=Verification.Status.FLAGGED, decision="")
+
+    def pass_rates(self):
+        """Pass rate per lane and model version over finished verifications (computed in the database)."""
+        judged = self.filter(status__in=(Verification.Status.PASSED, Verification.Status.FLAGGED))
+        return (
+            judged.values("lane__name", "model_version__name")
+            .annotate(
+                total=models.Count("id"),
+                passed=models.Count("id", filter=Q(status=Verification.Status.PASSED)),
+            )
+            .order_by("lane__name", "model_version__name")
+        )
+
+
+class Verification(models.Model):
+    """The OCR check of one artifact against the text its brief expects, and the review of it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        PASSED = "passed"
+        FLAGGED = "flagged"
+        NOT_APPLICABLE = "not_applicable", "not applicable"
+        ERROR = "error"
+
+    class Decision(models.TextChoices):
+        NONE = "", "awaiting review"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        FIXED = "fixed", "auto-fixed"
+        RERENDERED = "rerendered", "re-rendered"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="verifications")
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="verifications")
+    lane = models.ForeignKey(Lane, null=True, on_delete=models.SET_NULL, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, null=True, on_delete=models.SET_NULL, related_name="+")
+    source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="followups",
+        help_text="The flagged verification this one re-checks (after an auto-fix).",
+    )  # fmt: skip
+    expected = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    reason = models.CharField(max_length=300, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    ocr_ms = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    decision = models.CharField(max_length=12, choices=Decision.choices, default="", blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    objects = VerificationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"verification {self.pk} of job {self.job_id} ({self.status})"
+
+    def finish(self, status: str, reason: str, details: dict | None = None, ocr_ms: float | None = None) -> bool:
+        done = Verification.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=status, reason=reason[:300], details=details or {}, ocr_ms=ocr_ms, finished_at=timezone.now()
+        )
+        if done:
+            self.status, self.reason, self.details, self.ocr_ms = status, reason[:300], details or {}, ocr_ms
+        return bool(done)
+
+    def decide(self, decision: str, by) -> bool:
+        """Record a review decision once; False if someone already decided."""
+        now = timezone.now()
+        done = Verification.objects.filter(pk=self.pk, decision="").update(
+            decision=decision, decided_by=by, decided_at=now
+        )
+        if done:
+            self.decision, self.decided_by, self.decided_at = decision, by, now
+        return bool(done)

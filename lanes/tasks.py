@@ -310,9 +310,63 @@ def _refine_batch(jobs: list[Job]) -> list:
 
 
 def _create_artifact(job: Job, stage: str, relative: str, image, digest: str, size: int) -> Artifact:
-    return Artifact.objects.create(
+    artifact = Artifact.objects.create(
         job=job, stage=stage, path=relative, width=image.width, height=image.height, sha256=digest, size_bytes=size
     )
+    if stage == Artifact.Stage.FINAL:
+        from .actions import start_verification
+
+        start_verification(job, artifact)
+    return artifact
+
+
+def store_png(job: Job, image, stage: str) -> Artifact:
+    relative, digest, size = _write_png(job, image, stage)
+    return _create_artifact(job, stage, relative, image, digest, size)
+
+
+@shared_task(name="lanes.tasks.verify_artifact", acks_late=True, ignore_result=True)
+def verify_artifact(verification_id: int) -> str:
+    """OCR one artifact against its brief's expected text (on the CPU verify queue). Never crashes the worker."""
+    from PIL import Image
+
+    from .models import Verification
+    from .verification import verify_image
+
+    verification = Verification.objects.select_related("job", "artifact", "lane").filter(pk=verification_id).first()
+    if verification is None:
+        return "missing"
+    if not Verification.objects.filter(pk=verification.pk, status=Verification.Status.PENDING).update(
+        status=Verification.Status.RUNNING
+    ):
+        return "skipped"
+    verification.status = Verification.Status.RUNNING
+    try:
+        with Image.open(verification.artifact.absolute_path) as source:
+            source.load()
+            image = source.convert("RGB")
+    except Exception as exc:  # missing, truncated or not an image at all
+        verification.finish(Verification.Status.ERROR, f"unreadable image: {type(exc).__name__}: {exc}")
+        push.job_state(verification.job)
+        return "error"
+    try:
+        verdict = verify_image(image, verification.expected, verification.lane or verification.job.lane)
+    except Exception as exc:
+        log.exception("verification %s failed", verification.pk)
+        verification.finish(Verification.Status.ERROR, f"OCR failed: {type(exc).__name__}: {exc}")
+        return "error"
+    if not verification.finish(verdict.status, verdict.reason, verdict.details(), verdict.ocr_ms):
+        return "discarded"  # the job was deleted meanwhile
+    push.job_state(verification.job)
+    lane = verification.lane
+    if verdict.status == Verification.Status.FLAGGED and lane and lane.autofix and verification.source_id is None:
+        from .actions import ReviewError, autofix
+
+        try:
+            autofix(verification)
+        except ReviewError as exc:
+            log.info("verification %s: no auto-fix: %s", verification.pk, exc)
+    return verdict.status
 
 
 def _write_png(job: Job, image, stage: str) -> tuple[str, str, int]:

@@ -75,16 +75,17 @@ def creative_client(client, creative):
 
 
 @contextmanager
-def running_worker(concurrency: int = 8):
+def running_worker(concurrency: int = 8, queues: list[str] | None = None):
     """A real Celery worker (threads pool) in this process, consuming every lane's queue."""
     from celery.contrib.testing.worker import start_worker
 
     from console.celery import app
     from lanes.heartbeat import heartbeat
 
-    lanes = list(Lane.objects.all())
-    queues = sorted({lane.queue for lane in lanes} | {lane.refine_queue for lane in lanes})
-    queues.append(settings.CELERY_TASK_DEFAULT_QUEUE)
+    if queues is None:
+        lanes = list(Lane.objects.all())
+        queues = sorted({lane.queue for lane in lanes} | {lane.refine_queue for lane in lanes})
+        queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.VERIFY_QUEUE]
     with start_worker(
         app, pool="threads", concurrency=concurrency, perform_ping_check=False, queues=queues, shutdown_timeout=60
     ) as controller:

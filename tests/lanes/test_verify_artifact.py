@@ -1,0 +1,93 @@
+import time
+
+import pytest
+from django.conf import settings
+
+from lanes.actions import start_verification, submit_brief
+from lanes.models import Artifact, Job, Lane, Verification
+from lanes.tasks import verify_artifact
+from tests.conftest import running_worker, wait_for_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_for_verification(job_id: int, count: int = 1, timeout: float = 60.0) -> list[Verification]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = list(
+            Verification.objects.filter(job_id=job_id).exclude(status__in=["pending", "running"]).order_by("id")
+        )
+        if len(done) >= count:
+            return done
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: verification not finished after {timeout}s")
+
+
+def test_verification_runs_on_its_own_queue_and_flags_unreadable_text(demo_lanes, creative):
+    lane_queues = sorted({lane.queue for lane in Lane.objects.all()})
+    with running_worker(queues=lane_queues):  # a GPU worker that does not consume the verify queue
+        job = wait_for_job(submit_brief(creative, prompt="Poster", expected_text="GRAND OPENING", intent="draft").pk)
+        assert job.state == "succeeded"
+        time.sleep(0.5)
+        assert Verification.objects.get(job=job).status == "pending"
+    with running_worker(queues=[settings.VERIFY_QUEUE]):  # the CPU verifier
+        (verification,) = wait_for_verification(job.pk)
+    # The demo checkpoint paints noise: the text is not there.
+    assert verification.status == "flagged" and verification.reason == "missing: 'GRAND OPENING' was not found"
+    assert verification.lane == job.lane and verification.model_version == job.model_version
+    assert verification.artifact.stage == "final" and verification.ocr_ms > 0
+
+
+def test_a_lane_that_allows_it_auto_fixes_and_verifies_again(worker, creative):
+    Lane.objects.filter(name="fast-draft").update(autofix=True, default_width=256, default_height=128)
+    job = wait_for_job(submit_brief(creative, prompt='A "BIG SALE" banner', intent="draft").pk)
+    first, second = wait_for_verification(job.pk, count=2)
+    assert first.status == "flagged" and first.decision == "fixed" and first.decided_by is None
+    assert second.source == first and second.artifact.stage == Artifact.Stage.FIXED
+    assert second.status == "passed", second.reason
+    assert job.artifacts.filter(stage="final").exists()  # the original is kept
+
+
+def test_no_expected_text_is_not_applicable_without_ocr(worker, creative):
+    job = wait_for_job(submit_brief(creative, prompt="An abstract poster", intent="draft").pk)
+    verification = Verification.objects.get(job=job)
+    assert verification.status == "not_applicable" and verification.ocr_ms is None
+
+
+def test_a_lane_that_does_not_verify_records_nothing(worker, creative):
+    Lane.objects.filter(name="fast-draft").update(verify=False)
+    job = wait_for_job(submit_brief(creative, prompt="Poster", expected_text="OPEN", intent="draft").pk)
+    assert not Verification.objects.filter(job=job).exists()
+
+
+def test_a_corrupt_image_is_a_clear_error_and_a_deleted_job_is_skipped(creative, demo_lanes, media_root):
+    job = submit_brief(creative, prompt="Poster", expected_text="OPEN", intent="draft")
+    path = media_root / "artifacts" / "corrupt.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    artifact = Artifact.objects.create(
+        job=job, path="artifacts/corrupt.png", width=8, height=8, sha256="x", size_bytes=20
+    )
+    verification = start_verification(Job.objects.select_related("lane").get(pk=job.pk), artifact)
+    assert verify_artifact.apply(args=(verification.pk,)).get() == "error"
+    verification.refresh_from_db()
+    assert verification.status == "error" and verification.reason.startswith("unreadable image:")
+    assert verify_artifact.apply(args=(verification.pk,)).get() == "skipped"  # delivered twice: once
+
+    again = start_verification(Job.objects.select_related("lane").get(pk=job.pk), artifact)
+    Job.objects.filter(pk=job.pk).delete()
+    assert verify_artifact.apply(args=(again.pk,)).get() == "missing"
+
+
+def test_pass_rates_per_lane_and_model_version_are_computed_in_the_database(
+    creative, demo_lanes, django_assert_num_queries
+):
+    job = submit_brief(creative, prompt="p", intent="draft")
+    artifact = Artifact.objects.create(job=job, path="x.png", width=8, height=8, sha256="x", size_bytes=1)
+    for status in ["passed", "passed", "passed", "flagged", "not_applicable"]:
+        Verification.objects.create(
+            job=job, artifact=artifact, lane=job.lane, model_version=job.model_version, status=status
+        )
+    with django_assert_num_queries(1):
+        rates = list(Verification.objects.pass_rates())
+    assert rates == [{"lane__name": "fast-draft", "model_version__name": "demo-tiny-sd-v1", "total": 4, "passed": 3}]
