@@ -1,0 +1,65 @@
+"""Flagging quality and OCR time of typography verification on a seeded labelled set.
+
+Renders --images posters with PIL in a real TTF font (tests/typeset.py: correct, misspelt,
+missing, extra characters, wrong case, low contrast, rotated a little), verifies each
+against its expected text with the default lane policy (case-sensitive, threshold 0.95),
+and prints precision and recall of flagging (a flag is the positive) and OCR time per
+image. Ends with one line of JSON.
+
+    .venv/bin/python bench/verify.py [--images 210] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from types import SimpleNamespace
+
+import harness  # noqa: I001  (puts the repository on sys.path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=210)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("LANEWAY_VAR_DIR", tempfile.mkdtemp(prefix="laneway-bench-verify-"))
+    harness.setup_django()
+    from lanes.models import Lane
+    from lanes.verification import reader, verify_image
+    from tests.typeset import labelled_set
+
+    defaults = {f: Lane._meta.get_field(f).default for f in ("verify_threshold", "verify_case_sensitive")}
+    policy = SimpleNamespace(
+        verify_ignore_punctuation=Lane._meta.get_field("verify_ignore_punctuation").default, **defaults
+    )
+    samples = labelled_set(args.images, seed=args.seed)
+    reader.read(samples[0].image)  # load the OCR models before timing
+    outcomes, times, wrong = Counter(), [], Counter()
+    for s in samples:
+        verdict = verify_image(s.image, [s.expected], policy)
+        flagged = verdict.status == "flagged"
+        times.append(verdict.ocr_ms)
+        key = ("t" if flagged == s.should_flag else "f") + ("p" if flagged else "n")
+        outcomes[key] += 1
+        if flagged != s.should_flag:
+            wrong[s.kind] += 1
+    precision = outcomes["tp"] / max(1, outcomes["tp"] + outcomes["fp"])
+    recall = outcomes["tp"] / max(1, outcomes["tp"] + outcomes["fn"])
+    p50, p95 = harness.percentile(times, 50), harness.percentile(times, 95)
+    print(
+        f"{len(samples)} images: tp {outcomes['tp']} fp {outcomes['fp']} tn {outcomes['tn']} fn {outcomes['fn']}; "
+        f"precision {precision:.3f} recall {recall:.3f}; OCR p50 {p50:.0f} ms p95 {p95:.0f} ms; "
+        f"wrong verdicts by kind: {dict(wrong) or 'none'}",
+        file=sys.stderr,
+    )
+    print(json.dumps({"bench": "verify", "precision": round(precision, 4), "recall": round(recall, 4),
+                      "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "images": len(samples)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
