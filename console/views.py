@@ -155,8 +155,12 @@ def policy(request):
                 request, f"Policy applied: {result['lanes']} lanes, {result['intents']} intents, nothing else changed."
             )
             return redirect("policy")
-    lanes = Lane.objects.select_related("active_version", "fallback").order_by("name")
+    lanes = list(Lane.objects.select_related("active_version", "fallback").order_by("name"))
     routes = Route.objects.select_related("lane").order_by("intent")
+    rates = {(r["lane__name"], r["model_version__name"]): r for r in Verification.objects.pass_rates()}
+    for lane in lanes:
+        rate = rates.get((lane.name, lane.active_version.name))
+        lane.pass_rate = f"{rate['passed'] / rate['total']:.0%} of {rate['total']}" if rate else "–"
     context = {"lanes": lanes, "routes": routes, "errors": errors, "policy_text": text or export_policy()}
     return render(request, "console/policy.html", context, status=status)
 
