@@ -221,10 +221,12 @@ CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = {
     "lanes.tasks.reconcile_jobs": {"queue": "control"},
     "lanes.tasks.release_deferred_jobs": {"queue": "control"},
+    "telemetry.tasks.prune_samples": {"queue": "control"},
     "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
 }
 CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
+    "prune-samples": {"task": "telemetry.tasks.prune_samples", "schedule": 60.0},
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
 }
 
@@ -233,6 +235,11 @@ ADMISSION_CONTROL = envbool("ADMISSION_CONTROL", True)
 # GPU memory budget of one worker in MiB (engines + activations). 0: 90% of the card on CUDA,
 # unlimited on CPU. On CUDA the process is capped with set_per_process_memory_fraction.
 GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
+
+# Telemetry: sampling period of each worker, how long samples are kept, who may scrape /metrics.
+TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)
+TELEMETRY_RETENTION_SECONDS = envint("TELEMETRY_RETENTION_SECONDS", 24 * 3600, 60)
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 
 # Workers and jobs.
 MODELS_ROOT = envpath("MODELS_ROOT", VAR_DIR / "models")

@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from telemetry import views as telemetry_views
+
 from . import views
 
 urlpatterns = [
@@ -19,5 +21,6 @@ urlpatterns = [
     path("review/<int:verification_id>/<str:action>/", views.review_action, name="review-action"),
     path("policy/", views.policy, name="policy"),
     path("policy.yaml", views.policy_yaml, name="policy-yaml"),
+    path("metrics", telemetry_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

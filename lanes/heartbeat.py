@@ -66,6 +66,11 @@ class Heartbeat:
         self.beat()
         self._thread = threading.Thread(target=self._run, name="laneway-heartbeat", daemon=True)
         self._thread.start()
+        from telemetry.sampling import sampling
+
+        from .slots import slots
+
+        sampling.start(worker_ident(), slots.total_running)
 
     def _run(self) -> None:
         while not self._stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
@@ -82,6 +87,9 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
         self._thread = None
+        from telemetry.sampling import sampling
+
+        sampling.stop()
         try:
             Worker.objects.filter(ident=worker_ident()).update(stopped_at=timezone.now())
         finally:

@@ -44,6 +44,10 @@ class LaneSlots:
     def running(self, lane_id: int) -> int:
         return self._running[lane_id]
 
+    def total_running(self) -> int:
+        with self._cond:
+            return sum(self._running.values())
+
     @contextmanager
     def acquire(self, lane_id: int, priority: str = Priority.STANDARD) -> Iterator[None]:
         ticket = (RANK.get(priority, 1), next(self._arrivals))

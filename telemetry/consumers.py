@@ -3,8 +3,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from lanes.models import Job
 
-from .events import JobsSnapshotEvent
-from .push import STAFF_GROUP, job_state_event, user_group
+from .events import JobsSnapshotEvent, TelemetrySnapshotEvent
+from .models import GpuSample
+from .push import STAFF_GROUP, TELEMETRY_GROUP, gpu_sample_event, job_state_event, user_group
 
 SNAPSHOT_JOBS = 50
 
@@ -40,3 +41,31 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
         # The stream is one-way; a client message only asks for the current state again.
         if content.get("type") == "jobs.snapshot":
             await self.send_json(await self.snapshot())
+
+
+class TelemetryConsumer(AsyncJsonWebsocketConsumer):
+    """Live GPU samples for signed-in users; the current readings first."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()
+            return
+        await self.channel_layer.group_add(TELEMETRY_GROUP, self.channel_name)
+        await self.accept()
+        await self.send_json(await self.snapshot())
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(TELEMETRY_GROUP, self.channel_name)
+
+    @database_sync_to_async
+    def snapshot(self) -> TelemetrySnapshotEvent:
+        latest: dict[str, list] = {}
+        for sample in GpuSample.objects.latest_per_device():
+            latest.setdefault(sample.worker, []).append(sample)
+        return TelemetrySnapshotEvent(
+            type="telemetry.snapshot", samples=[gpu_sample_event(worker, rows) for worker, rows in latest.items()]
+        )
+
+    async def laneway_event(self, message: dict) -> None:
+        await self.send_json(message["event"])

@@ -24,6 +24,29 @@ class JobStateEvent(TypedDict):
     error: str
 
 
+class GpuReading(TypedDict):
+    gpu_index: int | None
+    name: str
+    utilization_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: float | None
+    power_w: float | None
+
+
+class GpuSampleEvent(TypedDict):
+    type: Literal["gpu.sample"]
+    worker: str
+    taken_at: str
+    running_jobs: int
+    gpus: list[GpuReading]
+
+
+class TelemetrySnapshotEvent(TypedDict):
+    type: Literal["telemetry.snapshot"]
+    samples: list[GpuSampleEvent]
+
+
 class JobsSnapshotEvent(TypedDict):
     type: Literal["jobs.snapshot"]
     jobs: list[JobStateEvent]

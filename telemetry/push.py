@@ -14,11 +14,12 @@ from concurrent.futures import Future
 
 from channels.layers import get_channel_layer
 
-from .events import JobProgressEvent, JobStateEvent
+from .events import GpuReading, GpuSampleEvent, JobProgressEvent, JobStateEvent
 
 log = logging.getLogger(__name__)
 
 STAFF_GROUP = "jobs.staff"
+TELEMETRY_GROUP = "telemetry"
 
 
 def user_group(user_id: int) -> str:
@@ -108,3 +109,18 @@ def job_progress(job, step: int) -> None:
             type="job.progress", job_id=job.pk, owner_id=job.owner_id, step=step, steps=total, percent=percent
         ),
     )
+
+
+def gpu_sample_event(worker: str, samples) -> GpuSampleEvent:
+    fields = GpuReading.__annotations__
+    return GpuSampleEvent(
+        type="gpu.sample",
+        worker=worker,
+        taken_at=samples[0].taken_at.isoformat() if samples else "",
+        running_jobs=samples[0].running_jobs if samples else 0,
+        gpus=[GpuReading(**{f: getattr(s, f) for f in fields}) for s in samples],
+    )
+
+
+def gpu_samples(worker: str, samples) -> None:
+    _sender.send([TELEMETRY_GROUP], {"type": "laneway.event", "event": gpu_sample_event(worker, samples)})

@@ -1,7 +1,8 @@
 from django.urls import path
 
-from .consumers import JobsConsumer
+from .consumers import JobsConsumer, TelemetryConsumer
 
 websocket_urlpatterns = [
     path("ws/jobs/", JobsConsumer.as_asgi()),
+    path("ws/telemetry/", TelemetryConsumer.as_asgi()),
 ]

@@ -18,3 +18,4 @@ from console.settings import DATABASES  # noqa: E402
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 WORKER_HEARTBEAT_SECONDS = 0.5
+TELEMETRY_SAMPLE_SECONDS = 0.2

@@ -1,0 +1,89 @@
+"""GPU readings through NVML (nvidia-ml-py, imported as pynvml), or the process itself without a driver.
+
+Only utilisation, memory, temperature and power are read: microseconds per call, fine at
+1-2 Hz. Process lists are never polled here (expensive, and the worker knows its jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reading:
+    gpu_index: int | None
+    name: str
+    utilization_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: float | None
+    power_w: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Sampler:
+    """Reads this worker's GPUs (those in CUDA_VISIBLE_DEVICES, or all); CPU and RSS when NVML is absent."""
+
+    def __init__(self) -> None:
+        self.nvml = None
+        self.error = ""
+        self.handles: list[tuple[int, object, str]] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+            indices = [int(v) for v in visible if v.isdigit()] or list(range(pynvml.nvmlDeviceGetCount()))
+            for index in indices:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                name = pynvml.nvmlDeviceGetName(handle)
+                self.handles.append((index, handle, name.decode() if isinstance(name, bytes) else name))
+            self.nvml = pynvml
+        except Exception as exc:  # NVMLError_LibraryNotFound (no driver), NVMLError_DriverNotLoaded, ...
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.info("no GPU telemetry (%s): reporting the worker process instead", self.error)
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.nvml is not None and bool(self.handles)
+
+    def read(self) -> list[Reading]:
+        if not self.has_gpu:
+            return [self._process_reading()]
+        nvml, readings = self.nvml, []
+        for index, handle, name in self.handles:
+            utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            readings.append(
+                Reading(
+                    gpu_index=index,
+                    name=name,
+                    utilization_pct=float(utilization.gpu),
+                    memory_used_bytes=int(memory.used),
+                    memory_total_bytes=int(memory.total),
+                    temperature_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+                    power_w=nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+                )
+            )
+        return readings
+
+    @staticmethod
+    def _process_reading() -> Reading:
+        import psutil
+
+        process = psutil.Process()
+        return Reading(
+            gpu_index=None,
+            name="CPU",
+            utilization_pct=psutil.cpu_percent(interval=None),
+            memory_used_bytes=process.memory_info().rss,
+            memory_total_bytes=psutil.virtual_memory().total,
+            temperature_c=None,
+            power_w=None,
+        )

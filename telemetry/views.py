@@ -1,0 +1,28 @@
+import hmac
+
+from django.conf import settings
+from django.http import HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .metrics import LanewayCollector
+
+
+def _authorized(request) -> bool:
+    if request.user.is_authenticated and request.user.is_staff:
+        return True
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return bool(settings.METRICS_TOKEN) and hmac.compare_digest(token, settings.METRICS_TOKEN)
+
+
+@require_GET
+def metrics(request):
+    """Prometheus text format; for a scraper with METRICS_TOKEN as bearer token, or for staff."""
+    if not _authorized(request):
+        response = HttpResponse("Metrics need a bearer token (METRICS_TOKEN) or a staff login.\n", status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="laneway"'
+        return response
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LanewayCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
