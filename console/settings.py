@@ -241,6 +241,25 @@ TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)
 TELEMETRY_RETENTION_SECONDS = envint("TELEMETRY_RETENTION_SECONDS", 24 * 3600, 60)
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 
+
+def envprices(name: str, default: str) -> dict[str, float]:
+    """'NVIDIA H100 80GB HBM3=4.5,default=2.0': price per GPU-hour by accelerator model."""
+    prices = {}
+    for item in _env(name, default).split(","):
+        model, sep, price = item.rpartition("=")
+        try:
+            if not sep or not model.strip():
+                raise ValueError
+            prices[model.strip()] = float(price)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not MODEL=PRICE") from None
+    prices.setdefault("default", 0.0)
+    return prices
+
+
+# What one GPU-hour costs, by accelerator model ("default" for the rest). CPU time is free.
+GPU_HOURLY_PRICES = envprices("GPU_HOURLY_PRICES", "default=2.50")
+
 # Workers and jobs.
 MODELS_ROOT = envpath("MODELS_ROOT", VAR_DIR / "models")
 MEDIA_ROOT = envpath("MEDIA_ROOT", VAR_DIR / "media")

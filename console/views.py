@@ -5,7 +5,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse
+from django.db.models import Count
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -13,10 +14,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
-from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification
+from lanes.metrics import WINDOWS, lane_stats
+from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification, Worker
 from lanes.policy import PolicyError
 from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
+from telemetry.models import GpuSample
 
 from .access import get_job_for_user, get_verification_for_user
 from .forms import BriefForm
@@ -285,3 +288,75 @@ def review_bulk(request):
     if not ids:
         messages.error(request, "Select at least one image.")
     return redirect("review")
+
+
+SAMPLE_HISTORY = timedelta(minutes=5)
+
+
+def _sample_series(since) -> dict[str, dict]:
+    """The last five minutes of GPU samples as chart series, keyed worker|gpu."""
+    series: dict[str, dict] = {}
+    rows = (
+        GpuSample.objects.filter(taken_at__gte=since)
+        .order_by("taken_at", "id")
+        .values_list(
+            "worker", "gpu_index", "name", "taken_at", "utilization_pct", "memory_used_bytes", "memory_total_bytes"
+        )
+    )
+    for worker, gpu, name, taken_at, util, used, total in rows:
+        key = f"{worker}|{'cpu' if gpu is None else gpu}"
+        entry = series.setdefault(key, {"worker": worker, "gpu": gpu, "name": name, "t": [], "util": [], "mem": []})
+        entry["t"].append(taken_at.timestamp())
+        entry["util"].append(util)
+        entry["mem"].append(round(100 * used / total, 2) if used is not None and total else None)
+    return series
+
+
+@login_required
+@require_GET
+def dashboard(request):
+    """The fleet at a glance: a card per worker GPU with live charts, and the lane table."""
+    window = request.GET.get("window", "5m")
+    if window not in WINDOWS:
+        window = "5m"
+    now = timezone.now()
+    live = {
+        (row["lane_id"], row["state"]): row["n"]
+        for row in Job.objects.filter(state__in=["queued", "running", "deferred"])
+        .values("lane_id", "state")
+        .annotate(n=Count("id"))
+        .order_by()
+    }
+    stats: dict[int, list] = {}
+    for s in lane_stats(window, now):
+        stats.setdefault(s.lane.pk, []).append(s)
+    lanes = []
+    for lane in Lane.objects.select_related("active_version").order_by("name"):
+        lane.queued = live.get((lane.pk, "queued"), 0)
+        lane.running = live.get((lane.pk, "running"), 0)
+        lane.deferred = live.get((lane.pk, "deferred"), 0)
+        lane.stats = stats.get(lane.pk, [])
+        lanes.append(lane)
+    template = "console/dashboard.html"
+    if request.htmx and request.GET.get("part") == "lanes":
+        template += "#lane-table"
+    alive = set(Worker.objects.alive(now).values_list("ident", flat=True))
+    workers = list(Worker.objects.filter(last_seen__gte=now - timedelta(hours=1)).order_by("hostname", "pid"))
+    for w in workers:
+        w.is_alive = w.ident in alive
+    context = {
+        "window": window,
+        "windows": list(WINDOWS),
+        "lanes": lanes,
+        "workers": workers,
+        "series": _sample_series(now - SAMPLE_HISTORY),
+        "show_cost": request.user.is_staff,
+    }
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def dashboard_samples(request):
+    """The chart history again, for a page that reconnects after a dropped socket."""
+    return JsonResponse(_sample_series(timezone.now() - SAMPLE_HISTORY))

@@ -44,6 +44,7 @@ class MemoryBudgetError(Exception):
 class Device:
     kind: str  # "cuda" or "cpu"
     gpu_index: int | None  # the physical index (first of CUDA_VISIBLE_DEVICES), None on CPU
+    name: str = "CPU"
 
     @property
     def torch_device(self) -> str:
@@ -67,7 +68,7 @@ def current_device() -> Device:
             if wanted != "cpu" and torch.cuda.is_available():
                 visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
                 index = int(visible) if visible.isdigit() else torch.cuda.current_device()
-                _device = Device("cuda", index)
+                _device = Device("cuda", index, torch.cuda.get_device_name(0))
             else:
                 _device = Device("cpu", None)
         return _device

@@ -276,6 +276,7 @@ class Job(models.Model):
     device = models.CharField(max_length=20, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     gpu_index = models.SmallIntegerField(null=True, blank=True)
+    gpu_name = models.CharField(max_length=100, blank=True, help_text="The accelerator's model, for pricing.")
     error = models.TextField(blank=True)
     rerender_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rerenders")
 
@@ -283,7 +284,11 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-submitted_at", "-id"]
-        indexes = [models.Index(fields=["owner", "-submitted_at"]), models.Index(fields=["state", "lane"])]
+        indexes = [
+            models.Index(fields=["owner", "-submitted_at"]),
+            models.Index(fields=["state", "lane"]),
+            models.Index(fields=["lane", "finished_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.state})"
@@ -352,13 +357,14 @@ class Job(models.Model):
         self.dispatched_at = timezone.now()
         Job.objects.filter(pk=self.pk).update(dispatched_at=self.dispatched_at)
 
-    def mark_running(self, worker: str, gpu_index: int | None, device: str) -> bool:
+    def mark_running(self, worker: str, gpu_index: int | None, device: str, gpu_name: str = "") -> bool:
         now = timezone.now()
         claimed = Job.objects.filter(pk=self.pk, state=self.State.QUEUED).update(
             state=self.State.RUNNING,
             started_at=now,
             worker=worker,
             gpu_index=gpu_index,
+            gpu_name=gpu_name,
             device=device,
             progress_step=0,
             attempts=F("attempts") + 1,
@@ -501,7 +507,7 @@ class VerificationQuerySet(models.QuerySet):
         """Pass rate per lane and model version over finished verifications (computed in the database)."""
         judged = self.filter(status__in=(Verification.Status.PASSED, Verification.Status.FLAGGED))
         return (
-            judged.values("lane__name", "model_version__name")
+            judged.values("lane_id", "lane__name", "model_version_id", "model_version__name")
             .annotate(
                 total=models.Count("id"),
                 passed=models.Count("id", filter=Q(status=Verification.Status.PASSED)),

@@ -75,7 +75,7 @@ def _run_claimed(job: Job) -> str:
     from .heartbeat import worker_ident
 
     device = engines.current_device()
-    if not job.mark_running(worker_ident(), device.gpu_index, device.kind):
+    if not job.mark_running(worker_ident(), device.gpu_index, device.kind, device.name):
         return "skipped: claimed elsewhere"
     push.job_state(job)
     if job.is_cascade and job.draft_artifact() is not None:

@@ -1,0 +1,162 @@
+"""Lane and model-version statistics over a time window, computed in the database.
+
+Every figure is an aggregate query grouped by (lane, model version); percentiles are
+nearest-rank, picked with window functions (ROW_NUMBER over the group), which SQLite and
+PostgreSQL both run, so no job rows are loaded into Python.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import (
+    Case,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Q,
+    Sum,
+    Value,
+    When,
+    Window,
+)
+from django.db.models.functions import Ceil, Coalesce, RowNumber
+from django.utils import timezone
+
+from .models import Job, Lane, ModelVersion, Verification
+
+WINDOWS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+PERCENTILES = (50, 95, 99)
+GROUP = ("lane_id", "model_version_id")
+
+
+@dataclass
+class Stats:
+    lane: Lane
+    version: ModelVersion | None
+    finished: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    ooms: int = 0
+    deferrals: int = 0
+    gpu_seconds: float = 0.0
+    cost: float = 0.0
+    verified: int = 0
+    verified_passed: int = 0
+    window_seconds: float = 300.0
+    queue_s: dict[int, float] = field(default_factory=dict)
+    run_s: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def throughput_per_min(self) -> float:
+        return self.succeeded / (self.window_seconds / 60)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.failed / self.finished if self.finished else None
+
+    @property
+    def gpu_seconds_per_image(self) -> float | None:
+        return self.gpu_seconds / self.succeeded if self.succeeded else None
+
+    @property
+    def cost_per_image(self) -> float | None:
+        return self.cost / self.succeeded if self.succeeded else None
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.verified_passed / self.verified if self.verified else None
+
+    @property
+    def over_slo(self) -> bool:
+        p95 = self.run_s.get(95)
+        queue = self.queue_s.get(95) or 0.0
+        return p95 is not None and (p95 + queue) * 1000 > self.lane.latency_slo_ms
+
+
+def _cost_expression():
+    prices = settings.GPU_HOURLY_PRICES
+    per_hour = Case(
+        *(When(gpu_name=name, then=Value(price)) for name, price in prices.items() if name != "default"),
+        default=Value(prices["default"]),
+        output_field=FloatField(),
+    )
+    return Sum(Coalesce(F("gpu_seconds"), Value(0.0)) * per_hour / Value(3600.0), output_field=FloatField())
+
+
+def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
+    """Nearest-rank percentiles of `expression` (a duration) per (lane, version), in seconds."""
+    partition = [F(name) for name in GROUP]
+    ranked = queryset.annotate(
+        value=expression,
+        rank=Window(RowNumber(), partition_by=partition, order_by=expression.asc()),
+        size=Window(Count("id"), partition_by=partition),
+    )
+    wanted = Q()
+    for q in PERCENTILES:
+        wanted |= Q(rank=Ceil(F("size") * Value(q / 100)))
+    result: dict[tuple, dict[int, float]] = {}
+    for row in ranked.filter(wanted).values(*GROUP, "value", "rank", "size"):
+        seconds = row["value"].total_seconds() if isinstance(row["value"], timedelta) else row["value"] / 1e6
+        for q in PERCENTILES:
+            if row["rank"] == max(1, math.ceil(row["size"] * q / 100)):
+                result.setdefault((row["lane_id"], row["model_version_id"]), {})[q] = seconds
+    return result
+
+
+def lane_stats(window: str = "5m", now=None) -> list[Stats]:
+    span = WINDOWS[window]
+    since = (now or timezone.now()) - span
+    lanes = {lane.pk: lane for lane in Lane.objects.select_related("active_version")}
+    versions = {v.pk: v for v in ModelVersion.objects.all()}
+    stats: dict[tuple, Stats] = {}
+
+    def entry(lane_id, version_id) -> Stats:
+        key = (lane_id, version_id)
+        if key not in stats:
+            stats[key] = Stats(lanes[lane_id], versions.get(version_id), window_seconds=span.total_seconds())
+        return stats[key]
+
+    done = Job.objects.filter(finished_at__gte=since, state__in=(Job.State.SUCCEEDED, Job.State.FAILED))
+    succeeded = Q(state=Job.State.SUCCEEDED)
+    for row in (
+        done.values(*GROUP)
+        .annotate(
+            finished=Count("id"),
+            ok=Count("id", filter=succeeded),
+            failed=Count("id", filter=Q(state=Job.State.FAILED)),
+            ooms=Sum("oom_count"),
+            gpu=Sum("gpu_seconds", filter=succeeded),
+            cost=_cost_expression(),
+        )
+        .order_by()
+    ):
+        s = entry(row["lane_id"], row["model_version_id"])
+        s.finished, s.succeeded, s.failed = row["finished"], row["ok"], row["failed"]
+        s.ooms, s.gpu_seconds, s.cost = row["ooms"] or 0, row["gpu"] or 0.0, row["cost"] or 0.0
+
+    deferred = Q(admission=Job.Admission.DEFERRED) | Q(admission_reason__contains="released after")
+    for row in (
+        Job.objects.filter(submitted_at__gte=since).filter(deferred).values(*GROUP).annotate(n=Count("id")).order_by()
+    ):
+        entry(row["lane_id"], row["model_version_id"]).deferrals = row["n"]
+
+    ran = done.filter(succeeded, started_at__isnull=False)
+    queue = ExpressionWrapper(F("started_at") - F("submitted_at"), output_field=DurationField())
+    run = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    for key, values in _percentiles(ran, queue).items():
+        entry(*key).queue_s = values
+    for key, values in _percentiles(ran, run).items():
+        entry(*key).run_s = values
+
+    judged = Verification.objects.filter(finished_at__gte=since, lane__isnull=False)
+    for row in judged.pass_rates():
+        if row["lane_id"] in lanes:
+            s = entry(row["lane_id"], row["model_version_id"])
+            s.verified, s.verified_passed = row["total"], row["passed"]
+    return sorted(stats.values(), key=lambda s: (s.lane.name, s.version.name if s.version else ""))
