@@ -148,7 +148,7 @@ class Stack:
         self.log_dir = settings.VAR_DIR
         return self
 
-    def start(self) -> None:
+    def start(self, worker: bool = True, web_workers: int = 1) -> None:
         """Start the web server and the worker (after the caller has shaped the lanes)."""
         env = os.environ.copy()
         self.procs.append(
@@ -161,6 +161,8 @@ class Stack:
                     "--port",
                     str(self.port),
                     "--no-access-log",
+                    "--workers",
+                    str(web_workers),
                 ],
                 cwd=ROOT,
                 env=env,
@@ -168,16 +170,18 @@ class Stack:
                 stderr=open(self.log_dir / "web.log", "w"),
             )
         )
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, "manage.py", "gpu_worker", "--loglevel", "WARNING", *self.worker_args],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.log_dir / "worker.log", "w"),
-            )
-        )
+        if worker:
+            self.procs.append(self._worker(env))
         wait_port(self.port)
+
+    def _worker(self, env) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "gpu_worker", "--loglevel", "WARNING", *self.worker_args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_dir / "worker.log", "w"),
+        )
 
     def session(self) -> Session:
         session = Session(self.port)
@@ -212,6 +216,7 @@ def run_child(script: str, mode_args: list[str], env_extra: dict[str, str], labe
             log = var / name
             if log.exists():
                 sys.stderr.write(f"--- {name}\n" + log.read_text()[-3000:])
+                shutil.copy(log, f"/tmp/laneway-bench-{label}-{name}")
         raise SystemExit(f"{label} run failed")
     shutil.rmtree(var, ignore_errors=True)
     return out.stdout.strip().splitlines()[-1]

@@ -179,14 +179,22 @@ CELERY_BROKER_URL = _env("CELERY_BROKER_URL", _broker_default)
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a group send is one PUBLISH that each web process fans out to its
+        # sockets itself, instead of one queued message per socket. Pushes are hints
+        # (pages re-read the database on reconnect), so at-most-once delivery is enough.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # redis-py 8 times socket reads out after 5 s by default, exactly channels-redis's
-            # blocking-pop timeout: an idle websocket consumer would die with TimeoutError.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # redis-py 8 times socket reads out after 5 s by default, and its async pool refuses
+            # (not waits) past 100 connections: idle consumers and 200 dashboards connecting
+            # at once must survive both.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 30,
+                    "max_connections": envint("CHANNEL_LAYER_MAX_CONNECTIONS", 2000, 10),
+                }
+            ],
             "prefix": _env("CHANNELS_PREFIX", "laneway"),
-            "capacity": 1000,
-            "expiry": 30,
         },
     }
 }

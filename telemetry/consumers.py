@@ -35,7 +35,7 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
     async def laneway_event(self, message: dict) -> None:
         event = message["event"]
         if self.user.is_staff or event.get("owner_id") == self.user.pk:
-            await self.send_json(event)
+            await self.send(text_data=message["text"])
 
     async def receive_json(self, content, **kwargs) -> None:
         # The stream is one-way; a client message only asks for the current state again.
@@ -68,4 +68,4 @@ class TelemetryConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def laneway_event(self, message: dict) -> None:
-        await self.send_json(message["event"])
+        await self.send(text_data=message["text"])

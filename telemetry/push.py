@@ -8,6 +8,7 @@ never blocks a pipeline step on a network round trip, and events leave in order.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from concurrent.futures import Future
@@ -78,8 +79,13 @@ _sender = _Sender()
 flush = _sender.flush
 
 
+def _message(event) -> dict:
+    # Serialized once here rather than once per socket by every consumer it reaches.
+    return {"type": "laneway.event", "event": event, "text": json.dumps(event)}
+
+
 def _publish(owner_id: int, event: JobProgressEvent | JobStateEvent) -> None:
-    _sender.send([user_group(owner_id), STAFF_GROUP], {"type": "laneway.event", "event": event})
+    _sender.send([user_group(owner_id), STAFF_GROUP], _message(event))
 
 
 def job_state_event(job) -> JobStateEvent:
@@ -123,4 +129,4 @@ def gpu_sample_event(worker: str, samples) -> GpuSampleEvent:
 
 
 def gpu_samples(worker: str, samples) -> None:
-    _sender.send([TELEMETRY_GROUP], {"type": "laneway.event", "event": gpu_sample_event(worker, samples)})
+    _sender.send([TELEMETRY_GROUP], _message(gpu_sample_event(worker, samples)))
