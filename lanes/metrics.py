@@ -1,8 +1,8 @@
 """Lane and model-version statistics over a time window, computed in the database.
 
 Every figure is an aggregate query grouped by (lane, model version); percentiles are
-nearest-rank, picked with window functions (ROW_NUMBER over the group), which SQLite and
-PostgreSQL both run, so no job rows are loaded into Python.
+nearest-rank: PERCENTILE_DISC on PostgreSQL, window functions (ROW_NUMBER over the group)
+on SQLite. No job rows are loaded into Python.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
+    Aggregate,
     Case,
     Count,
     DurationField,
@@ -89,8 +91,27 @@ def _cost_expression():
     return Sum(Coalesce(F("gpu_seconds"), Value(0.0)) * per_hour / Value(3600.0), output_field=FloatField())
 
 
+class PercentileDisc(Aggregate):
+    """PostgreSQL's nearest-rank percentile: one sort per group inside the aggregate."""
+
+    function = "PERCENTILE_DISC"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression, fraction: float, **extra) -> None:
+        super().__init__(expression, fraction=float(fraction), output_field=DurationField(), **extra)
+
+
+def _seconds(value) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value / 1e6
+
+
 def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
     """Nearest-rank percentiles of `expression` (a duration) per (lane, version), in seconds."""
+    if connection.vendor == "postgresql":
+        aggregates = {f"p{q}": PercentileDisc(expression, q / 100) for q in PERCENTILES}
+        rows = queryset.values(*GROUP).annotate(**aggregates).order_by()
+        return {(r["lane_id"], r["model_version_id"]): {q: _seconds(r[f"p{q}"]) for q in PERCENTILES} for r in rows}
+    # Elsewhere (SQLite): rank rows with window functions and keep the ranks wanted.
     partition = [F(name) for name in GROUP]
     ranked = queryset.annotate(
         value=expression,
@@ -102,7 +123,7 @@ def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
         wanted |= Q(rank=Ceil(F("size") * Value(q / 100)))
     result: dict[tuple, dict[int, float]] = {}
     for row in ranked.filter(wanted).values(*GROUP, "value", "rank", "size"):
-        seconds = row["value"].total_seconds() if isinstance(row["value"], timedelta) else row["value"] / 1e6
+        seconds = _seconds(row["value"])
         for q in PERCENTILES:
             if row["rank"] == max(1, math.ceil(row["size"] * q / 100)):
                 result.setdefault((row["lane_id"], row["model_version_id"]), {})[q] = seconds
