@@ -325,6 +325,27 @@ class Job(models.Model):
         total = self.total_steps
         return int(100 * min(self.progress_step, total) / total) if total else 0
 
+    @property
+    def stage_progress(self) -> list[dict]:
+        """Per stage: name, steps done, steps in all, percent (one stage, or draft + refine)."""
+        done = self.total_steps if self.state == self.State.SUCCEEDED else min(self.progress_step, self.total_steps)
+        stages = [("draft" if self.is_cascade else "render", 0, self.steps)]
+        if self.is_cascade:
+            stages.append(("upscale" if self.refine_version_id else "refine", self.steps, self.effective_refine_steps))
+        return [
+            {"name": name, "done": max(0, min(done - start, size)), "steps": size,
+             "percent": int(100 * max(0, min(done - start, size)) / size) if size else 100}
+            for name, start, size in stages
+        ]  # fmt: skip
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the pace of the steps run so far (None until a step has run)."""
+        if self.state != self.State.RUNNING or not self.started_at or not self.progress_step:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return max(0.0, elapsed / self.progress_step * (self.total_steps - self.progress_step))
+
     def draft_artifact(self) -> Artifact | None:
         for artifact in self.artifacts.all():
             if artifact.stage == Artifact.Stage.DRAFT:

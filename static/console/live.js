@@ -21,6 +21,20 @@
     if (bar) { bar.value = percent; bar.textContent = percent + "%"; }
     const text = el.querySelector("[data-progress-text]");
     if (text) text.textContent = "step " + step + "/" + steps;
+    // Per-stage bars and the time left, at the pace of the steps run so far.
+    el.querySelectorAll("[data-stage-bar]").forEach(function (stage) {
+      const start = Number(stage.dataset.stageStart), size = Number(stage.dataset.stageSteps);
+      const done = Math.max(0, Math.min(step - start, size));
+      const pct = size ? Math.round(100 * done / size) : 100;
+      const p = stage.querySelector("progress");
+      p.value = pct; p.textContent = pct + "%";
+      stage.querySelector("[data-stage-text]").textContent = done + "/" + size;
+    });
+    const box = el.querySelector("[data-started]"), eta = el.querySelector("[data-eta]");
+    if (box && eta && box.dataset.started && step > 0) {
+      const elapsed = Date.now() / 1000 - Number(box.dataset.started);
+      eta.textContent = "· about " + Math.max(0, elapsed / step * (steps - step)).toFixed(1) + " s left";
+    }
   }
 
   function currentState(el) {

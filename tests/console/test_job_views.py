@@ -87,3 +87,18 @@ def test_the_job_list_query_count_does_not_grow_with_jobs(creative_client, creat
 def test_a_missing_image_is_a_404(creative_client, job):
     assert creative_client.get(reverse("job-image", args=[job.pk, "final"])).status_code == 404
     assert creative_client.get(reverse("job-image", args=[job.pk, "bogus"])).status_code == 404
+
+
+def test_a_running_cascade_job_shows_a_bar_per_stage_and_the_time_left(creative_client, creative, demo_lanes):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = submit_brief(creative, prompt="Hires", intent="hires")
+    job.mark_running("w:1", None, "cpu")
+    Job.objects.filter(pk=job.pk).update(progress_step=6, started_at=timezone.now() - timedelta(seconds=3))
+    page = creative_client.get(reverse("job-detail", args=[job.pk])).text
+    assert page.count("data-stage-bar") == 2
+    assert ">draft</span>" in page and ">upscale</span>" in page
+    assert ">4/4</small>" in page and ">2/4</small>" in page  # draft done, upscale half way
+    assert "about 1.0 s left" in page  # 3 s for 6 steps, 2 to go
