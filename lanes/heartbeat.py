@@ -35,26 +35,18 @@ class Heartbeat:
 
         device = current_device()
         now = timezone.now()
+        fields = {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": self.queues[:500],
+            "device": device.kind,
+            "gpu_index": device.gpu_index,
+            "last_seen": now,
+        }
         Worker.objects.update_or_create(
             ident=worker_ident(),
-            defaults={
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "queues": self.queues[:500],
-                "device": device.kind,
-                "gpu_index": device.gpu_index,
-                "last_seen": now,
-                "stopped_at": None,
-            },
-            create_defaults={
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "queues": self.queues[:500],
-                "device": device.kind,
-                "gpu_index": device.gpu_index,
-                "started_at": now,
-                "last_seen": now,
-            },
+            defaults={**fields, "stopped_at": None},
+            create_defaults={**fields, "started_at": now},
         )
 
     def start(self, queues: str = "") -> None:
