@@ -202,7 +202,6 @@ class Stack:
 
 def run_child(script: str, mode_args: list[str], env_extra: dict[str, str], label: str) -> str:
     """Run `script` again in a child process with its own scratch var/ folder and environment."""
-    import json  # noqa: F401  (children print JSON)
     import shutil
     import tempfile
 

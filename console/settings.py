@@ -30,30 +30,25 @@ def envbool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no)")
 
 
-def envint(name: str, default: int, minimum: int | None = None) -> int:
+def _envnumber(name: str, default, cast, kind: str, minimum):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+        raise ImproperlyConfigured(f"{name}={raw!r} is not {kind}") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def envint(name: str, default: int, minimum: int | None = None) -> int:
+    return _envnumber(name, default, int, "an integer", minimum)
 
 
 def envfloat(name: str, default: float, minimum: float | None = None) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
-    return value
+    return _envnumber(name, default, float, "a number", minimum)
 
 
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:

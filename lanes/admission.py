@@ -185,32 +185,33 @@ def decide(lane: Lane, priority: str) -> Decision:
 
 
 def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
-    """Release deferred jobs oldest-first while the lane has room; returns the jobs released."""
+    """Release deferred jobs oldest-first into the lane's free slots; returns the jobs released.
+
+    Runs after every job, so the common case (nothing deferred) is a single query.
+    """
     from .actions import dispatch
 
+    waiting = list(
+        Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
+        .select_related("lane")
+        .order_by("submitted_at", "pk")[:limit]
+    )
+    if not waiting:
+        return []
+    load = pressure(lane)
+    # Pressure has dropped when a slot is free, not merely below the defer threshold:
+    # released work must not queue up in front of critical briefs still arriving.
+    room = min(load.capacity, lane.defer_depth) - load.depth
     released: list[Job] = []
-    while len(released) < limit:
-        load = pressure(lane)
-        # Pressure has dropped when a slot is free, not merely below the defer threshold:
-        # released work must not queue up in front of critical briefs still arriving.
-        if load.saturated or load.depth >= load.capacity:
-            break
-        job = (
-            Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
-            .select_related("lane")
-            .order_by("submitted_at", "pk")
-            .first()
-        )
-        if job is None:
-            break
-        with transaction.atomic():
-            # Conditional: a concurrent releaser (beat, another worker) may have taken it.
-            won = Job.objects.filter(pk=job.pk, state=Job.State.DEFERRED).update(state=Job.State.QUEUED)
-            if won:
-                job.state = Job.State.QUEUED
-                waited = (timezone.now() - job.submitted_at) / timedelta(seconds=1)
-                job.admission_reason = (job.admission_reason + f"; released after {waited:.1f} s")[:300]
-                job.save(update_fields=["admission_reason"])
-                transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
-                released.append(job)
+    now = timezone.now()
+    for job in waiting[: max(0, room)]:
+        waited = (now - job.submitted_at) / timedelta(seconds=1)
+        reason = (job.admission_reason + f"; released after {waited:.1f} s")[:300]
+        # Conditional: a concurrent releaser (beat, another worker) may have taken it.
+        if Job.objects.filter(pk=job.pk, state=Job.State.DEFERRED).update(
+            state=Job.State.QUEUED, admission_reason=reason
+        ):
+            job.state, job.admission_reason = Job.State.QUEUED, reason
+            transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
+            released.append(job)
     return released

@@ -369,7 +369,7 @@ class EngineCache:
             del self._engines[victim.key]
             self.evictions += 1
             log.info("evicted %s to stay under the memory budget", victim.key)
-            _empty_device_cache()
+            empty_device_cache()
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.wait_timeout
@@ -444,10 +444,10 @@ class EngineCache:
     def clear(self) -> None:
         with self._cond:
             self._engines.clear()
-            _empty_device_cache()
+            empty_device_cache()
 
 
-def _empty_device_cache() -> None:
+def empty_device_cache() -> None:
     import torch
 
     if torch.cuda.is_available():

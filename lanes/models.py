@@ -406,9 +406,12 @@ class Job(models.Model):
         self.progress_step = step
         Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(progress_step=step)
 
-    def mark_succeeded(self, *, run_seconds: float, gpu_seconds: float, peak_memory_bytes: int) -> bool:
+    def mark_succeeded(
+        self, *, run_seconds: float, gpu_seconds: float, peak_memory_bytes: int, refine_batch_size: int | None = None
+    ) -> bool:
         now = timezone.now()
         done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            refine_batch_size=refine_batch_size,
             state=self.State.SUCCEEDED,
             finished_at=now,
             progress_step=self.total_steps,
@@ -419,6 +422,7 @@ class Job(models.Model):
         if done:
             self.state, self.finished_at, self.progress_step = self.State.SUCCEEDED, now, self.total_steps
             self.run_seconds, self.gpu_seconds, self.peak_memory_bytes = run_seconds, gpu_seconds, peak_memory_bytes
+            self.refine_batch_size = refine_batch_size
         return bool(done)
 
     def mark_failed(

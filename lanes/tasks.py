@@ -80,6 +80,9 @@ def _run_claimed(job: Job) -> str:
     push.job_state(job)
     if job.is_cascade and job.draft_artifact() is not None:
         # Requeued after its worker was lost between the stages: the draft is kept, refine again.
+        Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(stage=Job.Stage.REFINE_QUEUED)
+        job.stage = Job.Stage.REFINE_QUEUED
+        push.job_state(job)
         return _queue_refine(job)
 
     scale = job.refine_scale if job.is_cascade else 1
@@ -102,7 +105,7 @@ def _run_claimed(job: Job) -> str:
             if not engines.is_oom(exc):
                 return _fail(job, exc)
             _count_oom(job)
-            engines._empty_device_cache()
+            engines.empty_device_cache()
             log.warning("job %s: out of GPU memory on lane %s (attempt %s)", job.pk, job.lane.name, attempt)
             fallback = job.lane.fallback
             if attempt == 1 and fallback is not None and fallback.enabled and fallback.pk != job.lane_id:
@@ -112,21 +115,17 @@ def _run_claimed(job: Job) -> str:
 
     if job.is_cascade:
         return _store_draft(job, result)
-    relative, digest, size = _write_png(job, result.image, Artifact.Stage.FINAL)
-    with transaction.atomic():
-        succeeded = job.mark_succeeded(
+    stored = _store_if(
+        job,
+        result.image,
+        Artifact.Stage.FINAL,
+        lambda: job.mark_succeeded(
             run_seconds=result.run_seconds,
             gpu_seconds=result.gpu_seconds,
             peak_memory_bytes=result.peak_memory_bytes,
-        )
-        if succeeded:
-            _create_artifact(job, Artifact.Stage.FINAL, relative, result.image, digest, size)
-            transaction.on_commit(lambda: push.job_state(job))
-    if not succeeded:
-        # Cancelled, deleted or requeued while running: the row says this run does not count.
-        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
-        return "discarded"
-    return "succeeded"
+        ),
+    )
+    return "succeeded" if stored else "discarded"
 
 
 def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
@@ -159,32 +158,32 @@ def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
 
 
 def _store_draft(job: Job, result) -> str:
-    relative, digest, size = _write_png(job, result.image, Artifact.Stage.DRAFT)
-    with transaction.atomic():
-        moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker, stage=Job.Stage.DRAFT).update(
-            stage=Job.Stage.REFINE_QUEUED,
-            progress_step=job.steps,
-            run_seconds=result.run_seconds,
-            gpu_seconds=result.gpu_seconds,
-            peak_memory_bytes=result.peak_memory_bytes,
-        )
-        if moved:
-            _create_artifact(job, Artifact.Stage.DRAFT, relative, result.image, digest, size)
-    if not moved:
-        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
+    def to_refine() -> bool:
+        fields = {
+            "stage": Job.Stage.REFINE_QUEUED,
+            "progress_step": job.steps,
+            "run_seconds": result.run_seconds,
+            "gpu_seconds": result.gpu_seconds,
+            "peak_memory_bytes": result.peak_memory_bytes,
+        }
+        running = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker, stage=Job.Stage.DRAFT)
+        if not running.update(**fields):
+            return False
+        for name, value in fields.items():
+            setattr(job, name, value)
+        return True
+
+    # The draft is pushed (and shown) as soon as it exists.
+    if not _store_if(job, result.image, Artifact.Stage.DRAFT, to_refine):
         return "discarded"
-    job.refresh_from_db()
     return _queue_refine(job)
 
 
 def _queue_refine(job: Job) -> str:
     from .admission import BROKER_PRIORITY
 
-    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(stage=Job.Stage.REFINE_QUEUED)
-    job.stage = Job.Stage.REFINE_QUEUED
     priority = BROKER_PRIORITY[job.priority] if settings.ADMISSION_CONTROL else None
     refine_job.apply_async(args=(job.pk,), queue=job.lane.refine_queue, priority=priority)
-    push.job_state(job)  # the draft is shown as soon as it exists
     return "draft done"
 
 
@@ -226,20 +225,18 @@ def refine_job(job_id: int) -> str:
     if isinstance(outcome, BaseException):
         return _fail(job, outcome)
     image, run_seconds, gpu_seconds, peak = outcome
-    relative, digest, size = _write_png(job, image, Artifact.Stage.FINAL)
-    with transaction.atomic():
-        succeeded = job.mark_succeeded(
+    stored = _store_if(
+        job,
+        image,
+        Artifact.Stage.FINAL,
+        lambda: job.mark_succeeded(
             run_seconds=(job.run_seconds or 0) + run_seconds,
             gpu_seconds=(job.gpu_seconds or 0) + gpu_seconds,
             peak_memory_bytes=max(job.peak_memory_bytes or 0, peak),
-        )
-        if succeeded:
-            Job.objects.filter(pk=job.pk).update(refine_batch_size=batch_size)
-            job.refine_batch_size = batch_size
-            _create_artifact(job, Artifact.Stage.FINAL, relative, image, digest, size)
-            transaction.on_commit(lambda: push.job_state(job))
-    if not succeeded:
-        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
+            refine_batch_size=batch_size,
+        ),
+    )
+    if not stored:
         return "discarded"
     release_deferred(job.lane)
     return "succeeded"
@@ -293,7 +290,7 @@ def _refine_batch(jobs: list[Job]) -> list:
             raise
         for job in jobs:
             _count_oom(job)
-        engines._empty_device_cache()
+        engines.empty_device_cache()
         if len(jobs) == 1:
             return [exc]
         log.warning("refine batch of %s ran out of GPU memory: retrying as two halves", len(jobs))
@@ -307,6 +304,23 @@ def _refine_batch(jobs: list[Job]) -> list:
                     raise
                 results.extend([again] * len(part))
         return results
+
+
+def _store_if(job: Job, image, stage: str, transition) -> bool:
+    """Write the image, then in one transaction make the job's transition and record the artifact.
+
+    When the transition does not apply (the job was cancelled, deleted or requeued while it
+    ran: the row says this run does not count), the file is removed and nothing is recorded.
+    """
+    relative, digest, size = _write_png(job, image, stage)
+    with transaction.atomic():
+        applied = transition()
+        if applied:
+            _create_artifact(job, stage, relative, image, digest, size)
+            transaction.on_commit(lambda: push.job_state(job))
+    if not applied:
+        (Path(settings.MEDIA_ROOT) / relative).unlink(missing_ok=True)
+    return applied
 
 
 def _create_artifact(job: Job, stage: str, relative: str, image, digest: str, size: int) -> Artifact:
