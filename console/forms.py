@@ -2,7 +2,8 @@ from django import forms
 from django.conf import settings
 
 from lanes.actions import BriefRejected, submit_brief
-from lanes.models import Job, Priority, Route
+from lanes.control import OPS_FIELDS
+from lanes.models import Job, Lane, ModelVersion, Priority, Role, Route, has_role
 
 
 class BriefForm(forms.Form):
@@ -30,7 +31,7 @@ class BriefForm(forms.Form):
 
     def __init__(self, *args, user=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if user is None or not user.is_staff:
+        if not has_role(user, Role.OPS):
             del self.fields["priority"]
         routes = Route.objects.select_related("lane").order_by("intent")
         self.fields["intent"].choices = [
@@ -66,3 +67,45 @@ class BriefForm(forms.Form):
             for field, message in exc.errors.items():
                 self.add_error(field if field in self.fields else None, message)
             return None
+
+
+class RevisionForm(forms.Form):
+    """Every lane change carries the revision the user saw, so a concurrent change is refused, not overwritten."""
+
+    revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1)
+
+
+class LimitsForm(forms.ModelForm):
+    revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1)
+
+    class Meta:
+        model = Lane
+        fields = OPS_FIELDS
+
+
+class ModeForm(RevisionForm):
+    mode = forms.ChoiceField(choices=[("enabled", "enable"), ("draining", "drain"), ("disabled", "disable")])
+
+
+class ActivateForm(RevisionForm):
+    version = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), to_field_name="name")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["version"].queryset = ModelVersion.objects.filter(
+            family=ModelVersion.Family.STABLE_DIFFUSION
+        ).exclude(status=ModelVersion.Status.RETIRED)
+
+
+class CanaryForm(ActivateForm):
+    percent = forms.IntegerField(min_value=1, max_value=99, initial=10, help_text="Share of new jobs, 1–99 %.")
+
+
+class VersionForm(forms.Form):
+    name = forms.SlugField(max_length=100)
+    family = forms.ChoiceField(choices=ModelVersion.Family.choices)
+    location = forms.CharField(max_length=500, help_text="A diffusers folder or a .safetensors file under MODELS_ROOT.")
+    config_location = forms.CharField(
+        max_length=500, required=False, help_text="Single-file checkpoints only: a diffusers folder with its configs."
+    )
+    dtype = forms.ChoiceField(choices=ModelVersion.DType.choices)

@@ -123,6 +123,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.context_processors.control_plane",
             ],
         },
     },
@@ -231,6 +232,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
     "prune-samples": {"task": "telemetry.tasks.prune_samples", "schedule": 60.0},
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
+    "check-canaries": {"task": "lanes.rollout.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
 }
 
 # Admission control (per-lane thresholds live on the lane). Off: every brief is queued FIFO.

@@ -4,6 +4,7 @@ from django.urls import path
 
 from telemetry import views as telemetry_views
 
+from . import control_views as control
 from . import views
 
 urlpatterns = [
@@ -23,6 +24,25 @@ urlpatterns = [
     path("review/<int:verification_id>/<str:action>/", views.review_action, name="review-action"),
     path("policy/", views.policy, name="policy"),
     path("policy.yaml", views.policy_yaml, name="policy-yaml"),
+    path("lanes/", control.lane_list, name="lane-list"),
+    path("lanes/<slug:name>/", control.lane_detail, name="lane-detail"),
+    path("lanes/<slug:name>/mode/", control.lane_mode, name="lane-mode"),
+    path("lanes/<slug:name>/limits/", control.lane_limits, name="lane-limits"),
+    path("lanes/<slug:name>/notice/dismiss/", control.lane_dismiss_notice, name="lane-dismiss-notice"),
+    path("lanes/<slug:name>/activate/", control.lane_activate, name="lane-activate"),
+    path("lanes/<slug:name>/canary/", control.lane_canary, name="lane-canary"),
+    path("lanes/<slug:name>/canary/end/", control.lane_end_canary, name="lane-end-canary"),
+    path("lanes/<slug:name>/promote/", control.lane_promote, name="lane-promote"),
+    path("lanes/<slug:name>/rollback/", control.lane_rollback, name="lane-rollback"),
+    path("lanes/<slug:name>/workers/<int:worker_id>/", control.worker_consume, name="worker-consume"),
+    path("workers/reload/", control.workers_reload, name="workers-reload"),
+    path("versions/", control.version_list, name="version-list"),
+    path("versions/new/", control.version_new, name="version-new"),
+    path("versions/<slug:name>/", control.version_detail, name="version-detail"),
+    path("versions/<slug:name>/smoke.png", control.version_smoke, name="version-smoke"),
+    path("versions/<slug:name>/validate/", control.version_validate, name="version-validate"),
+    path("versions/<slug:name>/retire/", control.version_retire, name="version-retire"),
+    path("audit/", control.audit_log, name="audit"),
     path("metrics", telemetry_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -1,5 +1,4 @@
 from datetime import timedelta
-from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,13 +14,13 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
 from lanes.metrics import WINDOWS, lane_stats
-from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification, Worker
+from lanes.models import Artifact, Job, Lane, ModelVersion, Role, Route, Verification, Worker, has_role
 from lanes.policy import PolicyError
 from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
 from telemetry.models import GpuSample
 
-from .access import get_job_for_user, get_verification_for_user
+from .access import get_job_for_user, get_verification_for_user, ops_required
 from .forms import BriefForm
 
 JOBS_PER_PAGE = 24
@@ -126,19 +125,7 @@ def job_image(request, job_id: int, stage: str):
     return response
 
 
-def staff_required(view):
-    """Signed-in ops and admins; anyone else signed in gets 403."""
-
-    @wraps(view)
-    def wrapped(request, *args, **kwargs):
-        if not request.user.is_staff:
-            raise PermissionDenied("Ops and admins only.")
-        return view(request, *args, **kwargs)
-
-    return login_required(wrapped)
-
-
-@staff_required
+@ops_required
 @require_http_methods(["GET", "POST"])
 def policy(request):
     """The routing policy: lanes and intents, shown to ops and admins, edited as YAML by admins."""
@@ -146,11 +133,11 @@ def policy(request):
     text = None
     status = 200
     if request.method == "POST":
-        if not request.user.is_superuser:
+        if not has_role(request.user, Role.ADMIN):
             raise PermissionDenied("Only admins may change the routing policy.")
         text = request.POST.get("policy", "")
         try:
-            result = apply_policy(text)
+            result = apply_policy(text, by=request.user)
         except PolicyError as exc:
             errors, status = exc.errors, 400
         else:
@@ -168,7 +155,7 @@ def policy(request):
     return render(request, "console/policy.html", context, status=status)
 
 
-@staff_required
+@ops_required
 @require_GET
 def policy_yaml(request):
     response = HttpResponse(export_policy(), content_type="application/yaml; charset=utf-8")
@@ -312,7 +299,7 @@ def _sample_series(since) -> dict[str, dict]:
     return series
 
 
-@login_required
+@ops_required
 @require_GET
 def dashboard(request):
     """The fleet at a glance: a card per worker GPU with live charts, and the lane table."""
@@ -350,12 +337,12 @@ def dashboard(request):
         "lanes": lanes,
         "workers": workers,
         "series": _sample_series(now - SAMPLE_HISTORY),
-        "show_cost": request.user.is_staff,
+        "show_cost": True,
     }
     return render(request, template, context)
 
 
-@login_required
+@ops_required
 @require_GET
 def dashboard_samples(request):
     """The chart history again, for a page that reconnects after a dropped socket."""

@@ -11,7 +11,8 @@ from django.utils import timezone
 from telemetry import push
 
 from . import admission
-from .models import Job, Priority
+from .models import Job, Priority, team_of
+from .rollout import pick_version
 from .router import RoutingError, check_parameters, clamp_to, route_intent
 
 
@@ -35,6 +36,7 @@ def submit_brief(
     width: int | None = None,
     height: int | None = None,
     priority: str | None = None,
+    model_version=None,
 ) -> Job:
     """Validate a brief, run admission, store the job and dispatch it once the row is committed.
 
@@ -87,7 +89,8 @@ def submit_brief(
             priority=priority,
             requested_lane=lane,
             lane=decision.lane,
-            model_version=decision.lane.active_version,
+            team_id=team_of(owner),
+            model_version=model_version or pick_version(decision.lane),
             state=decision.state,
             admission=decision.admission,
             admission_reason=decision.reason[:300],

@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 
-from .models import Artifact, Job, Lane, ModelVersion, Route, Worker
+from .models import Artifact, AuditEvent, Job, Lane, Member, ModelVersion, Route, Team, Worker
 
 
 @admin.register(ModelVersion)
@@ -40,3 +42,41 @@ class JobAdmin(admin.ModelAdmin):
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
     list_display = ("ident", "device", "gpu_index", "queues", "last_seen", "stopped_at")
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name",)
+    search_fields = ("name",)
+
+
+class MemberInline(admin.StackedInline):
+    model = Member
+    can_delete = False
+    verbose_name_plural = "Laneway team and role"
+
+
+class LanewayUserAdmin(UserAdmin):
+    inlines = [MemberInline]
+    list_display = ("username", "email", "is_active", "is_superuser", "last_login")
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), LanewayUserAdmin)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is append-only from the application."""
+
+    list_display = ("at", "actor_name", "action", "target", "note")
+    list_filter = ("action", "lane_name", "actor_name")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -6,13 +6,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from .models import Lane, ModelVersion, Priority, Route, hash_checkpoint
+from .rollout import record_release
 
 DEMO_CHECKPOINT = "demo-tiny-sd"
 DEMO_VERSION = "demo-tiny-sd-v1"
 DEMO_UPSCALER_CHECKPOINT = "demo-tiny-sd-x2-upscaler"
 DEMO_UPSCALER_VERSION = "demo-tiny-sd-x2-upscaler-v1"
+# A second checkpoint (other random weights) to try canaries and rollbacks on.
+DEMO_CHECKPOINT_V2 = "demo-tiny-sd-v2"
+DEMO_VERSION_V2 = "demo-tiny-sd-v2"
 
 # Sized for the tiny demo checkpoint on a CPU; real lanes are edited in the console.
 DEMO_LANES = [
@@ -112,6 +117,15 @@ def ensure_demo_upscaler() -> Path:
     return path
 
 
+def ensure_demo_checkpoint_v2() -> Path:
+    from .checkpoints import build_demo_checkpoint
+
+    path = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT_V2
+    if not (path / "model_index.json").exists():
+        build_demo_checkpoint(path, seed=1)
+    return path
+
+
 def seed_demo_lanes(registered_by=None) -> ModelVersion:
     """Register the demo version and create the default lanes and routes; existing rows are kept."""
     path = ensure_demo_checkpoint()
@@ -125,6 +139,7 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
                 content_hash=hash_checkpoint(upscaler_path),
                 status=ModelVersion.Status.ACTIVE,
                 registered_by=registered_by,
+                validated_at=timezone.now(),
             ),
         )
         version, _ = ModelVersion.objects.get_or_create(
@@ -134,6 +149,7 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
                 content_hash=hash_checkpoint(path),
                 status=ModelVersion.Status.ACTIVE,
                 registered_by=registered_by,
+                validated_at=timezone.now(),
             ),
         )
         lanes = {}
@@ -142,6 +158,7 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
             lanes[spec["name"]], _ = Lane.objects.get_or_create(
                 name=spec["name"], defaults={**spec, "active_version": version, **extra}
             )
+            record_release(lanes[spec["name"]], registered_by, "seeded")
         for name, fallback in DEMO_FALLBACKS.items():
             lane = lanes[name]
             if lane.fallback_id is None:
@@ -149,4 +166,14 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
                 lane.save(update_fields=["fallback"])
         for intent, label, lane, priority in DEMO_ROUTES:
             Route.objects.get_or_create(intent=intent, defaults=dict(label=label, lane=lanes[lane], priority=priority))
+    return version
+
+
+def seed_demo_v2(registered_by=None) -> ModelVersion:
+    """Register the second demo checkpoint as a staged version (validated like any other)."""
+    path = ensure_demo_checkpoint_v2()
+    version, _ = ModelVersion.objects.get_or_create(
+        name=DEMO_VERSION_V2,
+        defaults=dict(location=DEMO_CHECKPOINT_V2, content_hash=hash_checkpoint(path), registered_by=registered_by),
+    )
     return version

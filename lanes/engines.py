@@ -335,6 +335,8 @@ class EngineCache:
 
     def __init__(self, budget_bytes: int | None | bool = False, wait_timeout: float = 600.0) -> None:
         self._engines: dict[tuple, Engine] = {}
+        # Dropped by a reload while jobs still ran on them: counted until their last job ends.
+        self._retiring: list[Engine] = []
         self._cond = threading.Condition()
         self._reserved = 0
         self._budget = budget_bytes
@@ -351,7 +353,7 @@ class EngineCache:
     def weights_bytes(self) -> int:
         """Loaded weights; a module shared by several pipelines counts once."""
         storages: dict[int, int] = {}
-        for engine in self._engines.values():
+        for engine in [*self._engines.values(), *self._retiring]:
             storages.update(engine.storages)
         return sum(storages.values())
 
@@ -435,11 +437,33 @@ class EngineCache:
                 self._reserved -= activations
                 engine.in_use -= 1
                 engine.last_used = time.monotonic()
+                if engine.in_use == 0 and engine in self._retiring:
+                    self._retiring.remove(engine)
+                    empty_device_cache()
                 self._cond.notify_all()
 
     def loaded(self) -> list[tuple]:
         with self._cond:
             return list(self._engines)
+
+    def reload(self) -> tuple[int, int]:
+        """Forget every loaded pipeline: idle ones now, busy ones when their jobs finish.
+
+        The next job loads its checkpoint again from disk. Returns (dropped, retiring).
+        """
+        with self._cond:
+            engines = list(self._engines.values())
+            self._engines.clear()
+            busy = [e for e in engines if e.in_use]
+            self._retiring.extend(busy)
+            if len(busy) < len(engines):
+                empty_device_cache()
+            self._cond.notify_all()
+            return len(engines) - len(busy), len(busy)
+
+    def retiring(self) -> int:
+        with self._cond:
+            return len(self._retiring)
 
     def clear(self) -> None:
         with self._cond:

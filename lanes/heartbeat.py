@@ -29,6 +29,16 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.queues = ""
+        self.node = ""
+        self._consumer = None
+
+    def live_queues(self) -> str:
+        """The queues the worker consumes now (they change live with add_consumer/cancel_consumer)."""
+        consumer = self._consumer
+        task_consumer = getattr(consumer, "task_consumer", None) if consumer is not None else None
+        if task_consumer is not None:
+            return ",".join(sorted(q.name for q in task_consumer.queues))
+        return self.queues
 
     def beat(self) -> None:
         from .engines import current_device
@@ -38,7 +48,8 @@ class Heartbeat:
         fields = {
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
-            "queues": self.queues[:500],
+            "queues": self.live_queues()[:500],
+            "node": self.node,
             "device": device.kind,
             "gpu_index": device.gpu_index,
             "last_seen": now,
@@ -49,11 +60,13 @@ class Heartbeat:
             create_defaults={**fields, "started_at": now},
         )
 
-    def start(self, queues: str = "") -> None:
+    def start(self, queues: str = "", consumer=None) -> None:
         """Beat once now (so no job is claimed before the worker is known), then in a thread."""
         if self._thread is not None:
             return
         self.queues = queues
+        self._consumer = consumer
+        self.node = getattr(consumer, "hostname", "") or ""
         self._stop.clear()
         self.beat()
         self._thread = threading.Thread(target=self._run, name="laneway-heartbeat", daemon=True)

@@ -181,3 +181,8 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             s = entry(row["lane_id"], row["model_version_id"])
             s.verified, s.verified_passed = row["total"], row["passed"]
     return sorted(stats.values(), key=lambda s: (s.lane.name, s.version.name if s.version else ""))
+
+
+def version_stats(version: ModelVersion, window: str = "24h") -> list[Stats]:
+    """The version's figures on each lane it served over the window."""
+    return [s for s in lane_stats(window) if s.version is not None and s.version.pk == version.pk]

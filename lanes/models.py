@@ -28,8 +28,14 @@ class ModelVersion(models.Model):
 
     class Status(models.TextChoices):
         STAGED = "staged"
+        VALIDATING = "validating"
+        VALIDATED = "validated"
+        INVALID = "invalid", "failed validation"
         ACTIVE = "active"
         RETIRED = "retired"
+
+    # Versions a lane may be switched to (as its active or canary version).
+    DEPLOYABLE = (Status.VALIDATED, Status.ACTIVE)
 
     class DType(models.TextChoices):
         FLOAT32 = "float32"
@@ -52,12 +58,38 @@ class ModelVersion(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
     registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now)
+    # Validation: a smoke render with a fixed seed on a worker, before the version may serve.
+    validated_at = models.DateTimeField(null=True, blank=True)
+    validation_error = models.TextField(blank=True)
+    smoke_image = models.CharField(max_length=300, blank=True, help_text="Relative to MEDIA_ROOT.")
+    smoke_seconds = models.FloatField(null=True, blank=True)
+    validated_on = models.CharField(max_length=200, blank=True, help_text="The worker that ran the smoke render.")
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_deployable(self) -> bool:
+        return self.status in self.DEPLOYABLE
+
+    def in_use(self) -> bool:
+        """Serving somewhere: a lane's active, canary or refine version."""
+        return Lane.objects.filter(Q(active_version=self) | Q(canary_version=self) | Q(refine_version=self)).exists()
+
+    def sync_status(self) -> None:
+        """ACTIVE while a lane serves it; back to VALIDATED when none does (never touches other states)."""
+        serving = self.in_use()
+        if serving and self.status == self.Status.VALIDATED:
+            target = self.Status.ACTIVE
+        elif not serving and self.status == self.Status.ACTIVE:
+            target = self.Status.VALIDATED
+        else:
+            return
+        ModelVersion.objects.filter(pk=self.pk, status=self.status).update(status=target)
+        self.status = target
 
     def checkpoint_path(self) -> Path:
         return resolve_checkpoint(self.location)
@@ -143,12 +175,53 @@ class Lane(models.Model):
     refine_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refining_lanes"
     )
+    # Draining: admits nothing new, but finishes what is queued, deferred and running.
+    draining = models.BooleanField(default=False)
+    # Rollout: a canary version takes `canary_percent` of new jobs; each job is pinned to its version.
+    canary_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="canary_lanes"
+    )
+    canary_percent = models.PositiveSmallIntegerField(
+        default=0, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    canary_started_at = models.DateTimeField(null=True, blank=True)
+    # Automatic rollback: the canary is compared with the active version over the window once
+    # both arms have `canary_min_samples` finished jobs; any threshold crossed rolls it back.
+    canary_window_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    canary_min_samples = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1)])
+    canary_max_error_rate_increase = models.FloatField(
+        default=0.05, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Canary error rate minus the active version's, at most.",
+    )  # fmt: skip
+    canary_max_p95_ratio = models.FloatField(
+        default=1.5,
+        validators=[MinValueValidator(1.0)],
+        help_text="Canary p95 run time over the active one's, at most.",
+    )
+    canary_max_flag_rate_increase = models.FloatField(
+        default=0.10, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Canary verification flag rate minus the active version's, at most.",
+    )  # fmt: skip
+    # Shown to ops and admins until dismissed (an automatic rollback says why here).
+    notice = models.CharField(max_length=500, blank=True)
+    notice_at = models.DateTimeField(null=True, blank=True)
+    # Optimistic concurrency: every control change bumps it; a change made against an old
+    # revision is refused instead of silently overwriting someone else's.
+    revision = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=Q(max_concurrency__gte=1), name="lane_max_concurrency_positive"),
-            models.CheckConstraint(condition=Q(hard_cap__gte=F("defer_depth")), name="lane_hard_cap_above_defer"),
+            models.CheckConstraint(
+                condition=Q(max_concurrency__gte=1),
+                name="lane_max_concurrency_positive",
+                violation_error_message="At least one job at a time per GPU.",
+            ),
+            models.CheckConstraint(
+                condition=Q(hard_cap__gte=F("defer_depth")),
+                name="lane_hard_cap_above_defer",
+                violation_error_message="The hard cap must be at least the defer depth.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -175,6 +248,108 @@ class Lane(models.Model):
     def refine_queue(self) -> str:
         return f"{self.queue}.refine"
 
+    @property
+    def mode(self) -> str:
+        if self.enabled:
+            return "enabled"
+        return "draining" if self.draining else "disabled"
+
+    @property
+    def queues(self) -> list[str]:
+        return [self.queue, self.refine_queue] if self.cascade else [self.queue]
+
+
+class LaneRelease(models.Model):
+    """One period of a version serving as a lane's active version: the lane's version history."""
+
+    class Outcome(models.TextChoices):
+        SERVING = "serving"
+        SUPERSEDED = "superseded"
+        ROLLED_BACK = "rolled_back", "rolled back"
+
+    lane = models.ForeignKey(Lane, on_delete=models.CASCADE, related_name="releases")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="releases")
+    how = models.CharField(max_length=40, help_text="activated, promoted from canary, rollback, policy…")
+    started_at = models.DateTimeField(default=timezone.now)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.SERVING)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lane"], condition=Q(outcome="serving"), name="one_serving_release_per_lane"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lane_id}: {self.version_id} ({self.outcome})"
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    CREATIVE = "creative"
+    OPS = "ops"
+    ADMIN = "admin"
+
+
+ROLE_RANK = {Role.CREATIVE: 0, Role.OPS: 1, Role.ADMIN: 2}
+
+
+class Member(models.Model):
+    """A user's team and role. Admins are Django superusers (so the Django admin, where users
+    and teams are managed, opens to them alone); the flags follow the role on save."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="member")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="members")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.CREATIVE)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role})"
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        admin = self.role == Role.ADMIN
+        type(self.user).objects.filter(pk=self.user_id).update(is_staff=admin, is_superuser=admin)
+        self.user.is_staff = self.user.is_superuser = admin
+
+
+def _membership(user) -> tuple[str, int | None]:
+    """(role, team id) of a signed-in user, read once per user object."""
+    cached = getattr(user, "_laneway_member", None)
+    if cached is None:
+        row = Member.objects.filter(user_id=user.pk).values_list("role", "team_id").first()
+        role, team = row or (Role.CREATIVE, None)
+        cached = user._laneway_member = (Role.ADMIN if user.is_superuser else role, team)
+    return cached
+
+
+def role_of(user) -> str:
+    if user is None or not user.is_authenticated:
+        return ""
+    return _membership(user)[0]
+
+
+def team_of(user) -> int | None:
+    if user is None or not user.is_authenticated:
+        return None
+    return _membership(user)[1]
+
+
+def has_role(user, role: str) -> bool:
+    current = role_of(user)
+    return bool(current) and ROLE_RANK[current] >= ROLE_RANK[role]
+
 
 class Route(models.Model):
     """The routing policy: an intent names the lane its briefs go to."""
@@ -193,9 +368,11 @@ class Route(models.Model):
 
 class JobQuerySet(models.QuerySet):
     def visible_to(self, user) -> JobQuerySet:
-        if user.is_staff:
+        """Ops and admins see every job; a creative sees their own and their team's."""
+        if has_role(user, Role.OPS):
             return self
-        return self.filter(owner=user)
+        team = team_of(user)
+        return self.filter(Q(owner=user) | Q(team_id=team)) if team else self.filter(owner=user)
 
     def stuck_queued(self, now=None) -> JobQuerySet:
         """Queued jobs whose broker message has not been picked up for too long."""
@@ -236,6 +413,7 @@ class Job(models.Model):
     CANCELLABLE = (State.QUEUED, State.DEFERRED)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     prompt = models.TextField()
     expected_text = models.CharField(max_length=500, blank=True)
     intent = models.SlugField(max_length=50)
@@ -502,6 +680,7 @@ class Worker(models.Model):
     """A worker process, as its heartbeats describe it. `ident` is host:pid, so a restart is a new worker."""
 
     ident = models.CharField(max_length=200, unique=True)
+    node = models.CharField(max_length=200, blank=True, help_text="Celery node name, for control commands.")
     hostname = models.CharField(max_length=200)
     pid = models.PositiveIntegerField()
     queues = models.CharField(max_length=500, blank=True)
@@ -520,10 +699,17 @@ class Worker(models.Model):
     def __str__(self) -> str:
         return self.ident
 
+    @property
+    def queue_list(self) -> list[str]:
+        return [q for q in self.queues.split(",") if q]
+
 
 class VerificationQuerySet(models.QuerySet):
     def visible_to(self, user) -> VerificationQuerySet:
-        return self if user.is_staff else self.filter(job__owner=user)
+        if has_role(user, Role.OPS):
+            return self
+        team = team_of(user)
+        return self.filter(Q(job__owner=user) | Q(job__team_id=team)) if team else self.filter(job__owner=user)
 
     def awaiting_review(self) -> VerificationQuerySet:
         return self.filter(status=Verification.Status.FLAGGED, decision="")
@@ -603,3 +789,65 @@ class Verification(models.Model):
         if done:
             self.decision, self.decided_by, self.decided_at = decision, by, now
         return bool(done)
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionError("Audit events are append-only.")
+
+    def delete(self):
+        raise PermissionError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """One control action: who did what to which lane or version, the state before and after.
+
+    Append-only from the application: saving an existing row, updating or deleting raises.
+    Names are copied in so the row still reads true after a lane or version is renamed.
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150, help_text="The user's name, or 'laneway' for automatic actions.")
+    action = models.CharField(max_length=40, db_index=True)
+    lane = models.ForeignKey(Lane, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
+    lane_name = models.CharField(max_length=50, blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    target = models.CharField(max_length=200, blank=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    note = models.TextField(blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.target}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise PermissionError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("Audit events are append-only.")
+
+    @classmethod
+    def record(cls, actor, action: str, *, lane=None, version=None, before=None, after=None, note="") -> AuditEvent:
+        target = lane.name if lane is not None else (version.name if version is not None else "")
+        return cls.objects.create(
+            actor=actor if actor is not None and actor.is_authenticated else None,
+            actor_name=actor.get_username() if actor is not None and actor.is_authenticated else "laneway",
+            action=action,
+            lane=lane,
+            lane_name=lane.name if lane is not None else "",
+            model_version=version,
+            target=target,
+            before=before or {},
+            after=after or {},
+            note=note,
+        )

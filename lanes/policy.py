@@ -22,8 +22,11 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
+from django.db.models import F
 
-from .models import Lane, ModelVersion, Priority, Route
+from .control import unreachable_intents
+from .models import AuditEvent, Lane, ModelVersion, Priority, Route
+from .rollout import record_release
 
 # YAML key -> (Lane field, type, minimum)
 LANE_KEYS: dict[str, tuple[str, type, float | None]] = {
@@ -198,8 +201,11 @@ def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str])
         model = v.get("active_version")
         if model is not None and model not in models:
             errors.append(f"line {spec.line}: route {v['name']!r}: unknown model {model!r}")
-        elif model is not None and models[model].status == ModelVersion.Status.RETIRED:
-            errors.append(f"line {spec.line}: route {v['name']!r}: model {model!r} is retired")
+        elif model is not None and not models[model].is_deployable:
+            errors.append(
+                f"line {spec.line}: route {v['name']!r}: model {model!r} is {models[model].get_status_display()}; "
+                "only a validated version can serve"
+            )
         upscaler = v.get("refine_version")
         if upscaler is not None and upscaler not in models:
             errors.append(f"line {spec.line}: route {v['name']!r}: unknown upscaler {upscaler!r}")
@@ -231,7 +237,15 @@ def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str])
     return models
 
 
-def apply(text: str) -> dict[str, int]:
+# Control-plane state that the policy file does not describe: applying it leaves these alone.
+NOT_IN_POLICY = {
+    "id", "name", "fallback", "refine_version", "draining", "canary_version", "canary_percent",
+    "canary_started_at", "canary_window_minutes", "canary_min_samples", "canary_max_error_rate_increase",
+    "canary_max_p95_ratio", "canary_max_flag_rate_increase", "notice", "notice_at", "revision",
+}  # fmt: skip
+
+
+def apply(text: str, by=None) -> dict[str, int]:
     """Validate and apply a policy atomically; raises PolicyError listing every problem."""
     lanes, intents, errors = parse(text)
     models = validate(lanes, intents, errors)
@@ -240,6 +254,7 @@ def apply(text: str) -> dict[str, int]:
     with transaction.atomic():
         existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
         saved: dict[str, Lane] = {}
+        before: dict[str, dict | None] = {}
         defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
         for spec in lanes:
             values = dict(spec.values)
@@ -249,19 +264,23 @@ def apply(text: str) -> dict[str, int]:
             values.pop("fallback", None)
             values.setdefault("cascade", False)
             lane = existing.get(name) or Lane(name=name)
+            before[name] = export_lane(lane) if lane.pk else None
             # Keys left out of the file take their defaults, so the file alone describes the lane.
             for field, default in defaults.items():
-                if field not in ("id", "name", "fallback", "refine_version") and field not in values:
+                if field not in NOT_IN_POLICY and field not in values:
                     setattr(lane, field, default)
             for field, value in values.items():
                 setattr(lane, field, value)
             if "queue" not in values:
                 lane.queue = ""
+            if lane.enabled:
+                lane.draining = False
             try:
                 lane.full_clean(exclude=["fallback"], validate_unique=False)
             except ValidationError as exc:
                 problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
                 raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
+            lane.revision += 1
             lane.save()
             saved[name] = lane
         for spec in lanes:
@@ -269,7 +288,17 @@ def apply(text: str) -> dict[str, int]:
             fallback = spec.values.get("fallback")
             lane.fallback = saved[fallback] if fallback else None
             lane.save(update_fields=["fallback"])
-        disabled = Lane.objects.exclude(name__in=saved).filter(enabled=True).update(enabled=False)
+        for name, lane in saved.items():
+            after = export_lane(lane)
+            if after != before[name]:
+                AuditEvent.record(by, "policy.lane", lane=lane, before=before[name] or {}, after=after)
+            record_release(lane, by, "policy")
+        dropped = list(Lane.objects.exclude(name__in=saved).filter(enabled=True))
+        for lane in dropped:
+            AuditEvent.record(by, "policy.lane", lane=lane, before={"enabled": True}, after={"enabled": False})
+        disabled = Lane.objects.filter(pk__in=[lane.pk for lane in dropped]).update(
+            enabled=False, draining=False, revision=F("revision") + 1
+        )
         Route.objects.exclude(intent__in=intents).delete()
         for intent, entry in intents.items():
             Route.objects.update_or_create(
@@ -280,27 +309,35 @@ def apply(text: str) -> dict[str, int]:
                     "label": entry.get("label") or "",
                 },
             )
+        stranded = unreachable_intents(set(Lane.objects.filter(enabled=True).values_list("pk", flat=True)))
+        if stranded:
+            raise PolicyError([f"intent {intent!r} would reach no enabled lane" for intent in stranded])
     return {"lanes": len(saved), "intents": len(intents), "disabled": disabled}
 
 
+def export_lane(lane: Lane) -> dict:
+    item: dict = {"name": lane.name}
+    for key, (field, _, _) in LANE_KEYS.items():
+        if key == "model":
+            item[key] = lane.active_version.name
+        elif key == "fallback":
+            item[key] = lane.fallback.name if lane.fallback else None
+        else:
+            item[key] = getattr(lane, field)
+    if lane.cascade:
+        item["cascade"] = {
+            key: getattr(lane, field) for key, (field, _, _) in CASCADE_KEYS.items() if key != "upscaler"
+        }
+        if lane.refine_version:
+            item["cascade"]["upscaler"] = lane.refine_version.name
+    return item
+
+
 def export() -> str:
-    routes = []
-    for lane in Lane.objects.select_related("active_version", "fallback", "refine_version").order_by("name"):
-        item: dict = {"name": lane.name}
-        for key, (field, _, _) in LANE_KEYS.items():
-            if key == "model":
-                item[key] = lane.active_version.name
-            elif key == "fallback":
-                item[key] = lane.fallback.name if lane.fallback else None
-            else:
-                item[key] = getattr(lane, field)
-        if lane.cascade:
-            item["cascade"] = {
-                key: getattr(lane, field) for key, (field, _, _) in CASCADE_KEYS.items() if key != "upscaler"
-            }
-            if lane.refine_version:
-                item["cascade"]["upscaler"] = lane.refine_version.name
-        routes.append(item)
+    routes = [
+        export_lane(lane)
+        for lane in Lane.objects.select_related("active_version", "fallback", "refine_version").order_by("name")
+    ]
     intents = {
         route.intent: {"lane": route.lane.name, "priority": route.priority, "label": route.label}
         for route in Route.objects.select_related("lane").order_by("intent")

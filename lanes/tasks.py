@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from telemetry import push
 
+from . import rollout  # noqa: F401  (its validation and canary tasks register with the worker)
 from .models import Artifact, Job, Lane, Worker
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,14 @@ def _run_claimed(job: Job) -> str:
 
 def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
     from .actions import dispatch
+    from .rollout import pick_version
     from .router import clamp_to
 
     params = clamp_to(fallback, steps=job.steps, guidance=job.guidance, width=job.width, height=job.height)
     moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
         state=Job.State.QUEUED,
         lane=fallback,
-        model_version=fallback.active_version,
+        model_version=pick_version(fallback),
         admission=Job.Admission.REROUTED,
         admission_reason=f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"[:300],
         worker="",

@@ -1,31 +1,41 @@
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from lanes.models import Job
+from lanes.models import Job, Role, has_role, team_of
 
 from .events import JobsSnapshotEvent, TelemetrySnapshotEvent
 from .models import GpuSample
-from .push import STAFF_GROUP, TELEMETRY_GROUP, gpu_sample_event, job_state_event, user_group
+from .push import STAFF_GROUP, TELEMETRY_GROUP, gpu_sample_event, job_state_event, team_group, user_group
 
 SNAPSHOT_JOBS = 50
 
 
 class JobsConsumer(AsyncJsonWebsocketConsumer):
-    """Job progress and state for the signed-in user (all jobs for staff)."""
+    """Job progress and state: a creative's own and their team's jobs; every job for ops and admins."""
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
+        self.groups_joined: list[str] = []
         if self.user is None or not self.user.is_authenticated:
             await self.close()
             return
-        self.group = STAFF_GROUP if self.user.is_staff else user_group(self.user.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.sees_all, self.team_id = await self.access()
+        if self.sees_all:
+            self.groups_joined = [STAFF_GROUP]
+        else:
+            self.groups_joined = [user_group(self.user.pk)] + ([team_group(self.team_id)] if self.team_id else [])
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         await self.send_json(await self.snapshot())
 
+    @database_sync_to_async
+    def access(self) -> tuple[bool, int | None]:
+        return has_role(self.user, Role.OPS), team_of(self.user)
+
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "group", None):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     @database_sync_to_async
     def snapshot(self) -> JobsSnapshotEvent:
@@ -34,7 +44,9 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
 
     async def laneway_event(self, message: dict) -> None:
         event = message["event"]
-        if self.user.is_staff or event.get("owner_id") == self.user.pk:
+        mine = event.get("owner_id") == self.user.pk
+        ours = self.team_id is not None and event.get("team_id") == self.team_id
+        if self.sees_all or mine or ours:
             await self.send(text_data=message["text"])
 
     async def receive_json(self, content, **kwargs) -> None:
@@ -44,11 +56,11 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
 
 
 class TelemetryConsumer(AsyncJsonWebsocketConsumer):
-    """Live GPU samples for signed-in users; the current readings first."""
+    """Live GPU samples for ops and admins; the current readings first."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        if user is None or not user.is_authenticated or not await database_sync_to_async(has_role)(user, Role.OPS):
             await self.close()
             return
         await self.channel_layer.group_add(TELEMETRY_GROUP, self.channel_name)

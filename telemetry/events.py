@@ -7,6 +7,7 @@ class JobProgressEvent(TypedDict):
     type: Literal["job.progress"]
     job_id: int
     owner_id: int
+    team_id: int | None
     step: int
     steps: int
     percent: int
@@ -16,6 +17,7 @@ class JobStateEvent(TypedDict):
     type: Literal["job.state"]
     job_id: int
     owner_id: int
+    team_id: int | None
     state: str
     stage: str
     step: int

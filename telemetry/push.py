@@ -27,6 +27,10 @@ def user_group(user_id: int) -> str:
     return f"jobs.user.{user_id}"
 
 
+def team_group(team_id: int) -> str:
+    return f"jobs.team.{team_id}"
+
+
 class _Sender:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -84,8 +88,10 @@ def _message(event) -> dict:
     return {"type": "laneway.event", "event": event, "text": json.dumps(event)}
 
 
-def _publish(owner_id: int, event: JobProgressEvent | JobStateEvent) -> None:
-    _sender.send([user_group(owner_id), STAFF_GROUP], _message(event))
+def _publish(job, event: JobProgressEvent | JobStateEvent) -> None:
+    # A team's job goes to its team's group (its owner is in it), any other to its owner's.
+    audience = team_group(job.team_id) if job.team_id else user_group(job.owner_id)
+    _sender.send([audience, STAFF_GROUP], _message(event))
 
 
 def job_state_event(job) -> JobStateEvent:
@@ -93,6 +99,7 @@ def job_state_event(job) -> JobStateEvent:
         type="job.state",
         job_id=job.pk,
         owner_id=job.owner_id,
+        team_id=job.team_id,
         state=job.state,
         stage=job.stage,
         step=job.progress_step,
@@ -103,16 +110,22 @@ def job_state_event(job) -> JobStateEvent:
 
 
 def job_state(job) -> None:
-    _publish(job.owner_id, job_state_event(job))
+    _publish(job, job_state_event(job))
 
 
 def job_progress(job, step: int) -> None:
     total = job.total_steps
     percent = int(100 * min(step, total) / total) if total else 0
     _publish(
-        job.owner_id,
+        job,
         JobProgressEvent(
-            type="job.progress", job_id=job.pk, owner_id=job.owner_id, step=step, steps=total, percent=percent
+            type="job.progress",
+            job_id=job.pk,
+            owner_id=job.owner_id,
+            team_id=job.team_id,
+            step=step,
+            steps=total,
+            percent=percent,
         ),
     )
 

@@ -5,11 +5,13 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from lanes.models import Role, has_role
+
 from .metrics import LanewayCollector
 
 
 def _authorized(request) -> bool:
-    if request.user.is_authenticated and request.user.is_staff:
+    if has_role(request.user, Role.OPS):
         return True
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -18,9 +20,9 @@ def _authorized(request) -> bool:
 
 @require_GET
 def metrics(request):
-    """Prometheus text format; for a scraper with METRICS_TOKEN as bearer token, or for staff."""
+    """Prometheus text format; for a scraper with METRICS_TOKEN as bearer token, or for ops and admins."""
     if not _authorized(request):
-        response = HttpResponse("Metrics need a bearer token (METRICS_TOKEN) or a staff login.\n", status=401)
+        response = HttpResponse("Metrics need a bearer token (METRICS_TOKEN) or an ops login.\n", status=401)
         response["WWW-Authenticate"] = 'Bearer realm="laneway"'
         return response
     registry = CollectorRegistry(auto_describe=False)

@@ -68,6 +68,28 @@ def other_creative(django_user_model):
     return django_user_model.objects.create_user("robin", password="robin-password-1")
 
 
+def make_user(username: str, role: str = "creative", team=None):
+    from django.contrib.auth import get_user_model
+
+    from lanes.models import Member
+
+    user = get_user_model().objects.create_user(username, password=f"{username}-password-1")
+    Member.objects.create(user=user, role=role, team=team)
+    user.refresh_from_db()
+    return user
+
+
+@pytest.fixture
+def ops_user(db):
+    return make_user("olive", "ops")
+
+
+@pytest.fixture
+def ops_client(client, ops_user):
+    client.force_login(ops_user)
+    return client
+
+
 @pytest.fixture
 def creative_client(client, creative):
     client.force_login(creative)
@@ -89,7 +111,7 @@ def running_worker(concurrency: int = 8, queues: list[str] | None = None):
     with start_worker(
         app, pool="threads", concurrency=concurrency, perform_ping_check=False, queues=queues, shutdown_timeout=60
     ) as controller:
-        heartbeat.start(",".join(queues))
+        heartbeat.start(",".join(queues), consumer=controller.consumer)
         try:
             yield controller
         finally:

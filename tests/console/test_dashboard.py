@@ -9,6 +9,7 @@ from django.utils import timezone
 from lanes.actions import submit_brief
 from lanes.models import Job, Lane, Worker
 from telemetry.models import GpuSample
+from tests.conftest import make_user
 
 
 @pytest.fixture
@@ -37,36 +38,40 @@ def test_anonymous_is_sent_to_login(client, db):
     assert client.get(reverse("dashboard-samples")).status_code == 302
 
 
-def test_the_dashboard_shows_gpu_cards_workers_and_lane_figures(creative_client, fleet):
-    page = creative_client.get(reverse("dashboard"))
+def test_the_dashboard_shows_gpu_cards_workers_and_lane_figures(ops_client, fleet):
+    page = ops_client.get(reverse("dashboard"))
     assert page.status_code == 200
     assert 'data-series="gpu0@a:1|0"' in page.text and 'data-points="3"' in page.text
     assert "gpu1@a:2" in page.text and "lost" in page.text  # silent for 5 minutes
     assert "1.00 / <strong>1.00</strong> / 1.00 s" in page.text  # run p50 / p95 / p99 on fast-draft
-    assert "Cost / image" not in page.text  # creatives do not see cost
+
+
+def test_creatives_see_no_telemetry_or_cost(creative_client, fleet):
+    assert creative_client.get(reverse("dashboard")).status_code == 403
+    assert creative_client.get(reverse("dashboard-samples")).status_code == 403
 
 
 def test_ops_see_cost_and_the_lane_table_refreshes_as_a_partial(client, django_user_model, fleet):
-    client.force_login(django_user_model.objects.create_user("olive", password="x-olive-1", is_staff=True))
+    client.force_login(make_user("olive", "ops"))
     assert "Cost / image" in client.get(reverse("dashboard")).text
     partial = client.get(reverse("dashboard") + "?window=1h&part=lanes", headers={"HX-Request": "true"})
     assert partial.text.lstrip().startswith('<div id="lane-table"') and "<html" not in partial.text
 
 
-def test_the_history_endpoint_returns_five_minutes_of_series(creative_client, fleet):
+def test_the_history_endpoint_returns_five_minutes_of_series(ops_client, fleet):
     GpuSample.objects.create(
         worker="gpu0@a:1", gpu_index=0, utilization_pct=1, taken_at=timezone.now() - timedelta(minutes=10)
     )
-    series = creative_client.get(reverse("dashboard-samples")).json()
+    series = ops_client.get(reverse("dashboard-samples")).json()
     assert list(series) == ["gpu0@a:1|0"]
     assert series["gpu0@a:1|0"]["util"] == [40.0, 41.0, 42.0]
     assert series["gpu0@a:1|0"]["mem"] == [1.25, 2.5, 3.75]
 
 
-def test_the_dashboard_query_count_does_not_grow_with_lanes_jobs_or_samples(creative_client, fleet, creative):
+def test_the_dashboard_query_count_does_not_grow_with_lanes_jobs_or_samples(ops_client, fleet, creative):
     def count() -> int:
         with CaptureQueriesContext(connection) as ctx:
-            assert creative_client.get(reverse("dashboard")).status_code == 200
+            assert ops_client.get(reverse("dashboard")).status_code == 200
         return len(ctx)
 
     few = count()

@@ -3,11 +3,12 @@ from django.urls import reverse
 
 from lanes.models import Lane
 from lanes.policy import export
+from tests.conftest import make_user
 
 
 @pytest.fixture
 def ops_client(client, django_user_model, demo_lanes):
-    client.force_login(django_user_model.objects.create_user("olive", password="x-olive-1", is_staff=True))
+    client.force_login(make_user("olive", "ops"))
     return client
 
 

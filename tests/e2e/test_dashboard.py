@@ -7,12 +7,12 @@ from telemetry.sampling import SamplingLoop
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_the_dashboard_chart_moves_when_a_sample_is_pushed(live_server_url, page, creative, demo_lanes):
+def test_the_dashboard_chart_moves_when_a_sample_is_pushed(live_server_url, page, ops_user, demo_lanes):
     loop = SamplingLoop()  # the worker's sampling code; here it reads the CPU (no NVIDIA driver)
     loop.tick("host:7", lambda: 0)
     page.goto(f"{live_server_url}/login/?next=/dashboard/")
-    page.fill("input[name=username]", "casey")
-    page.fill("input[name=password]", "casey-password-1")
+    page.fill("input[name=username]", "olive")
+    page.fill("input[name=password]", "olive-password-1")
     page.click("button[type=submit]")
     card = page.locator('[data-series="host:7|cpu"]')
     expect(card).to_have_attribute("data-points", "1")

@@ -118,3 +118,39 @@ def test_an_idle_socket_outlives_the_channel_layers_blocking_read(client, creati
 
     job, event = async_to_sync(scenario)()
     assert event["job_id"] == job.pk and event["state"] == "queued"
+
+
+def test_teammates_get_a_teams_job_events_and_another_team_gets_none(worker, client):
+    from lanes.models import Team
+    from telemetry import push
+    from tests.conftest import make_user
+
+    studio, agency = Team.objects.create(name="studio"), Team.objects.create(name="agency")
+    owner, mate, stranger = (
+        make_user("casey", team=studio),
+        make_user("robin", team=studio),
+        make_user("sam", team=agency),
+    )
+    mate_headers = session_headers(client, mate)
+    stranger_headers = session_headers(client.__class__(), stranger)
+
+    async def scenario():
+        mate_socket = WebsocketCommunicator(application, "/ws/jobs/", headers=mate_headers)
+        stranger_socket = WebsocketCommunicator(application, "/ws/jobs/", headers=stranger_headers)
+        assert (await mate_socket.connect())[0] and (await stranger_socket.connect())[0]
+        await mate_socket.receive_json_from(timeout=5)  # snapshots
+        await stranger_socket.receive_json_from(timeout=5)
+        from asgiref.sync import sync_to_async
+
+        job = await sync_to_async(submit_brief)(owner, prompt="Team poster", intent="draft")
+        events = await receive_until(mate_socket, lambda e: e["type"] == "job.state" and e["state"] == "succeeded")
+        await sync_to_async(push.flush)()
+        stranger_heard = await stranger_socket.receive_nothing(timeout=0.5)
+        await mate_socket.disconnect()
+        await stranger_socket.disconnect()
+        return job, events, stranger_heard
+
+    job, events, stranger_heard = async_to_sync(scenario)()
+    assert {e["job_id"] for e in events} == {job.pk} and all(e["team_id"] == studio.pk for e in events)
+    assert len([e for e in events if e["type"] == "job.state" and e["state"] == "succeeded"]) == 1  # one copy
+    assert stranger_heard is True

@@ -27,13 +27,15 @@ def scrape(client, **headers) -> dict:
     return {f.name: f for f in text_string_to_metric_families(response.content.decode())}
 
 
-def test_metrics_need_a_token_or_a_staff_login(client, creative, jobs, settings):
+def test_metrics_need_a_token_or_an_ops_login(client, creative, ops_user, jobs, settings):
     settings.METRICS_TOKEN = "s3cret"
     assert client.get(reverse("metrics")).status_code == 401
     assert client.get(reverse("metrics"), headers={"Authorization": "Bearer wrong"}).status_code == 401
     client.force_login(creative)
     assert client.get(reverse("metrics")).status_code == 401
     assert scrape(client, Authorization="Bearer s3cret")
+    client.force_login(ops_user)
+    assert scrape(client)
 
 
 def test_metrics_parse_back_to_the_jobs_and_samples(admin_client, jobs, django_assert_max_num_queries):

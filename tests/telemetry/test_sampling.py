@@ -59,9 +59,9 @@ def test_with_nvml_it_reads_each_visible_gpu(fake_nvml, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_tick_stores_samples_and_pushes_a_typed_event(fake_nvml, client, creative, monkeypatch):
+def test_a_tick_stores_samples_and_pushes_a_typed_event(fake_nvml, client, ops_user, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    headers = session_headers(client, creative)
+    headers = session_headers(client, ops_user)
 
     async def scenario():
         communicator = WebsocketCommunicator(application, "/ws/telemetry/", headers=headers)
@@ -82,7 +82,9 @@ def test_a_tick_stores_samples_and_pushes_a_typed_event(fake_nvml, client, creat
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_telemetry_socket_refuses_anonymous_and_sends_current_readings(client, creative):
+def test_the_telemetry_socket_refuses_anonymous_and_creatives_and_sends_ops_current_readings(
+    client, creative, ops_user
+):
     GpuSample.objects.create(
         worker="w:1", gpu_index=0, utilization_pct=10, taken_at=timezone.now() - timedelta(seconds=5)
     )
@@ -96,7 +98,8 @@ def test_the_telemetry_socket_refuses_anonymous_and_sends_current_readings(clien
         return connected, snapshot
 
     assert async_to_sync(scenario)([(b"origin", b"http://localhost")]) == (False, None)
-    connected, snapshot = async_to_sync(scenario)(session_headers(client, creative))
+    assert async_to_sync(scenario)(session_headers(client, creative)) == (False, None)
+    connected, snapshot = async_to_sync(scenario)(session_headers(client, ops_user))
     assert connected and [s["gpus"][0]["utilization_pct"] for s in snapshot["samples"]] == [55.0]
 
 

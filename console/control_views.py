@@ -1,0 +1,346 @@
+"""The control plane: lanes (ops), model versions and rollouts (admins), workers, the audit log."""
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from lanes import control, rollout
+from lanes.metrics import version_stats
+from lanes.models import AuditEvent, Job, Lane, LaneRelease, ModelVersion, Role, Verification, Worker, has_role
+from lanes.rollout import ControlError
+
+from .access import admin_required, get_lane_for_user, get_version_for_user, get_worker_for_user, ops_required
+from .forms import ActivateForm, CanaryForm, LimitsForm, ModeForm, RevisionForm, VersionForm
+
+
+def _live_counts() -> dict[tuple[int, str], int]:
+    rows = (
+        Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING, Job.State.DEFERRED))
+        .values("lane_id", "state")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return {(row["lane_id"], row["state"]): row["n"] for row in rows}
+
+
+@ops_required
+@require_GET
+def lane_list(request):
+    lanes = list(Lane.objects.select_related("active_version", "canary_version", "fallback").order_by("name"))
+    counts = _live_counts()
+    for lane in lanes:
+        lane.queued = counts.get((lane.pk, "queued"), 0)
+        lane.running = counts.get((lane.pk, "running"), 0)
+        lane.deferred = counts.get((lane.pk, "deferred"), 0)
+    return render(request, "console/lanes.html", {"lanes": lanes})
+
+
+def _lane_context(request, lane: Lane, **forms) -> dict:
+    counts = _live_counts()
+    lane.queued = counts.get((lane.pk, "queued"), 0)
+    lane.running = counts.get((lane.pk, "running"), 0)
+    lane.deferred = counts.get((lane.pk, "deferred"), 0)
+    now = timezone.now()
+    alive = set(Worker.objects.alive(now).values_list("pk", flat=True))
+    workers = list(Worker.objects.filter(pk__in=alive).order_by("hostname", "pid"))
+    for worker in workers:
+        worker.consumes = lane.queue in worker.queue_list
+    initial = {"revision": lane.revision}
+    return {
+        "lane": lane,
+        "workers": workers,
+        "releases": LaneRelease.objects.filter(lane=lane).select_related("version", "started_by")[:50],
+        "events": AuditEvent.objects.filter(lane=lane)[:20],
+        "rollback_to": rollout.rollback_target(lane),
+        "verdict": rollout.judge_canary(lane, now),
+        "can_deploy": has_role(request.user, Role.ADMIN),
+        "limits_form": forms.get("limits_form") or LimitsForm(instance=lane, initial=initial),
+        "activate_form": forms.get("activate_form") or ActivateForm(initial=initial),
+        "canary_form": forms.get("canary_form") or CanaryForm(initial=initial),
+        "drained": lane.draining and not (lane.queued or lane.running or lane.deferred),
+    }
+
+
+@ops_required
+@require_GET
+def lane_detail(request, name: str):
+    lane = get_lane_for_user(request, name)
+    template = "console/lane.html"
+    if request.htmx and request.GET.get("part") == "state":
+        template += "#lane-state"
+    return render(request, template, _lane_context(request, lane))
+
+
+def _done(request, lane: Lane, message: str):
+    messages.success(request, message)
+    return redirect("lane-detail", name=lane.name)
+
+
+def _refused(request, lane: Lane, error: ControlError, **forms):
+    """A refused control action: the page again with the reason, and 409 (conflict) or 400."""
+    status = 409 if isinstance(error, rollout.ConflictError) else 400
+    lane.refresh_from_db()
+    messages.error(request, str(error))
+    return render(request, "console/lane.html", _lane_context(request, lane, **forms), status=status)
+
+
+def _invalid(request, lane: Lane, form, **forms):
+    problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    messages.error(request, f"Nothing changed: {problems}")
+    return render(request, "console/lane.html", _lane_context(request, lane, **forms), status=400)
+
+
+@ops_required
+@require_POST
+def lane_mode(request, name: str):
+    lane = get_lane_for_user(request, name)
+    form = ModeForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form)
+    try:
+        lane, moved = control.set_mode(lane, form.cleaned_data["mode"], request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    extra = f"; {moved} waiting job{'s' if moved != 1 else ''} moved to its fallback" if moved else ""
+    return _done(request, lane, f"Lane {lane.name} is now {lane.mode}{extra}.")
+
+
+@ops_required
+@require_POST
+def lane_limits(request, name: str):
+    lane = get_lane_for_user(request, name)
+    form = LimitsForm(request.POST, instance=Lane.objects.get(pk=lane.pk))
+    if not form.is_valid():
+        return _invalid(request, lane, form, limits_form=form)
+    values = {field: form.cleaned_data[field] for field in control.OPS_FIELDS}
+    try:
+        lane = control.update_limits(lane, values, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    return _done(request, lane, f"Lane {lane.name}: limits saved.")
+
+
+@ops_required
+@require_POST
+def lane_dismiss_notice(request, name: str):
+    lane = get_lane_for_user(request, name)
+    rollout.dismiss_notice(lane, request.user)
+    return redirect(request.POST.get("next") or "lane-detail", **({} if request.POST.get("next") else {"name": name}))
+
+
+@admin_required
+@require_POST
+def lane_activate(request, name: str):
+    lane = get_lane_for_user(request, name, deploy=True)
+    form = ActivateForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form, activate_form=form)
+    version = form.cleaned_data["version"]
+    try:
+        lane = rollout.activate(lane, version, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc, activate_form=form)
+    return _done(request, lane, f"Lane {lane.name} now renders new jobs with {version.name}.")
+
+
+@admin_required
+@require_POST
+def lane_canary(request, name: str):
+    lane = get_lane_for_user(request, name, deploy=True)
+    form = CanaryForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form, canary_form=form)
+    data = form.cleaned_data
+    try:
+        lane = rollout.start_canary(lane, data["version"], data["percent"], request.user, data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc, canary_form=form)
+    return _done(request, lane, f"Canary {data['version'].name} takes {data['percent']}% of new jobs on {lane.name}.")
+
+
+def _revision_action(request, name: str, action, message: str):
+    lane = get_lane_for_user(request, name, deploy=True)
+    form = RevisionForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form)
+    try:
+        lane = action(lane, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    return _done(request, lane, message.format(lane=lane))
+
+
+@admin_required
+@require_POST
+def lane_promote(request, name: str):
+    return _revision_action(request, name, rollout.promote, "{lane.active_version.name} promoted on {lane.name}.")
+
+
+@admin_required
+@require_POST
+def lane_end_canary(request, name: str):
+    return _revision_action(request, name, rollout.end_canary, "Canary stopped on {lane.name}.")
+
+
+@admin_required
+@require_POST
+def lane_rollback(request, name: str):
+    return _revision_action(
+        request, name, rollout.rollback,
+        "Rolled back: {lane.name} renders new jobs with {lane.active_version.name}; running jobs finish as they were.",
+    )  # fmt: skip
+
+
+@ops_required
+@require_POST
+def worker_consume(request, name: str, worker_id: int):
+    lane = get_lane_for_user(request, name)
+    worker = get_worker_for_user(request, worker_id)
+    consume = request.POST.get("consume") == "on"
+    try:
+        replies = control.set_consuming(worker, lane, consume, request.user)
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    verb = "now consumes" if consume else "stopped consuming"
+    return _done(request, lane, f"{worker.node} {verb} {', '.join(lane.queues)} ({'; '.join(replies)}).")
+
+
+@ops_required
+@require_POST
+def workers_reload(request):
+    try:
+        replies = control.reload_workers(request.user)
+    except ControlError as exc:
+        messages.error(request, str(exc))
+    else:
+        if replies:
+            messages.success(request, "Reload: " + "; ".join(replies))
+        else:
+            messages.error(request, "No worker answered the reload request.")
+    return redirect(request.POST.get("next") or "lane-list")
+
+
+# Model versions
+
+
+@admin_required
+@require_GET
+def version_list(request):
+    versions = ModelVersion.objects.select_related("registered_by").annotate(
+        lanes_active=Count("lanes", distinct=True), lanes_canary=Count("canary_lanes", distinct=True)
+    )
+    return render(request, "console/versions.html", {"versions": versions, "form": VersionForm()})
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def version_new(request):
+    form = VersionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = rollout.register_version(request.user, **form.cleaned_data)
+        except ControlError as exc:
+            for field, message in exc.errors.items():
+                form.add_error(field if field in form.fields else None, message)
+        else:
+            messages.success(request, f"{version.name} registered (sha256 {version.content_hash[:12]}…); validating.")
+            return redirect("version-detail", name=version.name)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "console/version_new.html", {"form": form}, status=status)
+
+
+@admin_required
+@require_GET
+def version_detail(request, name: str):
+    version = get_version_for_user(request, name)
+    lanes = Lane.objects.filter(
+        Q(active_version=version) | Q(canary_version=version) | Q(refine_version=version)
+    ).select_related("active_version", "canary_version")
+    template = "console/version.html"
+    if request.htmx:
+        template += "#version-status"
+    context = {
+        "version": version,
+        "lanes": lanes,
+        "stats": version_stats(version),
+        "pass_rates": [r for r in Verification.objects.pass_rates() if r["model_version_id"] == version.pk],
+        "events": AuditEvent.objects.filter(model_version=version)[:20],
+    }
+    return render(request, template, context)
+
+
+@admin_required
+@require_GET
+def version_smoke(request, name: str):
+    version = get_version_for_user(request, name)
+    if not version.smoke_image:
+        raise Http404("No smoke image yet.")
+    path = Path(settings.MEDIA_ROOT) / version.smoke_image
+    if not path.is_file():
+        raise Http404("The smoke image is missing from MEDIA_ROOT.")
+    return HttpResponse(path.read_bytes(), content_type="image/png")
+
+
+@admin_required
+@require_POST
+def version_validate(request, name: str):
+    version = get_version_for_user(request, name)
+    try:
+        rollout.request_validation(version, request.user)
+    except ControlError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Validating {version.name} again.")
+    return redirect("version-detail", name=version.name)
+
+
+@admin_required
+@require_POST
+def version_retire(request, name: str):
+    version = get_version_for_user(request, name)
+    try:
+        rollout.retire_version(version, request.user)
+    except ControlError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{version.name} retired.")
+    return redirect("version-detail", name=version.name)
+
+
+# Audit log
+
+AUDIT_AGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+
+@ops_required
+@require_GET
+def audit_log(request):
+    events = AuditEvent.objects.all()
+    filters = {key: request.GET.get(key, "") for key in ("lane", "user", "action", "age")}
+    if filters["lane"]:
+        events = events.filter(lane_name=filters["lane"])
+    if filters["user"]:
+        events = events.filter(actor_name=filters["user"])
+    if filters["action"]:
+        events = events.filter(action=filters["action"])
+    if filters["age"] in AUDIT_AGES:
+        events = events.filter(at__gte=timezone.now() - AUDIT_AGES[filters["age"]])
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "events": page.object_list,
+        "filters": filters,
+        "lanes": Lane.objects.values_list("name", flat=True),
+        "users": sorted(set(AuditEvent.objects.values_list("actor_name", flat=True).distinct())),
+        "actions": sorted(set(AuditEvent.objects.values_list("action", flat=True).distinct())),
+        "ages": AUDIT_AGES,
+    }
+    return render(request, "console/audit.html", context)

@@ -1,0 +1,106 @@
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+
+from lanes import rollout
+from lanes.demo import DEMO_CHECKPOINT
+from lanes.models import AuditEvent, Lane, ModelVersion, hash_checkpoint
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def v2(demo_lanes):
+    target = Path(settings.MODELS_ROOT) / "views-v2"
+    if not target.exists():
+        shutil.copytree(Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT, target)
+    return ModelVersion.objects.create(
+        name="views-v2", location="views-v2", content_hash=hash_checkpoint(target), status="validated"
+    )
+
+
+def test_two_admins_changing_one_lane_the_second_is_refused_not_overwriting(client, v2):
+    first, second = make_user("ada", "admin"), make_user("bea", "admin")
+    lane = Lane.objects.get(name="fast-draft")
+    seen = lane.revision  # both loaded the page at this revision
+    client.force_login(first)
+    response = client.post(reverse("lane-activate", args=["fast-draft"]), {"version": "views-v2", "revision": seen})
+    assert response.status_code == 302
+    client.force_login(second)
+    response = client.post(
+        reverse("lane-canary", args=["fast-draft"]), {"version": "views-v2", "percent": 10, "revision": seen}
+    )
+    assert response.status_code == 409
+    assert "was changed by ada (lane.activate" in response.text and "Nothing was applied" in response.text
+    lane.refresh_from_db()
+    assert lane.active_version == v2 and lane.canary_version is None and lane.revision == seen + 1
+    assert list(AuditEvent.objects.values_list("action", flat=True)) == ["lane.activate"]
+
+
+def test_the_lane_page_shows_versions_history_and_the_rollback_target(client, v2):
+    admin = make_user("ada", "admin")
+    rollout.activate(Lane.objects.get(name="fast-draft"), v2, admin)
+    client.force_login(admin)
+    page = client.get(reverse("lane-detail", args=["fast-draft"]))
+    assert page.status_code == 200
+    assert "Roll back to demo-tiny-sd-v1" in page.text and 'id="history"' in page.text
+    assert page.text.count("views-v2") >= 2  # active version, history row
+    ops = make_user("olive", "ops")
+    client.force_login(ops)
+    page = client.get(reverse("lane-detail", args=["fast-draft"]))
+    assert "Roll back" not in page.text and "Save limits" in page.text  # ops operate, admins deploy
+
+
+def test_bad_lane_input_gets_a_message_and_a_4xx_and_changes_nothing(client, demo_lanes):
+    client.force_login(make_user("olive", "ops"))
+    lane = Lane.objects.get(name="fallback")
+    url = reverse("lane-mode", args=["fallback"])
+    assert client.post(url, {"mode": "sideways", "revision": lane.revision}).status_code == 400
+    response = client.post(url, {"mode": "disabled", "revision": lane.revision})
+    assert response.status_code == 400 and "with no enabled lane" in response.text
+    fields = {"revision": lane.revision, "max_concurrency": 2, "defer_depth": 30, "hard_cap": 5,
+              "latency_slo_ms": 1500, "canary_window_minutes": 30, "canary_min_samples": 20,
+              "canary_max_error_rate_increase": 0.05, "canary_max_p95_ratio": 1.5,
+              "canary_max_flag_rate_increase": 0.1}  # fmt: skip
+    response = client.post(reverse("lane-limits", args=["fallback"]), fields)
+    assert response.status_code == 400 and "must be at least the defer depth" in response.text
+    response = client.post(reverse("lane-limits", args=["fallback"]), {**fields, "max_concurrency": "many"})
+    assert response.status_code == 400 and "Enter a whole number" in response.text
+    assert Lane.objects.get(name="fallback").revision == lane.revision and not AuditEvent.objects.exists()
+    assert client.post(reverse("lane-mode", args=["no-such-lane"]), {"mode": "enabled"}).status_code == 404
+
+
+def test_registering_a_version_in_the_browser_reports_field_errors(client, demo_lanes):
+    client.force_login(make_user("ada", "admin"))
+    response = client.post(
+        reverse("version-new"),
+        {"name": "x1", "family": "stable-diffusion", "location": "../../etc", "dtype": "float32"},
+    )
+    assert response.status_code == 400 and "outside MODELS_ROOT" in response.text
+    assert not ModelVersion.objects.filter(name="x1").exists()
+    response = client.post(
+        reverse("version-new"),
+        {"name": "x1", "family": "stable-diffusion", "location": DEMO_CHECKPOINT, "dtype": "float32"},
+    )
+    assert response.status_code == 302
+    version = ModelVersion.objects.get(name="x1")
+    assert version.status == "staged" and version.content_hash
+    page = client.get(reverse("version-detail", args=["x1"]))
+    assert "Staged" in page.text or "staged" in page.text
+
+
+def test_the_audit_log_filters_by_lane_user_and_action(client, v2):
+    admin, ops = make_user("ada", "admin"), make_user("olive", "ops")
+    rollout.activate(Lane.objects.get(name="fast-draft"), v2, admin)
+    from lanes import control
+
+    control.set_mode(Lane.objects.get(name="preview"), "draining", ops)
+    client.force_login(ops)
+    rows = lambda query: client.get(reverse("audit") + query).text.count('class="audit-row"')  # noqa: E731
+    assert rows("") == 2
+    assert rows("?lane=preview") == 1 and rows("?user=ada") == 1 and rows("?action=lane.activate") == 1
+    assert rows("?lane=preview&user=ada") == 0

@@ -1,0 +1,279 @@
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from lanes import rollout
+from lanes.actions import submit_brief
+from lanes.demo import DEMO_CHECKPOINT
+from lanes.models import (
+    Artifact,
+    AuditEvent,
+    Job,
+    Lane,
+    LaneRelease,
+    ModelVersion,
+    Verification,
+    hash_checkpoint,
+)
+from lanes.rollout import ConflictError, ControlError
+from tests.conftest import make_user, running_worker, wait_for_job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin(db):
+    return make_user("ada", "admin")
+
+
+def copy_checkpoint(name: str) -> str:
+    source = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
+    target = Path(settings.MODELS_ROOT) / name
+    shutil.rmtree(target, ignore_errors=True)  # MODELS_ROOT outlives a test run: start from a clean copy
+    shutil.copytree(source, target)
+    return name
+
+
+@pytest.fixture
+def v2(demo_lanes):
+    location = copy_checkpoint("rollout-v2")
+    return ModelVersion.objects.create(
+        name="rollout-v2",
+        location=location,
+        content_hash=hash_checkpoint(Path(settings.MODELS_ROOT) / location),
+        status=ModelVersion.Status.VALIDATED,
+    )
+
+
+def lane(name="fast-draft") -> Lane:
+    return Lane.objects.select_related("active_version", "canary_version").get(name=name)
+
+
+# Registration and validation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_good_checkpoint_is_hashed_then_validated_on_a_worker_with_a_smoke_image(demo_lanes, admin, media_root):
+    location = copy_checkpoint("registered-good")
+    version = rollout.register_version(admin, name="registered-good", location=location)
+    assert version.status == ModelVersion.Status.STAGED
+    assert version.content_hash == hash_checkpoint(Path(settings.MODELS_ROOT) / location)
+    with running_worker():
+        deadline = timezone.now() + timedelta(seconds=60)
+        while ModelVersion.objects.get(pk=version.pk).status != ModelVersion.Status.VALIDATED:
+            assert timezone.now() < deadline, ModelVersion.objects.get(pk=version.pk).validation_error
+    version.refresh_from_db()
+    assert version.validation_error == "" and version.smoke_seconds > 0 and version.validated_on
+    smoke = Path(settings.MEDIA_ROOT) / version.smoke_image
+    from PIL import Image
+
+    with Image.open(smoke) as image:
+        assert image.size == (rollout.SMOKE_SIZE, rollout.SMOKE_SIZE)
+    assert AuditEvent.objects.filter(action="version.register", model_version=version, actor=admin).exists()
+
+
+def test_a_corrupt_checkpoint_fails_validation_with_the_loader_error_and_cannot_serve(demo_lanes, admin):
+    location = copy_checkpoint("registered-corrupt")
+    weights = next((Path(settings.MODELS_ROOT) / location / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated mid-tensor
+    version = rollout.register_version(admin, name="registered-corrupt", location=location, validate=False)
+    assert rollout.run_validation(version, "test") is False
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.INVALID
+    assert "could not be loaded" in version.validation_error and version.smoke_image == ""
+    with pytest.raises(ControlError, match="failed validation"):
+        rollout.activate(lane(), version, admin)
+    with pytest.raises(ControlError, match="failed validation"):
+        rollout.start_canary(lane(), version, 10, admin)
+
+
+def test_registration_refuses_bad_input_and_stores_nothing(demo_lanes, admin):
+    with pytest.raises(ControlError) as exc:
+        rollout.register_version(admin, name="bad name!", location="../etc")
+    assert set(exc.value.errors) == {"name", "location"}
+    with pytest.raises(ControlError) as exc:
+        rollout.register_version(admin, name="demo-tiny-sd-v1", location=DEMO_CHECKPOINT)
+    assert "already registered" in exc.value.errors["name"]
+    assert ModelVersion.objects.count() == 2  # the demo versions only
+    assert not AuditEvent.objects.filter(action="version.register").exists()
+
+
+def test_files_changed_after_registration_fail_validation(demo_lanes, admin):
+    location = copy_checkpoint("registered-changed")
+    version = rollout.register_version(admin, name="registered-changed", location=location, validate=False)
+    (Path(settings.MODELS_ROOT) / location / "extra.txt").write_text("changed")
+    assert rollout.run_validation(version) is False
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.INVALID and "changed since registration" in version.validation_error
+
+
+# Canary and rollout
+
+
+def test_a_canary_takes_its_share_of_1000_routed_jobs_and_each_job_keeps_its_version(v2, creative, settings):
+    settings.ADMISSION_CONTROL = False  # routing alone: no deferrals from the queue this builds
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 20, None)
+    rollout.rng.seed(1234)
+    jobs = [submit_brief(creative, prompt=f"poster {i}", intent="draft") for i in range(1000)]
+    on_canary = sum(1 for job in jobs if job.model_version_id == v2.pk)
+    assert 170 <= on_canary <= 230  # 20% ± 3 percentage points
+    assert {job.model_version_id for job in jobs} == {v1.pk, v2.pk}
+    rollout.promote(lane(), None)
+    assert Job.objects.filter(model_version=v1).count() == 1000 - on_canary  # pinned, not rewritten
+    assert submit_brief(creative, prompt="after", intent="draft").model_version == v2
+
+
+def test_rollback_restores_the_previous_version_atomically_and_is_audited(v2, admin, creative, settings):
+    settings.ADMISSION_CONTROL = False
+    v1 = lane().active_version
+    rollout.activate(lane(), v2, admin)
+    in_flight = submit_brief(creative, prompt="before rollback", intent="draft")
+    assert in_flight.model_version == v2
+    revision = lane().revision
+    rollout.rollback(lane(), admin, revision)
+    restored = lane()
+    assert restored.active_version == v1 and restored.revision == revision + 1
+    assert Job.objects.get(pk=in_flight.pk).model_version == v2  # finishes on its pinned version
+    assert submit_brief(creative, prompt="after rollback", intent="draft").model_version == v1
+    event = AuditEvent.objects.get(action="lane.rollback")
+    assert (event.actor, event.lane, event.before["active"], event.after["active"]) == (
+        admin, restored, v2.name, v1.name,
+    )  # fmt: skip
+    history = list(LaneRelease.objects.filter(lane=restored).order_by("started_at", "id").values_list(
+        "version__name", "outcome"
+    ))  # fmt: skip
+    assert history == [(v1.name, "superseded"), (v2.name, "rolled_back"), (v1.name, "serving")]
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.VALIDATED  # serves nowhere now
+    # v2 was rolled back from, and v1 serves: nothing earlier to go back to.
+    with pytest.raises(ControlError, match="no previous version"):
+        rollout.rollback(lane(), admin)
+
+
+def test_a_rollback_that_fails_half_way_changes_nothing(v2, admin, monkeypatch):
+    rollout.activate(lane(), v2, admin)
+    before = (lane().active_version_id, lane().revision, list(LaneRelease.objects.values_list("id", "outcome")))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("audit store down")
+
+    monkeypatch.setattr(AuditEvent, "record", broken)
+    with pytest.raises(RuntimeError):
+        rollout.rollback(lane(), admin)
+    assert (lane().active_version_id, lane().revision, list(LaneRelease.objects.values_list("id", "outcome"))) == before
+
+
+def test_bad_rollout_requests_get_clear_errors_and_change_nothing(v2, admin):
+    staged = ModelVersion.objects.create(name="staged-one", location=DEMO_CHECKPOINT)
+    revision = lane().revision
+    with pytest.raises(ControlError, match="has not been validated"):
+        rollout.activate(lane(), staged, admin)
+    with pytest.raises(ControlError, match="no previous version"):
+        rollout.rollback(lane(), admin)
+    with pytest.raises(ControlError, match="between 1 and 99"):
+        rollout.start_canary(lane(), v2, 100, admin)
+    with pytest.raises(ControlError, match="no canary"):
+        rollout.promote(lane(), admin)
+    with pytest.raises(ConflictError, match="after you loaded it"):
+        rollout.activate(lane(), v2, admin, expected_revision=revision - 1)
+    assert lane().revision == revision and lane().active_version.name == "demo-tiny-sd-v1"
+    assert not AuditEvent.objects.exists()
+
+
+def test_a_serving_version_cannot_be_retired(v2, admin):
+    with pytest.raises(ControlError, match="still serves lane"):
+        rollout.retire_version(lane().active_version, admin)
+    rollout.retire_version(v2, admin)
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.RETIRED
+    with pytest.raises(ControlError, match="retired"):
+        rollout.start_canary(lane(), v2, 10, admin)
+
+
+# Automatic rollback
+
+
+def finished_jobs(creative, version, n, *, failed=0, run_s=0.5, flagged=None):
+    """n finished jobs on fast-draft pinned to `version`; `flagged` of them verified and flagged."""
+    target = lane()
+    now = timezone.now()
+    jobs = []
+    for i in range(n):
+        job = Job.objects.create(
+            owner=creative, prompt="p", intent="draft", lane=target, model_version=version, seed=i, width=64,
+            height=64, steps=4, guidance=7.5, state=Job.State.FAILED if i < failed else Job.State.SUCCEEDED,
+            started_at=now - timedelta(seconds=run_s), finished_at=now, run_seconds=run_s,
+        )  # fmt: skip
+        jobs.append(job)
+    if flagged is not None:
+        for i, job in enumerate(jobs):
+            artifact = Artifact.objects.create(job=job, path="x.png", width=64, height=64, sha256="0", size_bytes=1)
+            Verification.objects.create(
+                job=job, artifact=artifact, lane=target, model_version=version, expected=["SALE"],
+                status=Verification.Status.FLAGGED if i < flagged else Verification.Status.PASSED,
+            )  # fmt: skip
+    return jobs
+
+
+@pytest.mark.parametrize(
+    "canary, baseline, reason",
+    [
+        (dict(failed=6), dict(failed=0), "error rate 30.0% vs 0.0%"),
+        (dict(run_s=2.0), dict(run_s=0.5), "p95 run time 2000 ms vs 500 ms"),
+        (dict(flagged=12), dict(flagged=1), "verification flag rate 60.0% vs 5.0%"),
+    ],
+)
+def test_a_regressing_canary_is_rolled_back_by_beat_with_its_numbers(
+    v2, creative, ops_client, canary, baseline, reason
+):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, None)
+    Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
+    finished_jobs(creative, v2, 20, **canary)
+    finished_jobs(creative, v1, 20, **baseline)
+    outcome = rollout.check_canaries()
+    assert outcome["fast-draft"].startswith("rolled back") and reason in outcome["fast-draft"]
+    after = lane()
+    assert after.canary_version is None and after.active_version == v1 and reason in after.notice
+    event = AuditEvent.objects.get(action="canary.auto-rollback")
+    assert event.actor is None and event.actor_name == "laneway" and reason in event.note
+    assert event.before["canary"] == v2.name and event.after["canary"] is None
+    page = ops_client.get("/jobs/")
+    assert "rolled back automatically" in page.text and reason in page.text  # the banner
+
+
+def test_noise_below_the_minimum_sample_count_does_not_roll_back(v2, creative):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, None)
+    Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
+    finished_jobs(creative, v2, 5, failed=3, run_s=3.0)  # terrible, but only 5 jobs
+    finished_jobs(creative, v1, 40)
+    outcome = rollout.check_canaries()
+    assert outcome["fast-draft"].startswith("kept") and "too few finished jobs" in outcome["fast-draft"]
+    assert lane().canary_version == v2 and not AuditEvent.objects.filter(action="canary.auto-rollback").exists()
+
+
+def test_a_canary_within_thresholds_is_kept(v2, creative):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, None)
+    Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
+    finished_jobs(creative, v2, 30, failed=1, run_s=0.55)
+    finished_jobs(creative, v1, 30, failed=1, run_s=0.5)
+    assert rollout.check_canaries()["fast-draft"].startswith("kept")
+    assert lane().canary_version == v2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_routed_to_the_canary_runs_on_it_on_a_real_worker(v2, creative):
+    rollout.start_canary(lane(), v2, 99, None)
+    rollout.rng.seed(0)
+    with running_worker():
+        job = submit_brief(creative, prompt="a canary poster", intent="draft")
+        assert job.model_version == v2
+        done = wait_for_job(job.pk)
+    assert done.state == Job.State.SUCCEEDED and done.model_version == v2
