@@ -63,3 +63,12 @@ def get_worker_for_user(request, worker_id: int) -> Worker:
     if not has_role(request.user, Role.OPS):
         raise PermissionDenied("Ops and admins only.")
     return get_object_or_404(Worker, pk=worker_id)
+
+
+def get_experiment_for_user(request, name: str, manage: bool = False):
+    """An experiment the user may see (their team's, or any for ops); `manage` (run, stop, canary) needs an admin."""
+    from lanes.models import experiments_visible_to
+
+    if manage and not has_role(request.user, Role.ADMIN):
+        raise PermissionDenied("Experiments are run by admins.")
+    return get_object_or_404(experiments_visible_to(request.user).select_related("created_by"), name=name)

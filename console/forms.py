@@ -3,6 +3,7 @@ from django.conf import settings
 
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
+from lanes.experiments import parse_prompt_lines
 from lanes.models import Job, Lane, ModelVersion, Priority, Role, Route, has_role
 
 
@@ -109,3 +110,47 @@ class VersionForm(forms.Form):
         max_length=500, required=False, help_text="Single-file checkpoints only: a diffusers folder with its configs."
     )
     dtype = forms.ChoiceField(choices=ModelVersion.DType.choices)
+
+
+class ExperimentForm(forms.Form):
+    definition = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 14, "class": "mono"}),
+        help_text="YAML: name, samples, seed, prompts, arms (the same file `manage.py run_experiment` takes).",
+    )
+    definition_file = forms.FileField(required=False, label="…or upload the YAML file")
+    prompt_lines = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        label="More prompts, one per line",
+        help_text="Write `prompt || EXPECTED TEXT` for a prompt whose image must carry that text.",
+    )
+    prompt_file = forms.FileField(required=False, label="…or upload them as a text file")
+
+    MAX_UPLOAD = 1 << 20
+
+    def _read(self, name: str) -> str:
+        upload = self.cleaned_data.get(name)
+        if not upload:
+            return ""
+        if upload.size > self.MAX_UPLOAD:
+            raise forms.ValidationError({name: "The file is larger than 1 MiB."})
+        try:
+            return upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise forms.ValidationError({name: "The file is not UTF-8 text."}) from None
+
+    def clean(self):
+        data = super().clean()
+        definition = self._read("definition_file") or data.get("definition", "")
+        if not definition.strip():
+            raise forms.ValidationError({"definition": "Paste the experiment's YAML or upload its file."})
+        data["text"] = definition
+        data["extra_prompts"] = parse_prompt_lines(data.get("prompt_lines", "") + "\n" + self._read("prompt_file"))
+        return data
+
+
+class ExperimentCanaryForm(forms.Form):
+    arm = forms.CharField(max_length=50)
+    lane = forms.ModelChoiceField(queryset=Lane.objects.all(), to_field_name="name")
+    percent = forms.IntegerField(min_value=1, max_value=99, initial=10)

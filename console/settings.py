@@ -232,6 +232,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
     "prune-samples": {"task": "telemetry.tasks.prune_samples", "schedule": 60.0},
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
+    "pump-experiments": {"task": "lanes.experiments.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "check-canaries": {"task": "lanes.rollout.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
 }
 
@@ -276,6 +277,9 @@ WORKER_LOST_AFTER_BEATS = envint("WORKER_LOST_AFTER_BEATS", 3, 1)
 REDISPATCH_AFTER_SECONDS = envint("REDISPATCH_AFTER_SECONDS", 300, 1)
 JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, 1)
 PROMPT_MAX_LENGTH = envint("PROMPT_MAX_LENGTH", 1000, 1)
+# A/B experiments: at most this many jobs in one, and this many unfinished at a time.
+EXPERIMENT_MAX_JOBS = envint("EXPERIMENT_MAX_JOBS", 2000, 1)
+EXPERIMENT_MAX_OUTSTANDING = envint("EXPERIMENT_MAX_OUTSTANDING", 8, 1)
 EXPECTED_TEXT_MAX_LENGTH = envint("EXPECTED_TEXT_MAX_LENGTH", 200, 1)
 # Progress is pushed every step; the database copy (read on reconnect) at most this often.
 PROGRESS_DB_EVERY_SECONDS = envfloat("PROGRESS_DB_EVERY_SECONDS", 1.0, 0.0)

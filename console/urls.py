@@ -5,6 +5,7 @@ from django.urls import path
 from telemetry import views as telemetry_views
 
 from . import control_views as control
+from . import experiment_views as experiments
 from . import views
 
 urlpatterns = [
@@ -43,6 +44,16 @@ urlpatterns = [
     path("versions/<slug:name>/validate/", control.version_validate, name="version-validate"),
     path("versions/<slug:name>/retire/", control.version_retire, name="version-retire"),
     path("audit/", control.audit_log, name="audit"),
+    path("experiments/", experiments.experiment_list, name="experiment-list"),
+    path("experiments/new/", experiments.experiment_new, name="experiment-new"),
+    path("experiments/<slug:name>/", experiments.experiment_detail, name="experiment-detail"),
+    path("experiments/<slug:name>/export.<str:fmt>", experiments.experiment_export, name="experiment-export"),
+    path("experiments/<slug:name>/canary/", experiments.experiment_canary, name="experiment-canary"),
+    path(
+        "experiments/<slug:name>/<str:action>/",
+        experiments.experiment_control,
+        name="experiment-control",
+    ),
     path("metrics", telemetry_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

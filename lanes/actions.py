@@ -37,6 +37,7 @@ def submit_brief(
     height: int | None = None,
     priority: str | None = None,
     model_version=None,
+    lane=None,
 ) -> Job:
     """Validate a brief, run admission, store the job and dispatch it once the row is committed.
 
@@ -56,12 +57,15 @@ def submit_brief(
         errors["seed"] = "The seed must be between 0 and 2^63 - 1."
     if priority is not None and priority not in Priority.values:
         errors["priority"] = f"Unknown priority {priority!r}."
-    try:
-        routed = route_intent(intent)
-    except RoutingError as exc:
-        errors[exc.field] = str(exc)
-        raise BriefRejected(errors) from None
-    lane = routed.lane
+    if lane is None:
+        try:
+            routed = route_intent(intent)
+        except RoutingError as exc:
+            errors[exc.field] = str(exc)
+            raise BriefRejected(errors) from None
+        lane, default_priority = routed.lane, routed.route.priority
+    else:  # sent to a lane by name (an experiment arm), not by intent
+        default_priority = lane.default_priority
     params = {
         "steps": lane.default_steps if steps is None else steps,
         "guidance": lane.default_guidance if guidance is None else guidance,
@@ -71,7 +75,7 @@ def submit_brief(
     errors.update(check_parameters(lane, **params))
     if errors:
         raise BriefRejected(errors)
-    priority = priority or routed.route.priority
+    priority = priority or default_priority
 
     with transaction.atomic():
         try:

@@ -851,3 +851,76 @@ class AuditEvent(models.Model):
             after=after or {},
             note=note,
         )
+
+
+class Experiment(models.Model):
+    """An A/B comparison: every prompt × seed rendered on every arm, as background work."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        PAUSED = "paused"
+        CANCELLED = "cancelled"
+        FINISHED = "finished"
+
+    name = models.SlugField(max_length=100, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="experiments")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="experiments")
+    prompts = models.JSONField(help_text="[{prompt, expected_text}]")
+    seeds = models.JSONField(help_text="The seeds every arm renders each prompt with.")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    definition = models.TextField(blank=True, help_text="The YAML it was created from.")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def experiments_visible_to(user):
+    """Ops and admins see every experiment; a creative sees their team's (and their own)."""
+    if has_role(user, Role.OPS):
+        return Experiment.objects.all()
+    team = team_of(user)
+    mine = Q(created_by=user)
+    return Experiment.objects.filter(mine | Q(team_id=team) if team else mine)
+
+
+class Arm(models.Model):
+    """One engine under test: a lane, a pinned model version, and optional parameter overrides."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="arms")
+    name = models.SlugField(max_length=50)
+    position = models.PositiveSmallIntegerField(default=0)
+    lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    steps = models.PositiveSmallIntegerField(null=True, blank=True)
+    guidance = models.FloatField(null=True, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["experiment", "position"]
+        constraints = [models.UniqueConstraint(fields=["experiment", "name"], name="arm_name_unique_in_experiment")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ExperimentCell(models.Model):
+    """One prompt × seed on one arm, and the job that rendered it (once submitted)."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="cells")
+    arm = models.ForeignKey(Arm, on_delete=models.CASCADE, related_name="cells")
+    prompt_index = models.PositiveIntegerField()
+    sample_index = models.PositiveIntegerField()
+    seed = models.BigIntegerField()
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="experiment_cell")
+
+    class Meta:
+        ordering = ["prompt_index", "sample_index", "arm__position"]
+        constraints = [
+            models.UniqueConstraint(fields=["arm", "prompt_index", "sample_index"], name="one_cell_per_arm_prompt_seed")
+        ]

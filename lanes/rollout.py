@@ -251,7 +251,9 @@ def retire_version(version: ModelVersion, by) -> None:
 
 def locked_lane(lane: Lane, expected_revision: int | None) -> Lane:
     """The lane, locked for this transaction, refusing a change made against an old revision."""
-    fresh = Lane.objects.select_for_update().select_related("active_version", "canary_version").get(pk=lane.pk)
+    fresh = (
+        Lane.objects.select_for_update(of=("self",)).select_related("active_version", "canary_version").get(pk=lane.pk)
+    )
     if expected_revision is not None and fresh.revision != expected_revision:
         last = AuditEvent.objects.filter(lane=fresh).first()
         who = f" by {last.actor_name} ({last.action}, {last.at:%H:%M:%S})" if last else ""

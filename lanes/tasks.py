@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from telemetry import push
 
-from . import rollout  # noqa: F401  (its validation and canary tasks register with the worker)
-from .models import Artifact, Job, Lane, Worker
+from . import experiments, rollout  # noqa: F401  (their tasks register with the worker)
+from .models import Artifact, Job, Lane, Priority, Worker
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def run_job(job_id: int) -> str:
     with slots.acquire(job.lane_id, job.priority):
         outcome = _run_claimed(job)
     release_deferred(job.lane)
+    if job.priority == Priority.BACKGROUND:  # experiment jobs are background work
+        experiments.after_job(job)
     return outcome
 
 
@@ -241,6 +243,8 @@ def refine_job(job_id: int) -> str:
     if not stored:
         return "discarded"
     release_deferred(job.lane)
+    if job.priority == Priority.BACKGROUND:
+        experiments.after_job(job)
     return "succeeded"
 
 

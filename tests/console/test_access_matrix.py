@@ -49,6 +49,12 @@ MATRIX = {
     "version-smoke": ("GET", "admin"),
     "version-validate": ("POST", "admin"),
     "version-retire": ("POST", "admin"),
+    "experiment-list": ("GET", "creative"),
+    "experiment-detail": ("GET", "creative"),
+    "experiment-export": ("GET", "creative"),
+    "experiment-new": ("GET", "admin"),
+    "experiment-control": ("POST", "admin"),
+    "experiment-canary": ("POST", "admin"),
 }
 # Django's own views: the login form, logout, and the admin site (which admits admins only).
 NOT_IN_MATRIX = {"login", "logout"}
@@ -74,8 +80,16 @@ def world(demo_lanes, media_root):
     users = {
         "creative": make_user("casey", "creative", team),
         "ops": make_user("olive", "ops"),
-        "admin": make_user("ada", "admin"),
+        "admin": make_user("ada", "admin", team),
     }
+    from lanes import experiments
+
+    experiment = experiments.create(
+        users["admin"],
+        experiments.parse(
+            "name: matrix\nprompts: [p]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
+        ),
+    )
     job = submit_brief(users["creative"], prompt="poster", intent="draft", expected_text="SALE")
     image = Path(settings.MEDIA_ROOT) / "artifacts" / "m.png"
     image.parent.mkdir(parents=True)
@@ -94,6 +108,10 @@ def world(demo_lanes, media_root):
         "job-image": {"job_id": job.pk, "stage": "final"},
         "review-action": {"verification_id": verification.pk, "action": "approve"},
         "worker-consume": {"name": "fast-draft", "worker_id": worker.pk},
+        "experiment-detail": {"name": experiment.name},
+        "experiment-export": {"name": experiment.name, "fmt": "csv"},
+        "experiment-control": {"name": experiment.name, "action": "pause"},
+        "experiment-canary": {"name": experiment.name},
     }
     for name in MATRIX:
         if name.startswith("lane-") and name not in ("lane-list",):

@@ -1,0 +1,125 @@
+import time
+
+import pytest
+
+from lanes import experiments
+from lanes.actions import submit_brief
+from lanes.experiments import ExperimentError
+from lanes.models import Experiment, ExperimentCell, Job, Lane, ModelVersion, Priority
+from tests.conftest import make_user, running_worker
+
+pytestmark = pytest.mark.django_db
+
+TWO_ARMS = """\
+name: posters
+samples: 2
+seed: 100
+prompts:
+  - A summer sale poster
+  - {prompt: "Grand opening banner", expected_text: GRAND OPENING}
+  - A quiet harbour at dawn
+arms:
+  - {name: current, lane: fast-draft}
+  - {name: fewer-steps, lane: fast-draft, steps: 2}
+"""
+
+
+@pytest.fixture
+def admin(db):
+    return make_user("ada", "admin")
+
+
+def errors_of(text: str, **kwargs) -> list[str]:
+    with pytest.raises(ExperimentError) as exc:
+        experiments.parse(text, **kwargs)
+    return exc.value.errors
+
+
+def test_bad_definitions_get_every_error_with_line_numbers_and_start_nothing(demo_lanes, settings):
+    ModelVersion.objects.create(name="old", location="demo-tiny-sd", status=ModelVersion.Status.RETIRED)
+    Lane.objects.filter(name="preview").update(enabled=False)
+    errors = errors_of(
+        "name: bad\nprompts: []\narms:\n  - {name: a, lane: preview}\n  - {name: a, lane: fast-draft, version: old}\n"
+        "  - {name: c, lane: nowhere}\n  - {name: d, lane: fast-draft, steps: 500}\n"
+    )
+    assert "the prompt set is empty: give at least one prompt" in errors
+    assert "line 4: arm 'a': lane preview is disabled" in errors
+    assert "line 5: arm name 'a' is used twice" in errors
+    assert "line 5: arm 'a': version old is retired" in errors
+    assert "line 6: arm 'c': unknown lane 'nowhere'" in errors
+    assert "line 7: arm 'd': Steps must be between 1 and 12 on lane fast-draft." in errors
+    assert errors_of("name: x\nprompts: [p]\narms:\n  - {name: a, lane: fast-draft}\n") == [
+        "line 3: an experiment compares two or more arms"
+    ]
+    assert errors_of("name: x\nprompts: [p\narms: []\n")[0].startswith("line 3: not valid YAML")
+    settings.EXPERIMENT_MAX_JOBS = 10
+    assert any("is 12 jobs; the limit is 10" in e for e in errors_of(TWO_ARMS))
+    assert Experiment.objects.count() == 0 and Job.objects.count() == 0
+
+
+def test_a_duplicate_experiment_name_is_refused(demo_lanes, admin):
+    experiments.create(admin, experiments.parse(TWO_ARMS))
+    assert errors_of(TWO_ARMS) == ["line 1: an experiment named 'posters' already exists"]
+
+
+def test_pasted_prompt_lines_carry_their_expected_text():
+    assert experiments.parse_prompt_lines("# header\nA sale poster || SALE\n\nA plain one\n") == [
+        {"prompt": "A sale poster", "expected_text": "SALE"},
+        {"prompt": "A plain one", "expected_text": ""},
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_arms_three_prompts_two_seeds_fill_every_cell_reproducibly_on_a_real_worker(demo_lanes, admin, settings):
+    settings.EXPERIMENT_MAX_OUTSTANDING = 4  # smaller than the experiment, so the pump feeds it
+    with running_worker():
+        first = experiments.create(admin, experiments.parse(TWO_ARMS))
+        again = experiments.create(admin, experiments.parse(TWO_ARMS.replace("posters", "posters-again")))
+        deadline = time.monotonic() + 120
+        while Experiment.objects.filter(state=Experiment.State.RUNNING).exists():
+            assert time.monotonic() < deadline, "experiments did not finish"
+            time.sleep(0.2)
+    rows = experiments.cell_results(first)
+    assert len(rows) == 12 and all(r.state == "succeeded" and r.image_sha256 for r in rows)
+    jobs = Job.objects.filter(experiment_cell__experiment=first)
+    assert {j.priority for j in jobs} == {Priority.BACKGROUND} and {j.seed for j in jobs} == {100, 101}
+    assert {(j.steps, j.experiment_cell.arm.name) for j in jobs} == {(4, "current"), (2, "fewer-steps")}
+    # The same arm, prompt and seed render the same image the second time.
+    rerun = {(r.arm, r.prompt_index, r.seed): r.image_sha256 for r in experiments.cell_results(again)}
+    assert {(r.arm, r.prompt_index, r.seed): r.image_sha256 for r in rows} == rerun
+    # Different arms do differ.
+    assert rows[0].image_sha256 != rows[1].image_sha256
+    summary = {s.arm: s for s in experiments.summarize(rows, ["current", "fewer-steps"])}
+    current = sorted(j.run_seconds for j in jobs if j.experiment_cell.arm.name == "current")
+    assert summary["current"].jobs == summary["current"].succeeded == 6
+    assert summary["current"].run_p50 == current[2] and summary["current"].run_p95 == current[5]
+    assert summary["current"].peak_memory_bytes == max(
+        j.peak_memory_bytes for j in jobs if j.experiment_cell.arm.name == "current"
+    )
+    assert Experiment.objects.get(pk=first.pk).finished_at is not None
+
+
+def test_experiment_jobs_are_background_work_deferred_under_saturation(demo_lanes, admin, creative, settings):
+    Lane.objects.filter(name="fast-draft").update(defer_depth=1, hard_cap=10)
+    busy = submit_brief(creative, prompt="production", intent="draft")  # fills the lane (no worker runs)
+    assert busy.state == Job.State.QUEUED
+    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
+    experiments.pump(experiment.pk)  # on_commit does not fire inside a test transaction
+    jobs = list(Job.objects.filter(experiment_cell__experiment=experiment))
+    assert jobs and all(j.priority == Priority.BACKGROUND and j.state == Job.State.DEFERRED for j in jobs)
+    assert all("background work waits" in j.admission_reason for j in jobs)
+
+
+def test_pause_resume_and_cancel(demo_lanes, admin, settings):
+    settings.ADMISSION_CONTROL = False
+    settings.EXPERIMENT_MAX_OUTSTANDING = 3
+    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
+    assert experiments.pump(experiment.pk) == 3
+    assert experiments.pause(experiment) and experiments.pump(experiment.pk) == 0
+    assert experiments.resume(experiment) and not experiments.resume(experiment)
+    Job.objects.filter(experiment_cell__experiment=experiment).update(state=Job.State.SUCCEEDED)
+    assert experiments.pump(experiment.pk) == 3
+    assert experiments.cancel(experiment) == 3  # the three queued ones
+    assert Experiment.objects.get(pk=experiment.pk).state == Experiment.State.CANCELLED
+    assert experiments.pump(experiment.pk) == 0
+    assert ExperimentCell.objects.filter(experiment=experiment, job__isnull=True).count() == 6
