@@ -481,13 +481,16 @@ def _p95(values: list[float]) -> float | None:
 
 
 def arm_figures(lane: Lane, version: ModelVersion, since) -> ArmFigures:
+    # Routed traffic only: experiment jobs are pinned to their arm's version, not split by the canary.
     jobs = Job.objects.filter(
-        lane=lane, model_version=version, finished_at__gte=since, state__in=(Job.State.SUCCEEDED, Job.State.FAILED)
-    )
+        lane=lane, model_version=version, finished_at__gte=since, state__in=(Job.State.SUCCEEDED, Job.State.FAILED),
+        experiment_cell__isnull=True,
+    )  # fmt: skip
     rows = list(jobs.values_list("state", "run_seconds"))
     judged = Verification.objects.filter(
         lane=lane, model_version=version, created_at__gte=since,
         status__in=(Verification.Status.PASSED, Verification.Status.FLAGGED), source__isnull=True,
+        job__experiment_cell__isnull=True,
     ).values_list("status", flat=True)  # fmt: skip
     verdicts = list(judged)
     return ArmFigures(

@@ -50,7 +50,8 @@ def test_an_admin_starts_an_experiment_from_pasted_yaml_and_an_uploaded_prompt_f
     client.force_login(admin)
     prompts = SimpleUploadedFile("prompts.txt", b"Neon sign || OPEN\nA plain poster\n", content_type="text/plain")
     response = client.post(
-        reverse("experiment-new"), {"definition": DEFINITION, "prompt_lines": "Menu board || LUNCH", "prompt_file": prompts}
+        reverse("experiment-new"),
+        {"definition": DEFINITION, "prompt_lines": "Menu board || LUNCH", "prompt_file": prompts},
     )
     assert response.status_code == 302
     experiment = Experiment.objects.get(name="views")
@@ -60,7 +61,9 @@ def test_an_admin_starts_an_experiment_from_pasted_yaml_and_an_uploaded_prompt_f
 
 def test_a_malformed_definition_is_answered_with_line_numbers_and_starts_nothing(client, admin, demo_lanes):
     client.force_login(admin)
-    response = client.post(reverse("experiment-new"), {"definition": "name: x\narms:\n  - {name: a, lane: fast-draft\n"})
+    response = client.post(
+        reverse("experiment-new"), {"definition": "name: x\narms:\n  - {name: a, lane: fast-draft\n"}
+    )
     assert response.status_code == 400 and "line 3: not valid YAML" in response.text  # the unclosed brace
     response = client.post(reverse("experiment-new"), {"definition": "name: x\nprompts: []\narms: []\n"})
     assert response.status_code == 400
@@ -122,5 +125,7 @@ def test_an_admin_canaries_the_winning_arms_version_from_the_results(client, adm
     assert response.status_code == 302 and response["Location"] == reverse("lane-detail", args=["fast-draft"])
     lane = Lane.objects.get(name="fast-draft")
     assert (lane.canary_version, lane.canary_percent) == (v2, 25)
-    response = client.post(reverse("experiment-canary", args=["views"]), {"arm": "nope", "lane": "fast-draft", "percent": 25})
+    response = client.post(
+        reverse("experiment-canary", args=["views"]), {"arm": "nope", "lane": "fast-draft", "percent": 25}
+    )
     assert response.status_code == 302 and Lane.objects.get(name="fast-draft").canary_percent == 25

@@ -277,3 +277,18 @@ def test_a_job_routed_to_the_canary_runs_on_it_on_a_real_worker(v2, creative):
         assert job.model_version == v2
         done = wait_for_job(job.pk)
     assert done.state == Job.State.SUCCEEDED and done.model_version == v2
+
+
+def test_experiment_jobs_pinned_to_the_canary_version_do_not_count_against_it(v2, creative, admin):
+    from lanes.models import Arm, Experiment, ExperimentCell
+
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, None)
+    Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
+    experiment = Experiment.objects.create(name="pinned", created_by=admin, prompts=[{"prompt": "p"}], seeds=[1])
+    arm = Arm.objects.create(experiment=experiment, name="b", lane=lane(), model_version=v2)
+    for i, job in enumerate(finished_jobs(creative, v2, 20, failed=20)):  # all failed, but an experiment's
+        ExperimentCell.objects.create(experiment=experiment, arm=arm, prompt_index=0, sample_index=i, seed=i, job=job)
+    finished_jobs(creative, v1, 20)
+    assert "too few finished jobs" in rollout.check_canaries()["fast-draft"]
+    assert lane().canary_version == v2
