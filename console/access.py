@@ -10,6 +10,7 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from lanes.models import Job, Lane, ModelVersion, Role, Verification, Worker, has_role
 
@@ -72,3 +73,11 @@ def get_experiment_for_user(request, name: str, manage: bool = False):
     if manage and not has_role(request.user, Role.ADMIN):
         raise PermissionDenied("Experiments are run by admins.")
     return get_object_or_404(experiments_visible_to(request.user).select_related("created_by"), name=name)
+
+
+def next_url(request, default: str) -> str:
+    """The form's `next` page when it is on this site, else `default` (no open redirects)."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return default

@@ -9,6 +9,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -17,7 +18,7 @@ from lanes.metrics import version_stats
 from lanes.models import AuditEvent, Job, Lane, LaneRelease, ModelVersion, Role, Verification, Worker, has_role
 from lanes.rollout import ControlError
 
-from .access import admin_required, get_lane_for_user, get_version_for_user, get_worker_for_user, ops_required
+from .access import admin_required, get_lane_for_user, get_version_for_user, get_worker_for_user, next_url, ops_required
 from .forms import ActivateForm, CanaryForm, LimitsForm, ModeForm, RevisionForm, VersionForm
 
 
@@ -133,7 +134,7 @@ def lane_limits(request, name: str):
 def lane_dismiss_notice(request, name: str):
     lane = get_lane_for_user(request, name)
     rollout.dismiss_notice(lane, request.user)
-    return redirect(request.POST.get("next") or "lane-detail", **({} if request.POST.get("next") else {"name": name}))
+    return redirect(next_url(request, reverse("lane-detail", args=[name])))
 
 
 @admin_required
@@ -225,7 +226,7 @@ def workers_reload(request):
             messages.success(request, "Reload: " + "; ".join(replies))
         else:
             messages.error(request, "No worker answered the reload request.")
-    return redirect(request.POST.get("next") or "lane-list")
+    return redirect(next_url(request, reverse("lane-list")))
 
 
 # Model versions

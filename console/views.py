@@ -20,7 +20,7 @@ from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
 from telemetry.models import GpuSample
 
-from .access import get_job_for_user, get_verification_for_user, ops_required
+from .access import get_job_for_user, get_verification_for_user, next_url, ops_required
 from .forms import BriefForm
 
 JOBS_PER_PAGE = 24
@@ -249,7 +249,7 @@ def review_action(request, verification_id: int, action: str):
     if request.htmx:
         return render(request, "console/review.html#review-done", {"verification": verification, "message": message})
     messages.success(request, message)
-    return redirect(request.POST.get("next") or reverse("review"))
+    return redirect(next_url(request, reverse("review")))
 
 
 @login_required

@@ -104,3 +104,16 @@ def test_the_audit_log_filters_by_lane_user_and_action(client, v2):
     assert rows("") == 2
     assert rows("?lane=preview") == 1 and rows("?user=ada") == 1 and rows("?action=lane.activate") == 1
     assert rows("?lane=preview&user=ada") == 0
+
+
+def test_dismissing_a_notice_returns_to_the_page_but_never_off_site(client, demo_lanes):
+    client.force_login(make_user("olive", "ops"))
+    Lane.objects.filter(name="preview").update(notice="Canary x rolled back automatically: reasons")
+    assert "rolled back automatically" in client.get(reverse("job-list")).text
+    url = reverse("lane-dismiss-notice", args=["preview"])
+    response = client.post(url, {"next": "https://evil.example/phish"})
+    assert response["Location"] == reverse("lane-detail", args=["preview"])
+    assert Lane.objects.get(name="preview").notice == ""
+    assert AuditEvent.objects.get(action="lane.dismiss-notice").before["notice"].startswith("Canary x")
+    Lane.objects.filter(name="preview").update(notice="again")
+    assert client.post(url, {"next": "/jobs/"})["Location"] == "/jobs/"
