@@ -2,9 +2,12 @@
 
 Pressure is read from the database (the truth): queued + running jobs on the lane, the
 slots that serve it (its per-GPU cap times the live workers consuming its queue), and
-the p95 of its recent run times. A lane is saturated when its depth reaches
-`defer_depth`, or when every slot is busy and a job admitted now is predicted to finish
-past the lane's SLO.
+the p95 of its recent run times. A lane is saturated for a brief when the jobs ahead of
+it reach `defer_depth`, or when every slot is busy and it is predicted to finish past the
+lane's SLO. Ahead of a brief are the running jobs and the queued jobs of its own or a
+higher priority class: queued background work (an experiment, say) is served after
+standard work by the broker and the worker's slots, so it does not push standard briefs
+off their lane. The hard cap counts every queued and running job.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from telemetry import push
@@ -31,9 +35,10 @@ BROKER_PRIORITY = {Priority.CRITICAL: 0, Priority.STANDARD: 3, Priority.BACKGROU
 @dataclass(frozen=True)
 class Pressure:
     lane: Lane
-    depth: int
+    depth: int  # the jobs ahead of a brief of the class asked about
     capacity: int
     p95_run_s: float | None
+    total: int = 0  # every queued and running job
 
     @property
     def predicted_s(self) -> float | None:
@@ -58,11 +63,14 @@ class Pressure:
 
     @property
     def at_hard_cap(self) -> bool:
-        return self.depth >= self.lane.hard_cap
+        return max(self.total, self.depth) >= self.lane.hard_cap
 
     def describe(self) -> str:
+        behind = max(0, self.total - self.depth)
         parts = [
-            f"depth {self.depth}/{self.lane.defer_depth} (hard cap {self.lane.hard_cap})",
+            f"depth {self.depth}/{self.lane.defer_depth}"
+            + (f" (+{behind} lower-priority queued)" if behind else "")
+            + f" (hard cap {self.lane.hard_cap})",
             f"{self.capacity} slots",
         ]
         if self.p95_run_s is not None:
@@ -103,13 +111,25 @@ def recent_p95_run_s(lane: Lane) -> float | None:
     return runs[min(len(runs) - 1, math.ceil(0.95 * len(runs)) - 1)]
 
 
-def pressure(lane: Lane) -> Pressure:
-    depth = Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.RUNNING)).count()
+# The classes a queued job must be in to be ahead of a brief of each class.
+AHEAD = {
+    Priority.CRITICAL: (Priority.CRITICAL,),
+    Priority.STANDARD: (Priority.CRITICAL, Priority.STANDARD),
+    Priority.BACKGROUND: tuple(Priority.values),
+}
+
+
+def pressure(lane: Lane, priority: str = Priority.BACKGROUND) -> Pressure:
+    ahead = Q(state=Job.State.RUNNING) | Q(priority__in=AHEAD.get(priority, tuple(Priority.values)))
+    counts = Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.RUNNING)).aggregate(
+        total=Count("id"), ahead=Count("id", filter=ahead)
+    )
     workers = _cached(
         ("workers", lane.queue), lambda: Worker.objects.alive().filter(queues__contains=lane.queue).count()
     )
     p95 = _cached(("p95", lane.pk), lambda: recent_p95_run_s(lane))
-    return Pressure(lane=lane, depth=depth, capacity=lane.max_concurrency * max(workers, 1), p95_run_s=p95)
+    capacity = lane.max_concurrency * max(workers, 1)
+    return Pressure(lane=lane, depth=counts["ahead"], capacity=capacity, p95_run_s=p95, total=counts["total"])
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ def decide(lane: Lane, priority: str) -> Decision:
     if not settings.ADMISSION_CONTROL:
         return Decision(lane, admitted, Job.State.QUEUED, prefix + "admission control is off")
 
-    load = pressure(lane)
+    load = pressure(lane, priority)
     if load.at_hard_cap:
         return Decision(
             lane,
@@ -167,7 +187,7 @@ def decide(lane: Lane, priority: str) -> Decision:
         )
     fallback = lane.fallback
     if fallback is not None and fallback.enabled:
-        fallback_load = pressure(fallback)
+        fallback_load = pressure(fallback, priority)
         if not fallback_load.saturated:
             return Decision(
                 fallback,

@@ -117,3 +117,15 @@ def test_standard_work_waits_when_the_fallback_is_saturated_too(creative, draft_
     waiting = brief(creative)
     assert (waiting.state, waiting.admission, waiting.lane.name) == ("deferred", "deferred", "fast-draft")
     assert "fallback fallback saturated too" in waiting.admission_reason
+
+
+def test_queued_background_work_does_not_push_standard_briefs_off_their_lane(creative, draft_lane):
+    background = [brief(creative, priority=Priority.BACKGROUND) for _ in range(3)]
+    assert [j.state for j in background] == ["queued"] * 3  # the lane had room for them
+    assert pressure(draft_lane, Priority.BACKGROUND).saturated  # more background work would wait...
+    standard = brief(creative)
+    assert (standard.admission, standard.lane.name) == ("admitted", "fast-draft")  # ...standard work is served first
+    assert "depth 0/3 (+3 lower-priority queued)" in standard.admission_reason
+    Job.objects.filter(pk=background[0].pk).update(state=Job.State.RUNNING)  # a running job occupies a slot
+    assert pressure(draft_lane, Priority.STANDARD).depth == 2
+    assert [brief(creative).lane.name for _ in range(2)] == ["fast-draft", "fallback"]
