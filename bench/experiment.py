@@ -138,7 +138,8 @@ def main() -> None:
         extra = f", 60 other renders done in {r['other_seconds']} s" if "other_seconds" in r else ""
         print(
             f"{scenario:10s} production p50 {r['production_p50_s']:.3f} s p95 {r['production_p95_s']:.3f} s "
-            f"(ok {r['production_ok']}, deferred {r['production_deferred']}, rerouted {r['production_rerouted']}){extra}",
+            f"(ok {r['production_ok']}, deferred {r['production_deferred']}, "
+            f"rerouted {r['production_rerouted']}){extra}",
             file=sys.stderr,
         )
     alone = results["alone"]["production_p95_s"]
