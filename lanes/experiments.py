@@ -12,6 +12,7 @@ same file)::
     arms:
       - {name: current, lane: fast-draft}
       - {name: candidate, lane: fast-draft, version: demo-tiny-sd-v2, steps: 8}
+      - {name: serving, version: demo-tiny-sd-v1}   # a version alone: on the lane it serves
 
 Its jobs are ordinary background-priority jobs through admission, so they wait behind
 production traffic. A pump keeps at most EXPERIMENT_MAX_OUTSTANDING of them unfinished at
@@ -159,7 +160,7 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
     if arm_nodes is None or not isinstance(arm_nodes, yaml.SequenceNode):
         errors.append(f"line {_line(arm_nodes) if arm_nodes is not None else 1}: arms must be a list of two or more")
     else:
-        lanes = {lane.name: lane for lane in Lane.objects.select_related("active_version")}
+        lanes = {lane.name: lane for lane in Lane.objects.select_related("active_version", "canary_version")}
         versions = {v.name: v for v in ModelVersion.objects.all()}
         seen: set[str] = set()
         for item in arm_nodes.value:
@@ -177,6 +178,21 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
             elif arm_name in seen:
                 errors.append(f"line {line}: arm name {arm_name!r} is used twice")
             seen.add(arm_name)
+            if value.get("lane") is None and value.get("version") is not None:
+                # A version alone runs on the enabled lane it serves (as active, else as canary).
+                serving = [v for v in lanes.values() if v.enabled and v.active_version.name == str(value["version"])]
+                serving = serving or [
+                    v
+                    for v in lanes.values()
+                    if v.enabled and v.canary_version_id and v.canary_version.name == str(value["version"])
+                ]
+                if not serving:
+                    errors.append(
+                        f"line {line}: arm {arm_name!r}: version {value['version']!r} serves no enabled lane; "
+                        "name the lane to run it on"
+                    )
+                    continue
+                value["lane"] = serving[0].name
             lane = lanes.get(str(value.get("lane") or ""))
             if lane is None:
                 errors.append(f"line {line}: arm {arm_name!r}: unknown lane {value.get('lane')!r}")

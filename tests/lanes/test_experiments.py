@@ -123,3 +123,17 @@ def test_pause_resume_and_cancel(demo_lanes, admin, settings):
     assert Experiment.objects.get(pk=experiment.pk).state == Experiment.State.CANCELLED
     assert experiments.pump(experiment.pk) == 0
     assert ExperimentCell.objects.filter(experiment=experiment, job__isnull=True).count() == 6
+
+
+def test_an_arm_may_name_a_version_alone_and_runs_on_the_lane_it_serves(demo_lanes):
+    Lane.objects.exclude(name="final-render").update(enabled=False)
+    definition = experiments.parse(
+        "name: v\nprompts: [p]\narms:\n  - {name: a, version: demo-tiny-sd-v1}\n  - {name: b, lane: final-render}\n"
+    )
+    assert [(arm.lane.name, arm.version.name) for arm in definition.arms] == [
+        ("final-render", "demo-tiny-sd-v1"), ("final-render", "demo-tiny-sd-v1"),
+    ]  # fmt: skip
+    ModelVersion.objects.create(name="idle", location="demo-tiny-sd", status=ModelVersion.Status.VALIDATED)
+    assert errors_of("name: w\nprompts: [p]\narms:\n  - {name: a, version: idle}\n  - {name: b, lane: final-render}\n") == [
+        "line 4: arm 'a': version 'idle' serves no enabled lane; name the lane to run it on"
+    ]
