@@ -51,7 +51,12 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
     lane.deferred = counts.get((lane.pk, "deferred"), 0)
     now = timezone.now()
     alive = set(Worker.objects.alive(now).values_list("pk", flat=True))
-    workers = list(Worker.objects.filter(pk__in=alive).order_by("hostname", "pid"))
+    # Render workers: those on the control queue (every `gpu_worker`), or already on this lane.
+    workers = [
+        worker
+        for worker in Worker.objects.filter(pk__in=alive).order_by("hostname", "pid")
+        if {settings.CELERY_TASK_DEFAULT_QUEUE, lane.queue} & set(worker.queue_list)
+    ]
     for worker in workers:
         worker.consumes = lane.queue in worker.queue_list
     initial = {"revision": lane.revision}

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from lanes import rollout
 from lanes.demo import DEMO_CHECKPOINT
-from lanes.models import AuditEvent, Lane, ModelVersion, hash_checkpoint
+from lanes.models import AuditEvent, Lane, ModelVersion, Worker, hash_checkpoint
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -51,8 +51,12 @@ def test_the_lane_page_shows_versions_history_and_the_rollback_target(client, v2
     assert page.text.count("views-v2") >= 2  # active version, history row
     ops = make_user("olive", "ops")
     client.force_login(ops)
+    Worker.objects.create(ident="h:1", node="gpu0@h", hostname="h", pid=1, queues="control,lane.preview")
+    Worker.objects.create(ident="h:2", node="verify@h", hostname="h", pid=2, queues="verify")
     page = client.get(reverse("lane-detail", args=["fast-draft"]))
     assert "Roll back" not in page.text and "Save limits" in page.text  # ops operate, admins deploy
+    assert "gpu0@h" in page.text and "Start consuming" in page.text  # a render worker, not on this lane yet
+    assert "verify@h" not in page.text  # the OCR worker renders nothing
 
 
 def test_bad_lane_input_gets_a_message_and_a_4xx_and_changes_nothing(client, demo_lanes):
