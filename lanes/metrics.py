@@ -92,7 +92,7 @@ def _cost_expression():
 
 
 class PercentileDisc(Aggregate):
-    """PostgreSQL's nearest-rank percentile: one sort per group inside the aggregate."""
+    """PostgreSQL's nearest-rank percentile (aggregates over the same ordering share one sort)."""
 
     function = "PERCENTILE_DISC"
     template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
@@ -106,12 +106,8 @@ def _seconds(value) -> float:
 
 
 def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
-    """Nearest-rank percentiles of `expression` (a duration) per (lane, version), in seconds."""
-    if connection.vendor == "postgresql":
-        aggregates = {f"p{q}": PercentileDisc(expression, q / 100) for q in PERCENTILES}
-        rows = queryset.values(*GROUP).annotate(**aggregates).order_by()
-        return {(r["lane_id"], r["model_version_id"]): {q: _seconds(r[f"p{q}"]) for q in PERCENTILES} for r in rows}
-    # Elsewhere (SQLite): rank rows with window functions and keep the ranks wanted.
+    """Nearest-rank percentiles of `expression` (a duration) per (lane, version), in seconds, without
+    PERCENTILE_DISC (SQLite): rank the rows with window functions and keep the ranks wanted."""
     partition = [F(name) for name in GROUP]
     ranked = queryset.annotate(
         value=expression,
@@ -145,6 +141,15 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
 
     done = Job.objects.filter(finished_at__gte=since, state__in=(Job.State.SUCCEEDED, Job.State.FAILED))
     succeeded = Q(state=Job.State.SUCCEEDED)
+    ran = Q(state=Job.State.SUCCEEDED, started_at__isnull=False)
+    queue = ExpressionWrapper(F("started_at") - F("submitted_at"), output_field=DurationField())
+    run = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    percentiles = {}
+    if connection.vendor == "postgresql":
+        # One pass over the window: the percentiles ride along with the counts (FILTER clauses).
+        for q in PERCENTILES:
+            percentiles[f"queue_p{q}"] = PercentileDisc(queue, q / 100, filter=ran)
+            percentiles[f"run_p{q}"] = PercentileDisc(run, q / 100, filter=ran)
     for row in (
         done.values(*GROUP)
         .annotate(
@@ -154,12 +159,16 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             ooms=Sum("oom_count"),
             gpu=Sum("gpu_seconds", filter=succeeded),
             cost=_cost_expression(),
+            **percentiles,
         )
         .order_by()
     ):
         s = entry(row["lane_id"], row["model_version_id"])
         s.finished, s.succeeded, s.failed = row["finished"], row["ok"], row["failed"]
         s.ooms, s.gpu_seconds, s.cost = row["ooms"] or 0, row["gpu"] or 0.0, row["cost"] or 0.0
+        if percentiles and row[f"run_p{PERCENTILES[0]}"] is not None:
+            s.queue_s = {q: _seconds(row[f"queue_p{q}"]) for q in PERCENTILES}
+            s.run_s = {q: _seconds(row[f"run_p{q}"]) for q in PERCENTILES}
 
     deferred = Q(admission=Job.Admission.DEFERRED) | Q(admission_reason__contains="released after")
     for row in (
@@ -167,13 +176,11 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
     ):
         entry(row["lane_id"], row["model_version_id"]).deferrals = row["n"]
 
-    ran = done.filter(succeeded, started_at__isnull=False)
-    queue = ExpressionWrapper(F("started_at") - F("submitted_at"), output_field=DurationField())
-    run = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-    for key, values in _percentiles(ran, queue).items():
-        entry(*key).queue_s = values
-    for key, values in _percentiles(ran, run).items():
-        entry(*key).run_s = values
+    if not percentiles:  # elsewhere (SQLite): ranked with window functions, one query per measure
+        for key, values in _percentiles(done.filter(ran), queue).items():
+            entry(*key).queue_s = values
+        for key, values in _percentiles(done.filter(ran), run).items():
+            entry(*key).run_s = values
 
     judged = Verification.objects.filter(finished_at__gte=since, lane__isnull=False)
     for row in judged.pass_rates():
