@@ -96,6 +96,7 @@ class ActivateForm(RevisionForm):
         self.fields["version"].queryset = ModelVersion.objects.filter(
             family=ModelVersion.Family.STABLE_DIFFUSION
         ).exclude(status=ModelVersion.Status.RETIRED)
+        self.fields["version"].label_from_instance = lambda v: f"{v.name} ({v.get_status_display()})"
 
 
 class CanaryForm(ActivateForm):
