@@ -144,12 +144,11 @@ def experiment_control(request, name: str, action: str):
         ok, message = experiments.resume(experiment), f"{experiment.name} resumed."
     else:
         cancelled = experiments.cancel(experiment)
-        ok, message = True, f"{experiment.name} cancelled; {cancelled} waiting jobs cancelled."
-        experiment.refresh_from_db()
-        ok = experiment.state == experiment.State.CANCELLED
+        ok, message = cancelled is not None, f"{experiment.name} cancelled, and {cancelled} waiting jobs with it."
     if ok:
         messages.success(request, message)
     else:
+        experiment.refresh_from_db()
         messages.error(request, f"{experiment.name} is {experiment.state}: cannot {action} it.")
     return redirect("experiment-detail", name=experiment.name)
 

@@ -128,33 +128,7 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
     first_seed = integer("seed", 1, 0)
     seeds = [first_seed + i for i in range(samples)]
 
-    prompts: list[dict] = list(extra_prompts or [])
-    if "prompts" in nodes:
-        node = nodes["prompts"][1]
-        if not isinstance(node, yaml.SequenceNode):
-            errors.append(f"line {_line(node)}: prompts must be a list")
-        else:
-            for item in node.value:
-                value = _scalar(item)
-                if isinstance(value, str):
-                    value = {"prompt": value}
-                if not isinstance(value, dict) or not set(value) <= {"prompt", "expected_text"}:
-                    errors.append(f"line {_line(item)}: a prompt is text, or {{prompt, expected_text}}")
-                    continue
-                prompts.append(
-                    {
-                        "prompt": str(value.get("prompt") or "").strip(),
-                        "expected_text": str(value.get("expected_text") or "").strip(),
-                    }
-                )
-    for index, prompt in enumerate(prompts):
-        if not prompt["prompt"]:
-            errors.append(f"prompt {index + 1} is empty")
-        elif len(prompt["prompt"]) > settings.PROMPT_MAX_LENGTH:
-            errors.append(f"prompt {index + 1} is longer than {settings.PROMPT_MAX_LENGTH} characters")
-    if not prompts:
-        errors.append("the prompt set is empty: give at least one prompt")
-
+    prompts = _parse_prompts(nodes.get("prompts", (None, None))[1], list(extra_prompts or []), errors)
     arms: list[ArmSpec] = []
     arm_nodes = nodes.get("arms", (None, None))[1]
     if arm_nodes is None or not isinstance(arm_nodes, yaml.SequenceNode):
@@ -164,73 +138,9 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
         versions = {v.name: v for v in ModelVersion.objects.all()}
         seen: set[str] = set()
         for item in arm_nodes.value:
-            line = _line(item)
-            value = _scalar(item)
-            if not isinstance(value, dict):
-                errors.append(f"line {line}: an arm is a mapping with name and lane")
-                continue
-            unknown = set(value) - ARM_KEYS
-            if unknown:
-                errors.append(f"line {line}: unknown arm key {', '.join(sorted(unknown))}")
-            arm_name = str(value.get("name") or "")
-            if not arm_name:
-                errors.append(f"line {line}: an arm needs a name")
-            elif arm_name in seen:
-                errors.append(f"line {line}: arm name {arm_name!r} is used twice")
-            seen.add(arm_name)
-            if value.get("lane") is None and value.get("version") is not None:
-                # A version alone runs on the enabled lane it serves (as active, else as canary).
-                serving = [v for v in lanes.values() if v.enabled and v.active_version.name == str(value["version"])]
-                serving = serving or [
-                    v
-                    for v in lanes.values()
-                    if v.enabled and v.canary_version_id and v.canary_version.name == str(value["version"])
-                ]
-                if not serving:
-                    errors.append(
-                        f"line {line}: arm {arm_name!r}: version {value['version']!r} serves no enabled lane; "
-                        "name the lane to run it on"
-                    )
-                    continue
-                value["lane"] = serving[0].name
-            lane = lanes.get(str(value.get("lane") or ""))
-            if lane is None:
-                errors.append(f"line {line}: arm {arm_name!r}: unknown lane {value.get('lane')!r}")
-                continue
-            if not lane.enabled:
-                errors.append(f"line {line}: arm {arm_name!r}: lane {lane.name} is {lane.mode}")
-            version = lane.active_version
-            if value.get("version") is not None:
-                version = versions.get(str(value["version"]))
-                if version is None:
-                    errors.append(f"line {line}: arm {arm_name!r}: unknown version {value['version']!r}")
-                    continue
-            if version.status == ModelVersion.Status.RETIRED:
-                errors.append(f"line {line}: arm {arm_name!r}: version {version.name} is retired")
-            elif not version.is_deployable:
-                errors.append(
-                    f"line {line}: arm {arm_name!r}: version {version.name} is {version.get_status_display()}"
-                )
-            elif version.family != ModelVersion.Family.STABLE_DIFFUSION:
-                errors.append(f"line {line}: arm {arm_name!r}: {version.name} cannot render from a prompt")
-            overrides = {}
-            for key in OVERRIDES:
-                if value.get(key) is None:
-                    continue
-                kind = float if key == "guidance" else int
-                if not isinstance(value[key], int | float) or isinstance(value[key], bool):
-                    errors.append(f"line {line}: arm {arm_name!r}: {key} must be a number")
-                    continue
-                overrides[key] = kind(value[key])
-            params = {
-                "steps": overrides.get("steps", lane.default_steps),
-                "guidance": overrides.get("guidance", lane.default_guidance),
-                "width": overrides.get("width", lane.default_width),
-                "height": overrides.get("height", lane.default_height),
-            }
-            for message in check_parameters(lane, **params).values():
-                errors.append(f"line {line}: arm {arm_name!r}: {message}")
-            arms.append(ArmSpec(arm_name, lane, version, overrides))
+            arm = _parse_arm(item, lanes, versions, seen, errors)
+            if arm is not None:
+                arms.append(arm)
         if len(arm_nodes.value) < 2:
             errors.append(f"line {_line(nodes['arms'][0])}: an experiment compares two or more arms")
 
@@ -243,6 +153,98 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
     if errors:
         raise ExperimentError(errors)
     return Definition(name=name, prompts=prompts, seeds=seeds, arms=arms, text=text)
+
+
+def _parse_prompts(node, prompts: list[dict], errors: list[str]) -> list[dict]:
+    """The prompt list (after any pasted or uploaded ones), each {prompt, expected_text}."""
+    if node is not None and not isinstance(node, yaml.SequenceNode):
+        errors.append(f"line {_line(node)}: prompts must be a list")
+    elif node is not None:
+        for item in node.value:
+            value = _scalar(item)
+            if isinstance(value, str):
+                value = {"prompt": value}
+            if not isinstance(value, dict) or not set(value) <= {"prompt", "expected_text"}:
+                errors.append(f"line {_line(item)}: a prompt is text, or {{prompt, expected_text}}")
+                continue
+            prompts.append(
+                {
+                    "prompt": str(value.get("prompt") or "").strip(),
+                    "expected_text": str(value.get("expected_text") or "").strip(),
+                }
+            )
+    for index, prompt in enumerate(prompts):
+        if not prompt["prompt"]:
+            errors.append(f"prompt {index + 1} is empty")
+        elif len(prompt["prompt"]) > settings.PROMPT_MAX_LENGTH:
+            errors.append(f"prompt {index + 1} is longer than {settings.PROMPT_MAX_LENGTH} characters")
+    if not prompts:
+        errors.append("the prompt set is empty: give at least one prompt")
+    return prompts
+
+
+def _parse_arm(item, lanes: dict, versions: dict, seen: set[str], errors: list[str]) -> ArmSpec | None:
+    line = _line(item)
+    value = _scalar(item)
+    if not isinstance(value, dict):
+        errors.append(f"line {line}: an arm is a mapping with name and lane")
+        return None
+    unknown = set(value) - ARM_KEYS
+    if unknown:
+        errors.append(f"line {line}: unknown arm key {', '.join(sorted(unknown))}")
+    name = str(value.get("name") or "")
+    if not name:
+        errors.append(f"line {line}: an arm needs a name")
+    elif name in seen:
+        errors.append(f"line {line}: arm name {name!r} is used twice")
+    seen.add(name)
+    where = f"line {line}: arm {name!r}"
+    if value.get("lane") is None and value.get("version") is not None:
+        # A version alone runs on the enabled lane it serves (as active, else as canary).
+        wanted = str(value["version"])
+        serving = [v for v in lanes.values() if v.enabled and v.active_version.name == wanted]
+        serving = serving or [
+            v for v in lanes.values() if v.enabled and v.canary_version_id and v.canary_version.name == wanted
+        ]
+        if not serving:
+            errors.append(f"{where}: version {wanted!r} serves no enabled lane; name the lane to run it on")
+            return None
+        value["lane"] = serving[0].name
+    lane = lanes.get(str(value.get("lane") or ""))
+    if lane is None:
+        errors.append(f"{where}: unknown lane {value.get('lane')!r}")
+        return None
+    if not lane.enabled:
+        errors.append(f"{where}: lane {lane.name} is {lane.mode}")
+    version = lane.active_version
+    if value.get("version") is not None:
+        version = versions.get(str(value["version"]))
+        if version is None:
+            errors.append(f"{where}: unknown version {value['version']!r}")
+            return None
+    if version.status == ModelVersion.Status.RETIRED:
+        errors.append(f"{where}: version {version.name} is retired")
+    elif not version.is_deployable:
+        errors.append(f"{where}: version {version.name} is {version.get_status_display()}")
+    elif version.family != ModelVersion.Family.STABLE_DIFFUSION:
+        errors.append(f"{where}: {version.name} cannot render from a prompt")
+    overrides = {}
+    for key in OVERRIDES:
+        if value.get(key) is None:
+            continue
+        if not isinstance(value[key], int | float) or isinstance(value[key], bool):
+            errors.append(f"{where}: {key} must be a number")
+            continue
+        overrides[key] = (float if key == "guidance" else int)(value[key])
+    params = {
+        "steps": overrides.get("steps", lane.default_steps),
+        "guidance": overrides.get("guidance", lane.default_guidance),
+        "width": overrides.get("width", lane.default_width),
+        "height": overrides.get("height", lane.default_height),
+    }
+    for message in check_parameters(lane, **params).values():
+        errors.append(f"{where}: {message}")
+    return ArmSpec(name, lane, version, overrides)
 
 
 def create(by, definition: Definition) -> Experiment:
@@ -325,8 +327,8 @@ def resume(experiment: Experiment) -> bool:
     return bool(resumed)
 
 
-def cancel(experiment: Experiment) -> int:
-    """Stop the experiment and cancel its jobs that have not started; returns how many were cancelled."""
+def cancel(experiment: Experiment) -> int | None:
+    """Stop the experiment and cancel its jobs that have not started: how many, or None if it had already ended."""
     from .actions import cancel_job
 
     with transaction.atomic():
@@ -334,7 +336,7 @@ def cancel(experiment: Experiment) -> int:
             pk=experiment.pk, state__in=(Experiment.State.RUNNING, Experiment.State.PAUSED)
         ).update(state=Experiment.State.CANCELLED, finished_at=timezone.now())
         if not done:
-            return 0
+            return None
         waiting = Job.objects.filter(experiment_cell__experiment=experiment, state__in=Job.CANCELLABLE)
         return sum(1 for job in waiting if cancel_job(job))
 

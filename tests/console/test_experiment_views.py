@@ -129,3 +129,22 @@ def test_an_admin_canaries_the_winning_arms_version_from_the_results(client, adm
         reverse("experiment-canary", args=["views"]), {"arm": "nope", "lane": "fast-draft", "percent": 25}
     )
     assert response.status_code == 302 and Lane.objects.get(name="fast-draft").canary_percent == 25
+
+
+def test_pause_resume_and_cancel_from_the_page(client, admin, demo_lanes, settings):
+    settings.ADMISSION_CONTROL = False
+    experiments.create(admin, experiments.parse(DEFINITION))
+    client.force_login(admin)
+    url = lambda action: reverse("experiment-control", args=["views", action])  # noqa: E731
+    state = lambda: Experiment.objects.get(name="views").state  # noqa: E731
+    client.post(url("pause"))
+    assert state() == "paused"
+    page = client.post(url("pause"), follow=True)
+    assert "views is paused: cannot pause it." in page.text
+    client.post(url("resume"))
+    assert state() == "running"
+    experiments.pump(Experiment.objects.get(name="views").pk)
+    page = client.post(url("cancel"), follow=True)
+    assert state() == "cancelled" and "views cancelled, and 8 waiting jobs with it." in page.text
+    assert "cannot cancel it" in client.post(url("cancel"), follow=True).text
+    assert client.post(url("explode")).status_code == 404

@@ -134,6 +134,6 @@ def test_an_arm_may_name_a_version_alone_and_runs_on_the_lane_it_serves(demo_lan
         ("final-render", "demo-tiny-sd-v1"), ("final-render", "demo-tiny-sd-v1"),
     ]  # fmt: skip
     ModelVersion.objects.create(name="idle", location="demo-tiny-sd", status=ModelVersion.Status.VALIDATED)
-    assert errors_of("name: w\nprompts: [p]\narms:\n  - {name: a, version: idle}\n  - {name: b, lane: final-render}\n") == [
-        "line 4: arm 'a': version 'idle' serves no enabled lane; name the lane to run it on"
-    ]
+    assert errors_of(
+        "name: w\nprompts: [p]\narms:\n  - {name: a, version: idle}\n  - {name: b, lane: final-render}\n"
+    ) == ["line 4: arm 'a': version 'idle' serves no enabled lane; name the lane to run it on"]
