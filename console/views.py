@@ -1,3 +1,4 @@
+import hashlib
 from datetime import timedelta
 
 from django.contrib import messages
@@ -14,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
 from lanes.metrics import WINDOWS, lane_stats
-from lanes.models import Artifact, Job, Lane, ModelVersion, Role, Route, Verification, Worker, has_role
+from lanes.models import Artifact, AuditEvent, Job, Lane, ModelVersion, Role, Route, Verification, Worker, has_role
 from lanes.policy import PolicyError
 from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
@@ -132,14 +133,24 @@ def policy(request):
     errors: list[str] = []
     text = None
     status = 200
+    current = export_policy()
+    based_on = _digest(current)
     if request.method == "POST":
         if not has_role(request.user, Role.ADMIN):
             raise PermissionDenied("Only admins may change the routing policy.")
         text = request.POST.get("policy", "")
+        based_on = request.POST.get("based_on", "")
         try:
+            if based_on != _digest(current):
+                # Someone changed a lane or intent since this page was loaded: applying this text
+                # would silently undo their change.
+                last = AuditEvent.objects.first()
+                who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
+                status = 409
+                raise PolicyError([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
             result = apply_policy(text, by=request.user)
         except PolicyError as exc:
-            errors, status = exc.errors, 400
+            errors, status = exc.errors, status if status == 409 else 400
         else:
             messages.success(
                 request, f"Policy applied: {result['lanes']} lanes, {result['intents']} intents, nothing else changed."
@@ -151,8 +162,18 @@ def policy(request):
     for lane in lanes:
         rate = rates.get((lane.name, lane.active_version.name))
         lane.pass_rate = f"{rate['passed'] / rate['total']:.0%} of {rate['total']}" if rate else "–"
-    context = {"lanes": lanes, "routes": routes, "errors": errors, "policy_text": text or export_policy()}
+    context = {
+        "lanes": lanes,
+        "routes": routes,
+        "errors": errors,
+        "policy_text": text or current,
+        "based_on": based_on,
+    }
     return render(request, "console/policy.html", context, status=status)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @ops_required
