@@ -94,7 +94,8 @@ def test_registering_a_version_in_the_browser_reports_field_errors(client, demo_
     version = ModelVersion.objects.get(name="x1")
     assert version.status == "staged" and version.content_hash
     page = client.get(reverse("version-detail", args=["x1"]))
-    assert "Staged" in page.text or "staged" in page.text
+    assert "Staged" in page.text
+    assert "The same files are registered already as demo-tiny-sd-v1." in page.text
 
 
 def test_the_audit_log_filters_by_lane_user_and_action(client, v2):
