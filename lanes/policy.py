@@ -202,8 +202,9 @@ def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str])
         if model is not None and model not in models:
             errors.append(f"line {spec.line}: route {v['name']!r}: unknown model {model!r}")
         elif model is not None and not models[model].is_deployable:
+            status = models[model].get_status_display().lower()
             errors.append(
-                f"line {spec.line}: route {v['name']!r}: model {model!r} is {models[model].get_status_display()}; "
+                f"line {spec.line}: route {v['name']!r}: model {model!r} is {status}; "
                 "only a validated version can serve"
             )
         upscaler = v.get("refine_version")
@@ -309,6 +310,9 @@ def apply(text: str, by=None) -> dict[str, int]:
                     "label": entry.get("label") or "",
                 },
             )
+        # A version a lane now serves is active; one no lane serves any more is merely validated.
+        for version in ModelVersion.objects.filter(status__in=ModelVersion.DEPLOYABLE):
+            version.sync_status()
         stranded = unreachable_intents(set(Lane.objects.filter(enabled=True).values_list("pk", flat=True)))
         if stranded:
             raise PolicyError([f"intent {intent!r} would reach no enabled lane" for intent in stranded])

@@ -149,3 +149,24 @@ def test_a_bad_policy_changes_nothing_and_says_where(demo_lanes, tmp_path, text,
 def test_an_unreadable_file_is_a_clear_error(demo_lanes, tmp_path):
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("apply_policy", str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.django_db
+def test_a_policy_may_only_point_lanes_at_validated_versions_and_records_the_switch(tmp_path, demo_lanes):
+    from lanes.models import AuditEvent, LaneRelease, ModelVersion
+
+    ModelVersion.objects.create(name="staged-v", location="demo-tiny-sd")
+    with pytest.raises(CommandError, match="model 'staged-v' is staged; only a validated version can serve"):
+        apply(tmp_path, GOOD.replace("model: demo-tiny-sd-v1", "model: staged-v", 1))
+    assert not Lane.objects.filter(name="fast_draft").exists()
+
+    ModelVersion.objects.create(name="checked-v", location="demo-tiny-sd", status=ModelVersion.Status.VALIDATED)
+    apply(tmp_path, GOOD)
+    apply(tmp_path, GOOD.replace("model: demo-tiny-sd-v1", "model: checked-v", 1))
+    history = LaneRelease.objects.filter(lane__name="fast_draft").order_by("started_at", "id")
+    assert [(r.version.name, r.outcome, r.how) for r in history] == [
+        ("demo-tiny-sd-v1", "superseded", "policy"), ("checked-v", "serving", "policy"),
+    ]  # fmt: skip
+    assert ModelVersion.objects.get(name="checked-v").status == ModelVersion.Status.ACTIVE
+    event = AuditEvent.objects.filter(action="policy.lane", lane_name="fast_draft").first()
+    assert (event.before["model"], event.after["model"]) == ("demo-tiny-sd-v1", "checked-v")
