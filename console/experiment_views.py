@@ -139,11 +139,14 @@ def experiment_control(request, name: str, action: str):
         raise Http404("No such experiment action.")
     experiment = get_experiment_for_user(request, name, manage=True)
     if action == "pause":
-        ok, message = experiments.pause(experiment), f"{experiment.name} paused: no new jobs are submitted."
+        ok, message = (
+            experiments.pause(experiment, request.user),
+            f"{experiment.name} paused: no new jobs are submitted.",
+        )
     elif action == "resume":
-        ok, message = experiments.resume(experiment), f"{experiment.name} resumed."
+        ok, message = experiments.resume(experiment, request.user), f"{experiment.name} resumed."
     else:
-        cancelled = experiments.cancel(experiment)
+        cancelled = experiments.cancel(experiment, request.user)
         ok, message = cancelled is not None, f"{experiment.name} cancelled, and {cancelled} waiting jobs with it."
     if ok:
         messages.success(request, message)

@@ -33,7 +33,18 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Arm, Experiment, ExperimentCell, Job, Lane, ModelVersion, Priority, Verification, team_of
+from .models import (
+    Arm,
+    AuditEvent,
+    Experiment,
+    ExperimentCell,
+    Job,
+    Lane,
+    ModelVersion,
+    Priority,
+    Verification,
+    team_of,
+)
 from .router import check_parameters
 
 OVERRIDES = ("steps", "guidance", "width", "height")
@@ -271,6 +282,10 @@ def create(by, definition: Definition) -> Experiment:
             for s, seed in enumerate(definition.seeds)
             for arm in arms
         )
+        AuditEvent.record(
+            by, "experiment.start", target=experiment.name,
+            after={"arms": [a.name for a in arms], "jobs": definition.job_count},
+        )  # fmt: skip
         transaction.on_commit(lambda: pump(experiment.pk))
     return experiment
 
@@ -297,10 +312,12 @@ def pump(experiment_id: int) -> int:
                     **{key: getattr(arm, key) for key in OVERRIDES if getattr(arm, key) is not None},
                 )  # fmt: skip
             except BriefRejected as exc:  # the lane changed since the experiment was defined
-                experiment.state = Experiment.State.CANCELLED
-                experiment.finished_at = timezone.now()
-                experiment.save(update_fields=["state", "finished_at"])
-                raise ExperimentError([f"arm {arm.name}: {exc}"]) from None
+                reason = f"arm {arm.name} can no longer run: {exc}"[:300]
+                Experiment.objects.filter(pk=experiment.pk).update(
+                    state=Experiment.State.CANCELLED, finished_at=timezone.now(), stopped_reason=reason
+                )
+                AuditEvent.record(None, "experiment.stop", target=experiment.name, note=reason)
+                return submitted
             ExperimentCell.objects.filter(pk=cell.pk).update(job=job)
             submitted += 1
         if not submitted and outstanding == 0 and not cells.filter(job__isnull=True).exists():
@@ -310,35 +327,41 @@ def pump(experiment_id: int) -> int:
     return submitted
 
 
-def pause(experiment: Experiment) -> bool:
-    return bool(
-        Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.RUNNING).update(
+def pause(experiment: Experiment, by=None) -> bool:
+    with transaction.atomic():
+        paused = Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.RUNNING).update(
             state=Experiment.State.PAUSED
         )
-    )
+        if paused:
+            AuditEvent.record(by, "experiment.pause", target=experiment.name)
+    return bool(paused)
 
 
-def resume(experiment: Experiment) -> bool:
-    resumed = Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.PAUSED).update(
-        state=Experiment.State.RUNNING
-    )
-    if resumed:
-        transaction.on_commit(lambda: pump(experiment.pk))
+def resume(experiment: Experiment, by=None) -> bool:
+    with transaction.atomic():
+        resumed = Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.PAUSED).update(
+            state=Experiment.State.RUNNING
+        )
+        if resumed:
+            AuditEvent.record(by, "experiment.resume", target=experiment.name)
+            transaction.on_commit(lambda: pump(experiment.pk))
     return bool(resumed)
 
 
-def cancel(experiment: Experiment) -> int | None:
+def cancel(experiment: Experiment, by=None) -> int | None:
     """Stop the experiment and cancel its jobs that have not started: how many, or None if it had already ended."""
     from .actions import cancel_job
 
     with transaction.atomic():
         done = Experiment.objects.filter(
             pk=experiment.pk, state__in=(Experiment.State.RUNNING, Experiment.State.PAUSED)
-        ).update(state=Experiment.State.CANCELLED, finished_at=timezone.now())
+        ).update(state=Experiment.State.CANCELLED, finished_at=timezone.now(), stopped_reason="cancelled")
         if not done:
             return None
         waiting = Job.objects.filter(experiment_cell__experiment=experiment, state__in=Job.CANCELLABLE)
-        return sum(1 for job in waiting if cancel_job(job))
+        cancelled = sum(1 for job in waiting if cancel_job(job))
+        AuditEvent.record(by, "experiment.cancel", target=experiment.name, after={"jobs_cancelled": cancelled})
+        return cancelled
 
 
 @shared_task(name="lanes.experiments.pump_experiments", ignore_result=True)

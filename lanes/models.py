@@ -837,8 +837,10 @@ class AuditEvent(models.Model):
         raise PermissionError("Audit events are append-only.")
 
     @classmethod
-    def record(cls, actor, action: str, *, lane=None, version=None, before=None, after=None, note="") -> AuditEvent:
-        target = lane.name if lane is not None else (version.name if version is not None else "")
+    def record(
+        cls, actor, action: str, *, lane=None, version=None, before=None, after=None, note="", target=""
+    ) -> AuditEvent:
+        target = target or (lane.name if lane is not None else (version.name if version is not None else ""))
         return cls.objects.create(
             actor=actor if actor is not None and actor.is_authenticated else None,
             actor_name=actor.get_username() if actor is not None and actor.is_authenticated else "laneway",
@@ -868,6 +870,7 @@ class Experiment(models.Model):
     prompts = models.JSONField(help_text="[{prompt, expected_text}]")
     seeds = models.JSONField(help_text="The seeds every arm renders each prompt with.")
     state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    stopped_reason = models.CharField(max_length=300, blank=True, help_text="Why it stopped before finishing.")
     definition = models.TextField(blank=True, help_text="The YAML it was created from.")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)

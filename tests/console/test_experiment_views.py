@@ -148,3 +148,9 @@ def test_pause_resume_and_cancel_from_the_page(client, admin, demo_lanes, settin
     assert state() == "cancelled" and "views cancelled, and 8 waiting jobs with it." in page.text
     assert "cannot cancel it" in client.post(url("cancel"), follow=True).text
     assert client.post(url("explode")).status_code == 404
+    from lanes.models import AuditEvent
+
+    assert list(AuditEvent.objects.order_by("at", "id").values_list("action", "actor_name", "target")) == [
+        ("experiment.start", "ada", "views"), ("experiment.pause", "ada", "views"),
+        ("experiment.resume", "ada", "views"), ("experiment.cancel", "ada", "views"),
+    ]  # fmt: skip

@@ -137,3 +137,21 @@ def test_an_arm_may_name_a_version_alone_and_runs_on_the_lane_it_serves(demo_lan
     assert errors_of(
         "name: w\nprompts: [p]\narms:\n  - {name: a, version: idle}\n  - {name: b, lane: final-render}\n"
     ) == ["line 4: arm 'a': version 'idle' serves no enabled lane; name the lane to run it on"]
+
+
+def test_an_experiment_whose_lane_closes_stops_with_the_reason_and_is_audited(demo_lanes, admin, settings):
+    from lanes.models import AuditEvent
+
+    settings.ADMISSION_CONTROL = False
+    settings.EXPERIMENT_MAX_OUTSTANDING = 2
+    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
+    assert experiments.pump(experiment.pk) == 2
+    # fast-draft and the whole chain behind it close: the next cells cannot be submitted.
+    Lane.objects.filter(name__in=["fast-draft", "fallback"]).update(enabled=False)
+    Job.objects.filter(experiment_cell__experiment=experiment).update(state=Job.State.SUCCEEDED)
+    assert experiments.pump(experiment.pk) == 0
+    experiment.refresh_from_db()
+    assert experiment.state == Experiment.State.CANCELLED
+    assert experiment.stopped_reason.startswith("arm current can no longer run: intent: Lane 'fast-draft' is disabled")
+    actions = list(AuditEvent.objects.order_by("at", "id").values_list("action", "actor_name"))
+    assert actions == [("experiment.start", "ada"), ("experiment.stop", "laneway")]
