@@ -161,6 +161,14 @@ def test_a_creative_sees_their_teams_jobs_but_not_another_teams(client, demo_lan
     assert set(Job.objects.visible_to(casey)) == {theirs}
 
 
+def test_a_refusal_is_a_page_that_says_why(client, world):
+    users, _ = world
+    client.force_login(users["creative"])
+    page = client.get(reverse("lane-list"))
+    assert page.status_code == 403
+    assert "This page is for ops and admins." in page.text and "Signed in as casey" in page.text
+
+
 def test_the_admin_site_opens_to_admins_only(client, world):
     users, _ = world
     for role, status in (("creative", 302), ("ops", 302), ("admin", 200)):
