@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from lanes.models import Job, Lane, ModelVersion, Role, Verification, Worker, has_role
+from lanes.models import Experiment, Job, Lane, ModelVersion, Role, Verification, Worker, has_role
 
 
 def role_required(role: str):
@@ -68,11 +68,9 @@ def get_worker_for_user(request, worker_id: int) -> Worker:
 
 def get_experiment_for_user(request, name: str, manage: bool = False):
     """An experiment the user may see (their team's, or any for ops); `manage` (run, stop, canary) needs an admin."""
-    from lanes.models import experiments_visible_to
-
     if manage and not has_role(request.user, Role.ADMIN):
         raise PermissionDenied("Experiments are run by admins.")
-    return get_object_or_404(experiments_visible_to(request.user).select_related("created_by"), name=name)
+    return get_object_or_404(Experiment.objects.visible_to(request.user).select_related("created_by"), name=name)
 
 
 def next_url(request, default: str) -> str:

@@ -15,40 +15,34 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from lanes import control, rollout
 from lanes.metrics import version_stats
-from lanes.models import AuditEvent, Job, Lane, LaneRelease, ModelVersion, Role, Verification, Worker, has_role
+from lanes.models import (
+    AuditEvent,
+    Lane,
+    LaneRelease,
+    ModelVersion,
+    Role,
+    Verification,
+    Worker,
+    has_role,
+    with_live_counts,
+)
 from lanes.rollout import ControlError
 
 from .access import admin_required, get_lane_for_user, get_version_for_user, get_worker_for_user, next_url, ops_required
 from .forms import ActivateForm, CanaryForm, LimitsForm, ModeForm, RevisionForm, VersionForm
 
 
-def _live_counts() -> dict[tuple[int, str], int]:
-    rows = (
-        Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING, Job.State.DEFERRED))
-        .values("lane_id", "state")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    return {(row["lane_id"], row["state"]): row["n"] for row in rows}
-
-
 @ops_required
 @require_GET
 def lane_list(request):
-    lanes = list(Lane.objects.select_related("active_version", "canary_version", "fallback").order_by("name"))
-    counts = _live_counts()
-    for lane in lanes:
-        lane.queued = counts.get((lane.pk, "queued"), 0)
-        lane.running = counts.get((lane.pk, "running"), 0)
-        lane.deferred = counts.get((lane.pk, "deferred"), 0)
+    lanes = with_live_counts(
+        list(Lane.objects.select_related("active_version", "canary_version", "fallback").order_by("name"))
+    )
     return render(request, "console/lanes.html", {"lanes": lanes})
 
 
 def _lane_context(request, lane: Lane, **forms) -> dict:
-    counts = _live_counts()
-    lane.queued = counts.get((lane.pk, "queued"), 0)
-    lane.running = counts.get((lane.pk, "running"), 0)
-    lane.deferred = counts.get((lane.pk, "deferred"), 0)
+    with_live_counts([lane])
     now = timezone.now()
     alive = set(Worker.objects.alive(now).values_list("pk", flat=True))
     # Render workers: those on the control queue (every `gpu_worker`), or already on this lane.
@@ -302,26 +296,23 @@ def version_smoke(request, name: str):
 @admin_required
 @require_POST
 def version_validate(request, name: str):
-    version = get_version_for_user(request, name)
-    try:
-        rollout.request_validation(version, request.user)
-    except ControlError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Validating {version.name} again.")
-    return redirect("version-detail", name=version.name)
+    return _version_change(request, name, rollout.request_validation, "Validating {} again.")
 
 
 @admin_required
 @require_POST
 def version_retire(request, name: str):
+    return _version_change(request, name, rollout.retire_version, "{} retired.")
+
+
+def _version_change(request, name: str, change, success: str):
     version = get_version_for_user(request, name)
     try:
-        rollout.retire_version(version, request.user)
+        change(version, request.user)
     except ControlError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"{version.name} retired.")
+        messages.success(request, success.format(version.name))
     return redirect("version-detail", name=version.name)
 
 

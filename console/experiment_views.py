@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lanes import experiments, rollout
-from lanes.models import Job, Role, experiments_visible_to, has_role
+from lanes.models import Experiment, Job, Role, has_role
 from lanes.rollout import ControlError
 
 from .access import admin_required, get_experiment_for_user, get_lane_for_user
@@ -34,7 +34,7 @@ arms:
 @login_required
 @require_GET
 def experiment_list(request):
-    items = experiments_visible_to(request.user).select_related("created_by").prefetch_related("arms")
+    items = Experiment.objects.visible_to(request.user).select_related("created_by").prefetch_related("arms")
     return render(request, "console/experiments.html", {"experiments": items})
 
 

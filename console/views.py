@@ -5,7 +5,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -15,7 +14,19 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
 from lanes.metrics import WINDOWS, lane_stats
-from lanes.models import Artifact, AuditEvent, Job, Lane, ModelVersion, Role, Route, Verification, Worker, has_role
+from lanes.models import (
+    Artifact,
+    AuditEvent,
+    Job,
+    Lane,
+    ModelVersion,
+    Role,
+    Route,
+    Verification,
+    Worker,
+    has_role,
+    with_live_counts,
+)
 from lanes.policy import PolicyError
 from lanes.policy import apply as apply_policy
 from lanes.policy import export as export_policy
@@ -328,23 +339,12 @@ def dashboard(request):
     if window not in WINDOWS:
         window = "5m"
     now = timezone.now()
-    live = {
-        (row["lane_id"], row["state"]): row["n"]
-        for row in Job.objects.filter(state__in=["queued", "running", "deferred"])
-        .values("lane_id", "state")
-        .annotate(n=Count("id"))
-        .order_by()
-    }
     stats: dict[int, list] = {}
     for s in lane_stats(window, now):
         stats.setdefault(s.lane.pk, []).append(s)
-    lanes = []
-    for lane in Lane.objects.select_related("active_version").order_by("name"):
-        lane.queued = live.get((lane.pk, "queued"), 0)
-        lane.running = live.get((lane.pk, "running"), 0)
-        lane.deferred = live.get((lane.pk, "deferred"), 0)
+    lanes = with_live_counts(list(Lane.objects.select_related("active_version").order_by("name")))
+    for lane in lanes:
         lane.stats = stats.get(lane.pk, [])
-        lanes.append(lane)
     template = "console/dashboard.html"
     if request.htmx and request.GET.get("part") == "lanes":
         template += "#lane-table"

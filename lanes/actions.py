@@ -13,7 +13,7 @@ from telemetry import push
 from . import admission
 from .models import Job, Priority, team_of
 from .rollout import pick_version
-from .router import RoutingError, check_parameters, clamp_to, route_intent
+from .router import RoutingError, cascade_fields, check_parameters, clamp_to, route_intent
 
 
 class BriefRejected(Exception):
@@ -84,7 +84,6 @@ def submit_brief(
             raise BriefRejected({"intent": str(exc)}) from None
         if decision.lane != lane:
             params = clamp_to(decision.lane, **params)
-        refine = decision.lane.cascade
         job = Job.objects.create(
             owner=owner,
             prompt=prompt,
@@ -99,10 +98,7 @@ def submit_brief(
             admission=decision.admission,
             admission_reason=decision.reason[:300],
             seed=secrets.randbelow(2**31) if seed is None else seed,
-            refine_steps=decision.lane.refine_steps if refine else 0,
-            refine_strength=decision.lane.refine_strength if refine else 0.0,
-            refine_scale=decision.lane.refine_scale if refine else 1,
-            refine_version=decision.lane.refine_version if refine else None,
+            **cascade_fields(decision.lane),
             finished_at=timezone.now() if decision.state == Job.State.REJECTED else None,
             **params,
         )

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from telemetry import push
 
+from .metrics import nearest_rank
 from .models import Job, Lane, Priority, Worker
 
 RECENT_RUNS = 50
@@ -107,8 +108,7 @@ def recent_p95_run_s(lane: Lane) -> float | None:
     )
     if not rows:
         return None
-    runs = sorted((finished - started).total_seconds() for started, finished in rows)
-    return runs[min(len(runs) - 1, math.ceil(0.95 * len(runs)) - 1)]
+    return nearest_rank([(finished - started).total_seconds() for started, finished in rows], 95)
 
 
 # The classes a queued job must be in to be ahead of a brief of each class.

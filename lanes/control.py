@@ -15,7 +15,7 @@ from django.db import transaction
 from telemetry import push
 
 from .models import AuditEvent, Job, Lane, Route, Worker
-from .rollout import ControlError, locked_lane, pick_version, save_lane
+from .rollout import ControlError, locked_lane, save_lane
 
 MODES = ("enabled", "draining", "disabled")
 
@@ -83,7 +83,7 @@ def _move_waiting_jobs(lane: Lane) -> int:
     """Send a disabled lane's queued and deferred jobs to the first enabled lane down its chain."""
     from .actions import dispatch
     from .admission import NoLaneAvailable, enabled_lane
-    from .router import clamp_to
+    from .router import rerouted_fields
 
     try:
         target, _ = enabled_lane(lane)
@@ -91,19 +91,8 @@ def _move_waiting_jobs(lane: Lane) -> int:
         return 0  # nowhere to go: they finish here
     moved = 0
     for job in Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.DEFERRED)).select_for_update():
-        params = clamp_to(target, steps=job.steps, guidance=job.guidance, width=job.width, height=job.height)
-        cascade = target.cascade
-        done = Job.objects.filter(pk=job.pk, state=job.state).update(
-            lane=target,
-            model_version=pick_version(target),
-            admission=Job.Admission.REROUTED,
-            admission_reason=f"lane {lane.name} disabled → moved to {target.name}"[:300],
-            refine_steps=target.refine_steps if cascade else 0,
-            refine_strength=target.refine_strength if cascade else 0.0,
-            refine_scale=target.refine_scale if cascade else 1,
-            refine_version=target.refine_version if cascade else None,
-            **params,
-        )
+        reason = f"lane {lane.name} disabled → moved to {target.name}"
+        done = Job.objects.filter(pk=job.pk, state=job.state).update(**rerouted_fields(job, target, reason))
         if done:
             moved += 1
             job.refresh_from_db()

@@ -22,7 +22,6 @@ and cancelling immediate.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.utils import timezone
 
+from .metrics import nearest_rank, price_per_hour
 from .models import (
     Arm,
     AuditEvent,
@@ -373,10 +373,12 @@ def pump_experiments() -> int:
 
 
 def after_job(job: Job) -> None:
-    """A finished job of an experiment makes room for its next cell."""
-    experiment_id = ExperimentCell.objects.filter(job_id=job.pk).values_list("experiment_id", flat=True).first()
-    if experiment_id is not None:
-        pump(experiment_id)
+    """A finished job of an experiment makes room for its next cell (the task loads the cell with the job)."""
+    try:
+        cell = job.experiment_cell
+    except ExperimentCell.DoesNotExist:
+        return
+    pump(cell.experiment_id)
 
 
 # Results
@@ -405,11 +407,6 @@ class CellResult:
         return {"passed": True, "flagged": False}.get(self.verdict)
 
 
-def _price_per_second(gpu_name: str) -> float:
-    prices = settings.GPU_HOURLY_PRICES
-    return prices.get(gpu_name, prices["default"]) / 3600
-
-
 def cell_results(experiment: Experiment) -> list[CellResult]:
     """One row per cell, read in a fixed number of queries."""
     cells = list(
@@ -428,7 +425,7 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
         verification = verifications.get(cell.job_id) if job else None
         scores = (verification.details or {}).get("scores", []) if verification else []
         similarity = statistics.fmean(s["similarity"] for s in scores) if scores else None
-        final = next((a for a in job.artifacts.all() if a.stage == "final"), None) if job else None
+        final = job.final_artifact() if job else None
         rows.append(
             CellResult(
                 arm=cell.arm.name,
@@ -440,7 +437,7 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
                 queue_s=job.queue_seconds if job else None,
                 run_s=job.run_seconds if job else None,
                 gpu_s=job.gpu_seconds if job else None,
-                cost=(job.gpu_seconds or 0) * _price_per_second(job.gpu_name)
+                cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600
                 if job and job.gpu_seconds is not None
                 else None,
                 peak_memory_bytes=job.peak_memory_bytes if job else None,
@@ -451,13 +448,6 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
             )
         )
     return rows
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 @dataclass
@@ -493,8 +483,8 @@ def summarize(rows: list[CellResult], arm_names: list[str]) -> list[ArmSummary]:
                 jobs=len(mine),
                 succeeded=len(done),
                 failed=sum(1 for r in mine if r.state == Job.State.FAILED),
-                run_p50=_percentile(runs, 50),
-                run_p95=_percentile(runs, 95),
+                run_p50=nearest_rank(runs, 50),
+                run_p95=nearest_rank(runs, 95),
                 gpu_s_per_image=sum(gpu) / len(done) if done and gpu else None,
                 cost_per_image=sum(cost) / len(done) if done and cost else None,
                 peak_memory_bytes=max(peaks) if peaks else None,

@@ -81,7 +81,22 @@ class Stats:
         return p95 is not None and (p95 + queue) * 1000 > self.lane.latency_slo_ms
 
 
+def nearest_rank(values, q: float) -> float | None:
+    """The nearest-rank q-th percentile of values (None when there are none), as the database computes it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def price_per_hour(gpu_name: str) -> float:
+    """What an hour of this accelerator costs (GPU_HOURLY_PRICES, by model name, else its default)."""
+    prices = settings.GPU_HOURLY_PRICES
+    return prices.get(gpu_name, prices["default"])
+
+
 def _cost_expression():
+    """price_per_hour, in SQL: GPU-seconds × the job's accelerator price, summed."""
     prices = settings.GPU_HOURLY_PRICES
     per_hour = Case(
         *(When(gpu_name=name, then=Value(price)) for name, price in prices.items() if name != "default"),

@@ -346,6 +346,15 @@ def team_of(user) -> int | None:
     return _membership(user)[1]
 
 
+def visible_rows(queryset, user, owner: str, team: str):
+    """Rows a user may see: every one for ops and admins; a creative's own (by `owner`) and their team's."""
+    if has_role(user, Role.OPS):
+        return queryset
+    team_id = team_of(user)
+    mine = Q(**{owner: user})
+    return queryset.filter(mine | Q(**{team: team_id}) if team_id else mine)
+
+
 def has_role(user, role: str) -> bool:
     current = role_of(user)
     return bool(current) and ROLE_RANK[current] >= ROLE_RANK[role]
@@ -368,11 +377,17 @@ class Route(models.Model):
 
 class JobQuerySet(models.QuerySet):
     def visible_to(self, user) -> JobQuerySet:
-        """Ops and admins see every job; a creative sees their own and their team's."""
-        if has_role(user, Role.OPS):
-            return self
-        team = team_of(user)
-        return self.filter(Q(owner=user) | Q(team_id=team)) if team else self.filter(owner=user)
+        return visible_rows(self, user, "owner", "team_id")
+
+    def live_counts(self) -> dict[tuple[int, str], int]:
+        """Queued, running and deferred jobs per (lane id, state), in one grouped query."""
+        rows = (
+            self.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING, Job.State.DEFERRED))
+            .values("lane_id", "state")
+            .annotate(n=models.Count("id"))
+            .order_by()
+        )
+        return {(row["lane_id"], row["state"]): row["n"] for row in rows}
 
     def stuck_queued(self, now=None) -> JobQuerySet:
         """Queued jobs whose broker message has not been picked up for too long."""
@@ -642,6 +657,16 @@ class Job(models.Model):
         return bool(done)
 
 
+def with_live_counts(lanes: list[Lane]) -> list[Lane]:
+    """The lanes, each with .queued, .running and .deferred set (one query for them all)."""
+    counts = Job.objects.live_counts()
+    for lane in lanes:
+        lane.queued = counts.get((lane.pk, Job.State.QUEUED), 0)
+        lane.running = counts.get((lane.pk, Job.State.RUNNING), 0)
+        lane.deferred = counts.get((lane.pk, Job.State.DEFERRED), 0)
+    return lanes
+
+
 class Artifact(models.Model):
     class Stage(models.TextChoices):
         DRAFT = "draft"
@@ -706,10 +731,7 @@ class Worker(models.Model):
 
 class VerificationQuerySet(models.QuerySet):
     def visible_to(self, user) -> VerificationQuerySet:
-        if has_role(user, Role.OPS):
-            return self
-        team = team_of(user)
-        return self.filter(Q(job__owner=user) | Q(job__team_id=team)) if team else self.filter(job__owner=user)
+        return visible_rows(self, user, "job__owner", "job__team_id")
 
     def awaiting_review(self) -> VerificationQuerySet:
         return self.filter(status=Verification.Status.FLAGGED, decision="")
@@ -855,6 +877,11 @@ class AuditEvent(models.Model):
         )
 
 
+class ExperimentQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ExperimentQuerySet:
+        return visible_rows(self, user, "created_by", "team_id")
+
+
 class Experiment(models.Model):
     """An A/B comparison: every prompt × seed rendered on every arm, as background work."""
 
@@ -875,20 +902,13 @@ class Experiment(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ExperimentQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return self.name
-
-
-def experiments_visible_to(user):
-    """Ops and admins see every experiment; a creative sees their team's (and their own)."""
-    if has_role(user, Role.OPS):
-        return Experiment.objects.all()
-    team = team_of(user)
-    mine = Q(created_by=user)
-    return Experiment.objects.filter(mine | Q(team_id=team) if team else mine)
 
 
 class Arm(models.Model):

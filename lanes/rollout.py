@@ -9,7 +9,6 @@ the lane the user saw, and is written to the audit log in the same transaction.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,10 +17,13 @@ from pathlib import Path
 
 from celery import shared_task
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .metrics import nearest_rank
 from .models import (
     AuditEvent,
     CheckpointError,
@@ -78,11 +80,9 @@ def register_version(
     """
     errors: dict[str, str] = {}
     name = (name or "").strip()
-    from django.core.validators import validate_slug
-
     try:
         validate_slug(name)
-    except Exception:
+    except ValidationError:
         errors["name"] = "Use letters, digits, hyphens and underscores only."
     if name and ModelVersion.objects.filter(name=name).exists():
         errors["name"] = f"A version named {name!r} is already registered."
@@ -115,7 +115,7 @@ def register_version(
             dtype=dtype,
             content_hash=digest,
             status=ModelVersion.Status.STAGED,
-            registered_by=by if by is not None and by.is_authenticated else None,
+            registered_by=_user(by),
         )
         AuditEvent.record(
             by, "version.register", version=version,
@@ -196,7 +196,7 @@ def run_validation(version: ModelVersion, worker: str = "") -> bool:
     if not claimed:
         return False
     try:
-        digest = hash_checkpoint(resolve_checkpoint(version.location))
+        digest = version.compute_hash()
     except CheckpointError as exc:
         error = str(exc)
     else:
@@ -473,13 +473,6 @@ class ArmFigures:
         return self.flagged / self.judged if self.judged else 0.0
 
 
-def _p95(values: list[float]) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
-
-
 def arm_figures(lane: Lane, version: ModelVersion, since) -> ArmFigures:
     # Routed traffic only: experiment jobs are pinned to their arm's version, not split by the canary.
     jobs = Job.objects.filter(
@@ -497,7 +490,7 @@ def arm_figures(lane: Lane, version: ModelVersion, since) -> ArmFigures:
         version=version.name,
         finished=len(rows),
         failed=sum(1 for state, _ in rows if state == Job.State.FAILED),
-        p95_run_s=_p95([s for state, s in rows if state == Job.State.SUCCEEDED and s is not None]),
+        p95_run_s=nearest_rank([s for state, s in rows if state == Job.State.SUCCEEDED and s is not None], 95),
         judged=len(verdicts),
         flagged=sum(1 for v in verdicts if v == Verification.Status.FLAGGED),
     )

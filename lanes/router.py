@@ -50,6 +50,33 @@ def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int
     }
 
 
+def cascade_fields(lane: Lane) -> dict:
+    """A job's refine stage, pinned from its lane at submission (none unless the lane cascades)."""
+    cascade = lane.cascade
+    return {
+        "refine_steps": lane.refine_steps if cascade else 0,
+        "refine_strength": lane.refine_strength if cascade else 0.0,
+        "refine_scale": lane.refine_scale if cascade else 1,
+        "refine_version": lane.refine_version if cascade else None,
+    }
+
+
+def rerouted_fields(job, lane: Lane, reason: str) -> dict:
+    """The fields that send a job to another lane: the lane, a version routed there, its cascade, and the
+    job's parameters moved inside that lane's bounds."""
+    from .models import Job
+    from .rollout import pick_version
+
+    return {
+        "lane": lane,
+        "model_version": pick_version(lane),
+        "admission": Job.Admission.REROUTED,
+        "admission_reason": reason[:300],
+        **cascade_fields(lane),
+        **clamp_to(lane, steps=job.steps, guidance=job.guidance, width=job.width, height=job.height),
+    }
+
+
 def check_parameters(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> dict[str, str]:
     """Errors per field for parameters outside the lane's bounds (empty when all fit)."""
     errors: dict[str, str] = {}

@@ -17,7 +17,7 @@ from django.utils import timezone
 from telemetry import push
 
 from . import experiments, rollout  # noqa: F401  (their tasks register with the worker)
-from .models import Artifact, Job, Lane, Priority, Worker
+from .models import Artifact, Job, Lane, Worker
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def run_job(job_id: int) -> str:
     from .admission import release_deferred
     from .slots import slots
 
-    job = Job.objects.select_related("model_version", "lane__fallback__active_version").filter(pk=job_id).first()
+    related = ("model_version", "lane__fallback__active_version", "experiment_cell")
+    job = Job.objects.select_related(*related).filter(pk=job_id).first()
     if job is None:
         return "missing"
     if job.state != Job.State.QUEUED:
@@ -68,8 +69,7 @@ def run_job(job_id: int) -> str:
     with slots.acquire(job.lane_id, job.priority):
         outcome = _run_claimed(job)
     release_deferred(job.lane)
-    if job.priority == Priority.BACKGROUND:  # experiment jobs are background work
-        experiments.after_job(job)
+    experiments.after_job(job)
     return outcome
 
 
@@ -133,25 +133,16 @@ def _run_claimed(job: Job) -> str:
 
 def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
     from .actions import dispatch
-    from .rollout import pick_version
-    from .router import clamp_to
+    from .router import rerouted_fields
 
-    params = clamp_to(fallback, steps=job.steps, guidance=job.guidance, width=job.width, height=job.height)
+    reason = f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"
     moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
         state=Job.State.QUEUED,
-        lane=fallback,
-        model_version=pick_version(fallback),
-        admission=Job.Admission.REROUTED,
-        admission_reason=f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"[:300],
         worker="",
         gpu_index=None,
         started_at=None,
         progress_step=0,
-        refine_steps=fallback.refine_steps if fallback.cascade else 0,
-        refine_strength=fallback.refine_strength if fallback.cascade else 0.0,
-        refine_scale=fallback.refine_scale if fallback.cascade else 1,
-        refine_version=fallback.refine_version if fallback.cascade else None,
-        **params,
+        **rerouted_fields(job, fallback, reason),
     )
     if not moved:
         return "discarded"
@@ -198,7 +189,7 @@ def refine_job(job_id: int) -> str:
     from .batching import refine_batcher
     from .heartbeat import worker_ident
 
-    related = ("model_version", "refine_version", "lane")
+    related = ("model_version", "refine_version", "lane", "experiment_cell")
     job = Job.objects.select_related(*related).prefetch_related("artifacts").filter(pk=job_id).first()
     if job is None:
         return "missing"
@@ -243,8 +234,7 @@ def refine_job(job_id: int) -> str:
     if not stored:
         return "discarded"
     release_deferred(job.lane)
-    if job.priority == Priority.BACKGROUND:
-        experiments.after_job(job)
+    experiments.after_job(job)
     return "succeeded"
 
 
