@@ -107,7 +107,7 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
                 "succeeded": len(done),
                 "p50_s": round(percentile(done, 50), 3),
                 "p95_s": round(percentile(done, 95), 3),
-                "deferred": sum(1 for j in mine if j.admission == "deferred" or "released after" in j.admission_reason),
+                "deferred": sum(1 for j in mine if j.deferred_at is not None),
                 "rerouted": sum(1 for j in mine if j.admission == "rerouted"),
                 "rejected": rejected[cls],
                 "failed": sum(1 for j in mine if j.state == "failed"),

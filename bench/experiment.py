@@ -59,9 +59,11 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
     with Stack(worker_args=("--concurrency", "4")) as stack:
         from django.contrib.auth import get_user_model
 
-        from lanes import experiments
+        from experiments import definition as definitions
+        from experiments import runner
+        from experiments.models import Experiment
         from lanes.actions import submit_brief
-        from lanes.models import Experiment, Job, Lane, Priority
+        from lanes.models import Job, Lane, Priority
 
         shape_lane()
         stack.start()
@@ -79,7 +81,7 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
         started = time.monotonic()
         if scenario == "experiment":
             prompts = ", ".join(f'"experiment poster {i}"' for i in range(PROMPTS))
-            experiment = experiments.create(admin, experiments.parse(EXPERIMENT.format(prompts=prompts)))
+            experiment = runner.create(admin, definitions.parse(EXPERIMENT.format(prompts=prompts)))
         elif scenario == "naive":
             lane = Lane.objects.get(name="fast-draft")
             for i in range(PROMPTS * 3 * 2):

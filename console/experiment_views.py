@@ -11,11 +11,16 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from lanes import experiments, rollout
-from lanes.models import Experiment, Job, Role, has_role
-from lanes.rollout import ControlError
+from accounts.access import admin_required, has_role
+from accounts.models import Role
+from experiments import definition as definitions
+from experiments import results, runner
+from experiments.models import Experiment
+from lanes import rollout
+from lanes.changes import ControlError
+from lanes.models import Job
 
-from .access import admin_required, get_experiment_for_user, get_lane_for_user
+from .access import get_experiment_for_user, get_lane_for_user
 from .forms import ExperimentCanaryForm, ExperimentForm
 
 EXAMPLE = """\
@@ -45,11 +50,11 @@ def experiment_new(request):
     errors: list[str] = []
     if request.method == "POST" and form.is_valid():
         try:
-            definition = experiments.parse(form.cleaned_data["text"], form.cleaned_data["extra_prompts"])
-        except experiments.ExperimentError as exc:
+            definition = definitions.parse(form.cleaned_data["text"], form.cleaned_data["extra_prompts"])
+        except definitions.ExperimentError as exc:
             errors = exc.errors
         else:
-            experiment = experiments.create(request.user, definition)
+            experiment = runner.create(request.user, definition)
             messages.success(request, f"Experiment {experiment.name} started: {definition.job_count} background jobs.")
             return redirect("experiment-detail", name=experiment.name)
     status = 400 if request.method == "POST" else 200
@@ -60,12 +65,12 @@ def _results(experiment, baseline_name: str | None):
     arms = list(experiment.arms.select_related("lane", "model_version"))
     names = [arm.name for arm in arms]
     baseline = baseline_name if baseline_name in names else names[0]
-    rows = experiments.cell_results(experiment)
+    rows = results.cell_results(experiment)
     comparisons = []
     for arm in names:
         if arm == baseline:
             continue
-        comparisons.append({"arm": arm, "results": experiments.compare(rows, baseline, arm)})
+        comparisons.append({"arm": arm, "results": results.compare(rows, baseline, arm)})
     grid = []
     for index, prompt in enumerate(experiment.prompts):
         samples = []
@@ -78,7 +83,7 @@ def _results(experiment, baseline_name: str | None):
         "arms": arms,
         "baseline": baseline,
         "rows": rows,
-        "summary": experiments.summarize(rows, names),
+        "summary": results.summarize(rows, names),
         "comparisons": comparisons,
         "grid": grid,
         "done": done,
@@ -99,12 +104,12 @@ def experiment_detail(request, name: str):
     return render(request, template, context)
 
 
-EXPORT_FIELDS = [f.name for f in dataclasses.fields(experiments.CellResult)] + ["prompt", "expected_text"]
+EXPORT_FIELDS = [f.name for f in dataclasses.fields(results.CellResult)] + ["prompt", "expected_text"]
 
 
 def _export_rows(experiment) -> list[dict]:
     rows = []
-    for result in experiments.cell_results(experiment):
+    for result in results.cell_results(experiment):
         prompt = experiment.prompts[result.prompt_index]
         rows.append(
             {**dataclasses.asdict(result), "prompt": prompt["prompt"], "expected_text": prompt["expected_text"]}
@@ -140,13 +145,13 @@ def experiment_control(request, name: str, action: str):
     experiment = get_experiment_for_user(request, name, manage=True)
     if action == "pause":
         ok, message = (
-            experiments.pause(experiment, request.user),
+            runner.pause(experiment, request.user),
             f"{experiment.name} paused: no new jobs are submitted.",
         )
     elif action == "resume":
-        ok, message = experiments.resume(experiment, request.user), f"{experiment.name} resumed."
+        ok, message = runner.resume(experiment, request.user), f"{experiment.name} resumed."
     else:
-        cancelled = experiments.cancel(experiment, request.user)
+        cancelled = runner.cancel(experiment, request.user)
         ok, message = cancelled is not None, f"{experiment.name} cancelled, and {cancelled} waiting jobs with it."
     if ok:
         messages.success(request, message)

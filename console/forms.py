@@ -1,10 +1,12 @@
 from django import forms
 from django.conf import settings
 
+from accounts.access import has_role
+from accounts.models import Role
+from experiments.definition import parse_prompt_lines
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
-from lanes.experiments import parse_prompt_lines
-from lanes.models import Job, Lane, ModelVersion, Priority, Role, Route, has_role
+from lanes.models import Job, Lane, ModelVersion, Priority, Route
 
 
 class BriefForm(forms.Form):

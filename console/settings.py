@@ -94,8 +94,10 @@ INSTALLED_APPS = [
     "template_partials",
     "channels",
     "console",
-    "lanes",
+    "accounts",
     "telemetry",
+    "lanes",
+    "experiments",
 ]
 
 MIDDLEWARE = [
@@ -232,8 +234,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
     "prune-samples": {"task": "telemetry.tasks.prune_samples", "schedule": 60.0},
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
-    "pump-experiments": {"task": "lanes.experiments.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
-    "check-canaries": {"task": "lanes.rollout.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
+    "pump-experiments": {"task": "experiments.tasks.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
+    "check-canaries": {"task": "lanes.tasks.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
 }
 
 # Admission control (per-lane thresholds live on the lane). Off: every brief is queued FIFO.

@@ -2,11 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from telemetry import views as telemetry_views
-
 from . import control_views as control
 from . import experiment_views as experiments
-from . import views
+from . import metrics_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -54,6 +52,6 @@ urlpatterns = [
         experiments.experiment_control,
         name="experiment-control",
     ),
-    path("metrics", telemetry_views.metrics, name="metrics"),
+    path("metrics", metrics_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

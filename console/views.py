@@ -1,4 +1,3 @@
-import hashlib
 from datetime import timedelta
 
 from django.contrib import messages
@@ -12,27 +11,16 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from lanes.actions import BriefRejected, ReviewError, approve, autofix, cancel_job, reject, rerender
-from lanes.metrics import WINDOWS, lane_stats
-from lanes.models import (
-    Artifact,
-    AuditEvent,
-    Job,
-    Lane,
-    ModelVersion,
-    Role,
-    Route,
-    Verification,
-    Worker,
-    has_role,
-    with_live_counts,
-)
-from lanes.policy import PolicyError
-from lanes.policy import apply as apply_policy
-from lanes.policy import export as export_policy
+from accounts.access import has_role, ops_required
+from accounts.models import Role
+from lanes import policy as policy_file
+from lanes.actions import BriefRejected, cancel_job
+from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification, Worker, with_live_counts
+from lanes.review import ReviewError, approve, autofix, reject, rerender
+from lanes.stats import WINDOWS, lane_stats
 from telemetry.models import GpuSample
 
-from .access import get_job_for_user, get_verification_for_user, next_url, ops_required
+from .access import get_job_for_user, get_verification_for_user, next_url
 from .forms import BriefForm
 
 JOBS_PER_PAGE = 24
@@ -144,24 +132,17 @@ def policy(request):
     errors: list[str] = []
     text = None
     status = 200
-    current = export_policy()
-    based_on = _digest(current)
+    current = policy_file.export()
+    based_on = policy_file.digest(current)
     if request.method == "POST":
         if not has_role(request.user, Role.ADMIN):
             raise PermissionDenied("Only admins may change the routing policy.")
         text = request.POST.get("policy", "")
         based_on = request.POST.get("based_on", "")
         try:
-            if based_on != _digest(current):
-                # Someone changed a lane or intent since this page was loaded: applying this text
-                # would silently undo their change.
-                last = AuditEvent.objects.first()
-                who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
-                status = 409
-                raise PolicyError([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
-            result = apply_policy(text, by=request.user)
-        except PolicyError as exc:
-            errors, status = exc.errors, status if status == 409 else 400
+            result = policy_file.apply(text, by=request.user, based_on=based_on)
+        except policy_file.PolicyError as exc:
+            errors, status = exc.errors, 409 if isinstance(exc, policy_file.PolicyConflict) else 400
         else:
             messages.success(
                 request, f"Policy applied: {result['lanes']} lanes, {result['intents']} intents, nothing else changed."
@@ -183,14 +164,10 @@ def policy(request):
     return render(request, "console/policy.html", context, status=status)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @ops_required
 @require_GET
 def policy_yaml(request):
-    response = HttpResponse(export_policy(), content_type="application/yaml; charset=utf-8")
+    response = HttpResponse(policy_file.export(), content_type="application/yaml; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="laneway-policy.yaml"'
     return response
 
@@ -358,7 +335,6 @@ def dashboard(request):
         "lanes": lanes,
         "workers": workers,
         "series": _sample_series(now - SAMPLE_HISTORY),
-        "show_cost": True,
     }
     return render(request, template, context)
 

@@ -1,8 +1,6 @@
 from django.contrib import admin
-from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
 
-from .models import Artifact, AuditEvent, Job, Lane, Member, ModelVersion, Route, Team, Worker
+from .models import Artifact, AuditEvent, Job, Lane, ModelVersion, Route, Worker
 
 
 @admin.register(ModelVersion)
@@ -42,27 +40,6 @@ class JobAdmin(admin.ModelAdmin):
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
     list_display = ("ident", "device", "gpu_index", "queues", "last_seen", "stopped_at")
-
-
-@admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
-    list_display = ("name",)
-    search_fields = ("name",)
-
-
-class MemberInline(admin.StackedInline):
-    model = Member
-    can_delete = False
-    verbose_name_plural = "Laneway team and role"
-
-
-class LanewayUserAdmin(UserAdmin):
-    inlines = [MemberInline]
-    list_display = ("username", "email", "is_active", "is_superuser", "last_login")
-
-
-admin.site.unregister(get_user_model())
-admin.site.register(get_user_model(), LanewayUserAdmin)
 
 
 @admin.register(AuditEvent)

@@ -15,22 +15,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, Q
-from django.utils import timezone
 
-from telemetry import push
-
-from .metrics import nearest_rank
 from .models import Job, Lane, Priority, Worker
+from .stats import nearest_rank
 
 RECENT_RUNS = 50
-
-# Celery priorities on the Redis transport: lower runs first.
-BROKER_PRIORITY = {Priority.CRITICAL: 0, Priority.STANDARD: 3, Priority.BACKGROUND: 6}
 
 
 @dataclass(frozen=True)
@@ -202,36 +194,3 @@ def decide(lane: Lane, priority: str) -> Decision:
     # Queueing it would only lengthen the line in front of critical work: it waits instead.
     reason = prefix + f"{lane.name} saturated ({load.describe()}), {why}; standard work waits"
     return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, reason)
-
-
-def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
-    """Release deferred jobs oldest-first into the lane's free slots; returns the jobs released.
-
-    Runs after every job, so the common case (nothing deferred) is a single query.
-    """
-    from .actions import dispatch
-
-    waiting = list(
-        Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
-        .select_related("lane")
-        .order_by("submitted_at", "pk")[:limit]
-    )
-    if not waiting:
-        return []
-    load = pressure(lane)
-    # Pressure has dropped when a slot is free, not merely below the defer threshold:
-    # released work must not queue up in front of critical briefs still arriving.
-    room = min(load.capacity, lane.defer_depth) - load.depth
-    released: list[Job] = []
-    now = timezone.now()
-    for job in waiting[: max(0, room)]:
-        waited = (now - job.submitted_at) / timedelta(seconds=1)
-        reason = (job.admission_reason + f"; released after {waited:.1f} s")[:300]
-        # Conditional: a concurrent releaser (beat, another worker) may have taken it.
-        if Job.objects.filter(pk=job.pk, state=Job.State.DEFERRED).update(
-            state=Job.State.QUEUED, admission_reason=reason
-        ):
-            job.state, job.admission_reason = Job.State.QUEUED, reason
-            transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
-            released.append(job)
-    return released

@@ -5,4 +5,6 @@ class LanesConfig(AppConfig):
     name = "lanes"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (worker heartbeat hooks)
+        # Imported once the app registry is ready (the hooks reach models): connects the
+        # worker's heartbeat and registers its reload command.
+        from . import worker  # noqa: F401

@@ -1,7 +1,7 @@
 """Ops controls on lanes and workers: enable, drain, disable, limits, queues, reloads.
 
 Each lane change is made under the lane's row lock, against the revision the user saw
-(see rollout.locked_lane), and audited in the same transaction. Worker controls go over
+(see lanes.changes), and audited in the same transaction. Worker controls go over
 Celery's remote control (add_consumer / cancel_consumer / a reload command) and are
 audited with the workers' replies.
 """
@@ -14,8 +14,11 @@ from django.db import transaction
 
 from telemetry import push
 
+from .admission import NoLaneAvailable, enabled_lane
+from .changes import ControlError, locked_lane, save_lane
+from .dispatch import dispatch
 from .models import AuditEvent, Job, Lane, Route, Worker
-from .rollout import ControlError, locked_lane, save_lane
+from .router import rerouted_fields
 
 MODES = ("enabled", "draining", "disabled")
 
@@ -81,10 +84,6 @@ def set_mode(lane: Lane, mode: str, by, expected_revision: int | None = None) ->
 
 def _move_waiting_jobs(lane: Lane) -> int:
     """Send a disabled lane's queued and deferred jobs to the first enabled lane down its chain."""
-    from .actions import dispatch
-    from .admission import NoLaneAvailable, enabled_lane
-    from .router import rerouted_fields
-
     try:
         target, _ = enabled_lane(lane)
     except NoLaneAvailable:

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .checkpoints import build_demo_checkpoint, build_demo_upscaler
 from .models import Lane, ModelVersion, Priority, Route, hash_checkpoint
 from .rollout import record_release
 
@@ -99,8 +100,6 @@ DEMO_ROUTES = [
 
 
 def ensure_demo_checkpoint() -> Path:
-    from .checkpoints import build_demo_checkpoint
-
     path = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
     if not (path / "model_index.json").exists():
         build_demo_checkpoint(path)
@@ -108,8 +107,6 @@ def ensure_demo_checkpoint() -> Path:
 
 
 def ensure_demo_upscaler() -> Path:
-    from .checkpoints import build_demo_upscaler
-
     base = ensure_demo_checkpoint()
     path = Path(settings.MODELS_ROOT) / DEMO_UPSCALER_CHECKPOINT
     if not (path / "model_index.json").exists():
@@ -118,8 +115,6 @@ def ensure_demo_upscaler() -> Path:
 
 
 def ensure_demo_checkpoint_v2() -> Path:
-    from .checkpoints import build_demo_checkpoint
-
     path = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT_V2
     if not (path / "model_index.json").exists():
         build_demo_checkpoint(path, seed=1)

@@ -488,4 +488,4 @@ def apply_process_memory_cap(budget: int | None) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
 
 
-engines = EngineCache()
+engine_cache = EngineCache()

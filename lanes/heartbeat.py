@@ -1,7 +1,7 @@
 """Worker liveness: each worker process upserts its Worker row every few seconds.
 
 The database is the truth for liveness too: beat requeues running jobs whose worker
-stopped heartbeating (see tasks.reconcile_jobs).
+stopped heartbeating (see dispatch.reconcile).
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from telemetry.sampling import sampling
+
+from .engines import current_device
 from .models import Worker
+from .slots import slots
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,6 @@ class Heartbeat:
         return self.queues
 
     def beat(self) -> None:
-        from .engines import current_device
-
         device = current_device()
         now = timezone.now()
         fields = {
@@ -71,10 +73,6 @@ class Heartbeat:
         self.beat()
         self._thread = threading.Thread(target=self._run, name="laneway-heartbeat", daemon=True)
         self._thread.start()
-        from telemetry.sampling import sampling
-
-        from .slots import slots
-
         sampling.start(worker_ident(), slots.total_running)
 
     def _run(self) -> None:
@@ -92,8 +90,6 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
         self._thread = None
-        from telemetry.sampling import sampling
-
         sampling.stop()
         try:
             Worker.objects.filter(ident=worker_ident()).update(stopped_at=timezone.now())

@@ -16,6 +16,7 @@ still point at them), never deleted.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import yaml
@@ -24,9 +25,12 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.db.models import F
 
+from . import yamlfile
+from .changes import save_lane
 from .control import unreachable_intents
 from .models import AuditEvent, Lane, ModelVersion, Priority, Route
 from .rollout import record_release
+from .yamlfile import YamlError
 
 # YAML key -> (Lane field, type, minimum)
 LANE_KEYS: dict[str, tuple[str, type, float | None]] = {
@@ -67,10 +71,12 @@ CASCADE_KEYS: dict[str, tuple[str, type, float | None]] = {
 INTENT_KEYS = ("lane", "priority", "label")
 
 
-class PolicyError(Exception):
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
+class PolicyError(YamlError):
+    pass
+
+
+class PolicyConflict(PolicyError):
+    """The policy changed after the editor loaded it: applying would undo someone's change."""
 
 
 @dataclass
@@ -79,66 +85,52 @@ class LaneSpec:
     values: dict  # Lane field -> value (active_version/fallback still names)
 
 
-def _line(node) -> int:
-    return node.start_mark.line + 1
-
-
 def _scalar(node, kind: type, key: str, minimum, errors: list[str]):
     if not isinstance(node, yaml.ScalarNode):
-        errors.append(f"line {_line(node)}: {key} must be a single value")
+        errors.append(f"line {yamlfile.line(node)}: {key} must be a single value")
         return None
-    value = yaml.constructor.SafeConstructor().construct_object(node)
+    value = yamlfile.value(node)
     if key == "fallback" and value is None:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        errors.append(f"line {_line(node)}: {key} must be {kind.__name__}, not {value!r}")
+        errors.append(f"line {yamlfile.line(node)}: {key} must be {kind.__name__}, not {value!r}")
         return None
     if minimum is not None and value < minimum:
-        errors.append(f"line {_line(node)}: {key} must be at least {minimum:g}, not {value}")
+        errors.append(f"line {yamlfile.line(node)}: {key} must be at least {minimum:g}, not {value}")
         return None
     if key == "priority" and value not in Priority.values:
-        errors.append(f"line {_line(node)}: priority must be one of {', '.join(Priority.values)}, not {value!r}")
+        errors.append(
+            f"line {yamlfile.line(node)}: priority must be one of {', '.join(Priority.values)}, not {value!r}"
+        )
         return None
     return value
-
-
-def _mapping(node, what: str, errors: list[str]) -> list[tuple[str, object, int]]:
-    if not isinstance(node, yaml.MappingNode):
-        errors.append(f"line {_line(node)}: {what} must be a mapping")
-        return []
-    return [(k.value, v, _line(k)) for k, v in node.value]
 
 
 def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
     """Lane specs and intents from YAML, with every error found (line-numbered)."""
     errors: list[str] = []
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise PolicyError([f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    root = yamlfile.compose(text, PolicyError)
     if root is None:
         raise PolicyError(["line 1: the policy is empty"])
     lanes: list[LaneSpec] = []
     intents: dict[str, dict] = {}
     seen_top = set()
-    for key, value, line in _mapping(root, "the policy", errors):
+    for key, value, line in yamlfile.mapping(root, "the policy", errors):
         seen_top.add(key)
         if key == "routes":
             if not isinstance(value, yaml.SequenceNode):
                 errors.append(f"line {line}: routes must be a list")
                 continue
             for item in value.value:
-                spec = LaneSpec(line=_line(item), values={})
-                for k, v, kline in _mapping(item, "a route", errors):
+                spec = LaneSpec(line=yamlfile.line(item), values={})
+                for k, v, kline in yamlfile.mapping(item, "a route", errors):
                     if k == "name":
                         spec.values["name"] = _scalar(v, str, k, None, errors)
                     elif k == "cascade":
                         spec.values["cascade"] = True
-                        for ck, cv, ckline in _mapping(v, "cascade", errors):
+                        for ck, cv, ckline in yamlfile.mapping(v, "cascade", errors):
                             if ck not in CASCADE_KEYS:
                                 errors.append(f"line {ckline}: unknown cascade key {ck!r}")
                                 continue
@@ -156,12 +148,12 @@ def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
                     errors.append(f"line {spec.line}: route {spec.values['name']!r} needs a model")
                 lanes.append(spec)
         elif key == "intents":
-            for intent, v, iline in _mapping(value, "intents", errors):
+            for intent, v, iline in yamlfile.mapping(value, "intents", errors):
                 entry = {"line": iline}
                 if isinstance(v, yaml.ScalarNode):
                     entry["lane"] = v.value
                 else:
-                    for ik, iv, ikline in _mapping(v, f"intent {intent!r}", errors):
+                    for ik, iv, ikline in yamlfile.mapping(v, f"intent {intent!r}", errors):
                         if ik not in INTENT_KEYS:
                             errors.append(f"line {ikline}: unknown intent key {ik!r}")
                         else:
@@ -246,14 +238,27 @@ NOT_IN_POLICY = {
 }  # fmt: skip
 
 
-def apply(text: str, by=None) -> dict[str, int]:
-    """Validate and apply a policy atomically; raises PolicyError listing every problem."""
-    lanes, intents, errors = parse(text)
-    models = validate(lanes, intents, errors)
-    if errors:
-        raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
+def digest(text: str | None = None) -> str:
+    """A fingerprint of a policy text (of the current policy by default): what an editor's page is based on."""
+    return hashlib.sha256((export() if text is None else text).encode()).hexdigest()
+
+
+def apply(text: str, by=None, based_on: str | None = None) -> dict[str, int]:
+    """Validate and apply a policy atomically; raises PolicyError listing every problem.
+
+    `based_on` is the digest of the policy the editor started from: if lanes or intents
+    changed since, PolicyConflict is raised and nothing is applied.
+    """
     with transaction.atomic():
         existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
+        if based_on is not None and based_on != digest():
+            last = AuditEvent.objects.first()
+            who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
+            raise PolicyConflict([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
+        lanes, intents, errors = parse(text)
+        models = validate(lanes, intents, errors)
+        if errors:
+            raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
         saved: dict[str, Lane] = {}
         before: dict[str, dict | None] = {}
         defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
@@ -281,8 +286,7 @@ def apply(text: str, by=None) -> dict[str, int]:
             except ValidationError as exc:
                 problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
                 raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
-            lane.revision += 1
-            lane.save()
+            save_lane(lane)
             saved[name] = lane
         for spec in lanes:
             lane = saved[spec.values["name"]]

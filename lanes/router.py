@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models import Lane, Route
+from .models import Job, Lane, Route
+from .rollout import pick_version
 
 
 class RoutingError(Exception):
@@ -64,9 +65,6 @@ def cascade_fields(lane: Lane) -> dict:
 def rerouted_fields(job, lane: Lane, reason: str) -> dict:
     """The fields that send a job to another lane: the lane, a version routed there, its cascade, and the
     job's parameters moved inside that lane's bounds."""
-    from .models import Job
-    from .rollout import pick_version
-
     return {
         "lane": lane,
         "model_version": pick_version(lane),

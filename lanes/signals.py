@@ -1,26 +1,24 @@
-from celery.signals import worker_ready, worker_shutdown
-from celery.worker.control import control_command
+"""What lanes announces to the features built on it. They listen; lanes never calls them."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.dispatch import Signal
+
+log = logging.getLogger(__name__)
+
+# Sent after commit once a job's run on a worker is over (it succeeded, failed, or was
+# discarded): receivers get `job`. Experiments feed their next cells from it.
+job_finished = Signal()
 
 
-@worker_ready.connect
-def start_heartbeat(sender=None, **kwargs) -> None:
-    from .heartbeat import heartbeat
+def announce_finished(job) -> None:
+    def send() -> None:
+        # A listener's error is logged, never the worker's crash or the job's failure.
+        for receiver, error in job_finished.send_robust(sender=type(job), job=job):
+            if isinstance(error, Exception):
+                log.error("job_finished receiver %r failed for job %s", receiver, job.pk, exc_info=error)
 
-    queues = ",".join(sorted(q.name for q in sender.task_consumer.queues)) if sender is not None else ""
-    heartbeat.start(queues, consumer=sender)
-
-
-@worker_shutdown.connect
-def stop_heartbeat(sender=None, **kwargs) -> None:
-    from .heartbeat import heartbeat
-
-    heartbeat.stop()
-
-
-@control_command()
-def laneway_reload(state) -> dict:
-    """Drop this worker's cached pipelines; those in use go once their jobs finish."""
-    from .engines import engines
-
-    dropped, retiring = engines.reload()
-    return {"ok": f"dropped {dropped} idle pipelines; {retiring} go when their jobs finish"}
+    transaction.on_commit(send)

@@ -8,23 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+
+from .events import GpuReading
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reading:
-    gpu_index: int | None
-    name: str
-    utilization_pct: float | None
-    memory_used_bytes: int | None
-    memory_total_bytes: int | None
-    temperature_c: float | None
-    power_w: float | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class Sampler:
@@ -53,7 +40,7 @@ class Sampler:
     def has_gpu(self) -> bool:
         return self.nvml is not None and bool(self.handles)
 
-    def read(self) -> list[Reading]:
+    def read(self) -> list[GpuReading]:
         if not self.has_gpu:
             return [self._process_reading()]
         nvml, readings = self.nvml, []
@@ -61,7 +48,7 @@ class Sampler:
             utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             readings.append(
-                Reading(
+                GpuReading(
                     gpu_index=index,
                     name=name,
                     utilization_pct=float(utilization.gpu),
@@ -74,11 +61,11 @@ class Sampler:
         return readings
 
     @staticmethod
-    def _process_reading() -> Reading:
+    def _process_reading() -> GpuReading:
         import psutil
 
         process = psutil.Process()
-        return Reading(
+        return GpuReading(
             gpu_index=None,
             name="CPU",
             utilization_pct=psutil.cpu_percent(interval=None),

@@ -114,8 +114,6 @@ def job_state(job) -> None:
 
 
 def job_progress(job, step: int) -> None:
-    total = job.total_steps
-    percent = int(100 * min(step, total) / total) if total else 0
     _publish(
         job,
         JobProgressEvent(
@@ -124,8 +122,8 @@ def job_progress(job, step: int) -> None:
             owner_id=job.owner_id,
             team_id=job.team_id,
             step=step,
-            steps=total,
-            percent=percent,
+            steps=job.total_steps,
+            percent=job.percent_at(step),
         ),
     )
 

@@ -29,7 +29,7 @@ class SamplingLoop:
         now = timezone.now()
         jobs = running()
         rows = GpuSample.objects.bulk_create(
-            [GpuSample(worker=worker, taken_at=now, running_jobs=jobs, **r.as_dict()) for r in self.sampler.read()]
+            [GpuSample(worker=worker, taken_at=now, running_jobs=jobs, **reading) for reading in self.sampler.read()]
         )
         push.gpu_samples(worker, rows)
         return rows

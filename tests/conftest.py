@@ -71,7 +71,7 @@ def other_creative(django_user_model):
 def make_user(username: str, role: str = "creative", team=None):
     from django.contrib.auth import get_user_model
 
-    from lanes.models import Member
+    from accounts.models import Member
 
     user = get_user_model().objects.create_user(username, password=f"{username}-password-1")
     Member.objects.create(user=user, role=role, team=team)
@@ -132,3 +132,10 @@ def wait_for_job(job_id: int, states=Job.TERMINAL, timeout: float = 60.0) -> Job
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {Job.objects.get(pk=job_id).state} after {timeout}s")
+
+
+def session_headers(client, user) -> list[tuple[bytes, bytes]]:
+    """The headers of a signed-in browser's websocket handshake."""
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    return [(b"origin", b"http://localhost"), (b"cookie", cookie.encode())]

@@ -7,8 +7,11 @@ from django.conf import settings
 from django.shortcuts import resolve_url
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from accounts.models import Team
+from experiments import definition as definitions
+from experiments import runner
 from lanes.actions import submit_brief
-from lanes.models import Artifact, Job, Lane, ModelVersion, Team, Verification, Worker
+from lanes.models import Artifact, Job, Lane, ModelVersion, Verification, Worker
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -82,11 +85,10 @@ def world(demo_lanes, media_root):
         "ops": make_user("olive", "ops"),
         "admin": make_user("ada", "admin", team),
     }
-    from lanes import experiments
 
-    experiment = experiments.create(
+    experiment = runner.create(
         users["admin"],
-        experiments.parse(
+        definitions.parse(
             "name: matrix\nprompts: [p]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
         ),
     )

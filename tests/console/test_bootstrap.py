@@ -5,7 +5,9 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from lanes.models import Lane, ModelVersion, Role, role_of, team_of
+from accounts.access import role_of, team_of
+from accounts.models import Role
+from lanes.models import Lane, ModelVersion
 
 pytestmark = pytest.mark.django_db
 

@@ -6,8 +6,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from lanes import experiments
-from lanes.models import Experiment, Job, Lane, ModelVersion, Team
+from accounts.models import Team
+from experiments import definition as definitions
+from experiments import results, runner
+from experiments.models import Experiment
+from lanes.models import Job, Lane, ModelVersion
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +39,7 @@ def admin(team):
 
 def finish(experiment, run_s):
     """Mark the experiment's jobs done with known figures, as a worker would, until every cell has one."""
-    while experiments.pump(experiment.pk):
+    while runner.pump(experiment.pk):
         waiting = Job.objects.filter(experiment_cell__experiment=experiment).exclude(state=Job.State.SUCCEEDED)
         for job in waiting.select_related("experiment_cell__arm"):
             arm = job.experiment_cell.arm.name
@@ -73,7 +76,7 @@ def test_a_malformed_definition_is_answered_with_line_numbers_and_starts_nothing
 
 
 def test_results_show_the_grid_summary_and_plain_comparisons(client, admin, demo_lanes):
-    experiment = experiments.create(admin, experiments.parse(DEFINITION))
+    experiment = runner.create(admin, definitions.parse(DEFINITION))
     finish(experiment, {"a": 1.0, "b": 0.5})
     client.force_login(admin)
     page = client.get(reverse("experiment-detail", args=["views"]))
@@ -86,10 +89,10 @@ def test_results_show_the_grid_summary_and_plain_comparisons(client, admin, demo
 
 
 def test_csv_and_json_exports_parse_back_to_the_same_numbers(client, admin, demo_lanes):
-    experiment = experiments.create(admin, experiments.parse(DEFINITION))
+    experiment = runner.create(admin, definitions.parse(DEFINITION))
     finish(experiment, {"a": 1.0, "b": 0.5})
     client.force_login(admin)
-    rows = experiments.cell_results(experiment)
+    rows = results.cell_results(experiment)
     as_csv = list(csv.DictReader(io.StringIO(client.get(reverse("experiment-export", args=["views", "csv"])).text)))
     as_json = json.loads(client.get(reverse("experiment-export", args=["views", "json"])).content)["cells"]
     assert len(as_csv) == len(as_json) == len(rows) == 12
@@ -101,7 +104,7 @@ def test_csv_and_json_exports_parse_back_to_the_same_numbers(client, admin, demo
 
 
 def test_creatives_view_their_teams_experiments_and_only_admins_run_them(client, admin, team, demo_lanes):
-    experiments.create(admin, experiments.parse(DEFINITION))
+    runner.create(admin, definitions.parse(DEFINITION))
     teammate, outsider = make_user("casey", team=team), make_user("sam")
     client.force_login(teammate)
     assert client.get(reverse("experiment-detail", args=["views"])).status_code == 200
@@ -117,7 +120,7 @@ def test_creatives_view_their_teams_experiments_and_only_admins_run_them(client,
 def test_an_admin_canaries_the_winning_arms_version_from_the_results(client, admin, demo_lanes):
     v2 = ModelVersion.objects.create(name="winner", location="demo-tiny-sd", status="validated")
     text = DEFINITION.replace("steps: 2", "version: winner")
-    experiments.create(admin, experiments.parse(text))
+    runner.create(admin, definitions.parse(text))
     client.force_login(admin)
     response = client.post(
         reverse("experiment-canary", args=["views"]), {"arm": "b", "lane": "fast-draft", "percent": 25}
@@ -133,7 +136,7 @@ def test_an_admin_canaries_the_winning_arms_version_from_the_results(client, adm
 
 def test_pause_resume_and_cancel_from_the_page(client, admin, demo_lanes, settings):
     settings.ADMISSION_CONTROL = False
-    experiments.create(admin, experiments.parse(DEFINITION))
+    runner.create(admin, definitions.parse(DEFINITION))
     client.force_login(admin)
     url = lambda action: reverse("experiment-control", args=["views", action])  # noqa: E731
     state = lambda: Experiment.objects.get(name="views").state  # noqa: E731
@@ -143,7 +146,7 @@ def test_pause_resume_and_cancel_from_the_page(client, admin, demo_lanes, settin
     assert "views is paused: cannot pause it." in page.text
     client.post(url("resume"))
     assert state() == "running"
-    experiments.pump(Experiment.objects.get(name="views").pk)
+    runner.pump(Experiment.objects.get(name="views").pk)
     page = client.post(url("cancel"), follow=True)
     assert state() == "cancelled" and "views cancelled, and 8 waiting jobs with it." in page.text
     assert "cannot cancel it" in client.post(url("cancel"), follow=True).text

@@ -3,7 +3,7 @@ from django.urls import reverse
 
 from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Verification
-from tests.typeset import render
+from lanes.typeset import render
 
 SCORES = {"scores": [{"expected": "OPEN", "read": "OPFN", "similarity": 0.75, "passed": False,
                       "box": [[10, 10], [90, 10], [90, 40], [10, 40]], "edit_distance": 0.25}],

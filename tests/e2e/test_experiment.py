@@ -1,7 +1,8 @@
 import pytest
 from playwright.sync_api import expect
 
-from lanes.models import Experiment, Job
+from experiments.models import Experiment
+from lanes.models import Job
 from tests.conftest import make_user, running_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,9 +4,9 @@ import pytest
 
 from lanes import control
 from lanes.actions import submit_brief
-from lanes.engines import engines
+from lanes.changes import ConflictError, ControlError
+from lanes.engines import engine_cache
 from lanes.models import AuditEvent, Job, Lane, Worker
-from lanes.rollout import ConflictError, ControlError
 from tests.conftest import make_user, running_worker, wait_for_job
 
 pytestmark = pytest.mark.django_db
@@ -110,14 +110,14 @@ def test_a_worker_starts_and_stops_consuming_a_lane_live(demo_lanes, creative, o
 @pytest.mark.django_db(transaction=True)
 def test_reload_drops_cached_pipelines_without_dropping_a_job(demo_lanes, creative, ops, settings):
     settings.ADMISSION_CONTROL = False
-    engines.clear()
+    engine_cache.clear()
     with running_worker():
         first = submit_brief(creative, prompt="loads the pipeline", intent="draft")
         assert wait_for_job(first.pk).state == Job.State.SUCCEEDED
-        assert engines.loaded()
+        assert engine_cache.loaded()
         replies = control.reload_workers(ops)
         assert replies and "dropped 1 idle pipelines" in replies[0]
-        assert engines.loaded() == []
+        assert engine_cache.loaded() == []
         second = submit_brief(creative, prompt="loads it again", intent="draft")
         assert wait_for_job(second.pk).state == Job.State.SUCCEEDED
     assert AuditEvent.objects.get(action="workers.reload").actor == ops
@@ -125,11 +125,11 @@ def test_reload_drops_cached_pipelines_without_dropping_a_job(demo_lanes, creati
 
 def test_a_pipeline_in_use_during_a_reload_goes_when_its_job_ends(demo_lanes):
     version = lane("fast-draft").active_version
-    engines.clear()
-    with engines.use(version, width=64, height=64):
-        assert engines.reload() == (0, 1)
-        assert engines.retiring() == 1 and engines.loaded() == []
-    assert engines.retiring() == 0
+    engine_cache.clear()
+    with engine_cache.use(version, width=64, height=64):
+        assert engine_cache.reload() == (0, 1)
+        assert engine_cache.retiring() == 1 and engine_cache.loaded() == []
+    assert engine_cache.retiring() == 0
 
 
 def test_audit_events_are_append_only(demo_lanes, ops):

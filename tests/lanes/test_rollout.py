@@ -6,20 +6,12 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from lanes import rollout
+from lanes import canary as canary_judge
+from lanes import registry, rollout
 from lanes.actions import submit_brief
+from lanes.changes import ConflictError, ControlError
 from lanes.demo import DEMO_CHECKPOINT
-from lanes.models import (
-    Artifact,
-    AuditEvent,
-    Job,
-    Lane,
-    LaneRelease,
-    ModelVersion,
-    Verification,
-    hash_checkpoint,
-)
-from lanes.rollout import ConflictError, ControlError
+from lanes.models import Artifact, AuditEvent, Job, Lane, LaneRelease, ModelVersion, Verification, hash_checkpoint
 from tests.conftest import make_user, running_worker, wait_for_job
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +51,7 @@ def lane(name="fast-draft") -> Lane:
 @pytest.mark.django_db(transaction=True)
 def test_a_good_checkpoint_is_hashed_then_validated_on_a_worker_with_a_smoke_image(demo_lanes, admin, media_root):
     location = copy_checkpoint("registered-good")
-    version = rollout.register_version(admin, name="registered-good", location=location)
+    version = registry.register_version(admin, name="registered-good", location=location)
     assert version.status == ModelVersion.Status.STAGED
     assert version.content_hash == hash_checkpoint(Path(settings.MODELS_ROOT) / location)
     with running_worker():
@@ -72,7 +64,7 @@ def test_a_good_checkpoint_is_hashed_then_validated_on_a_worker_with_a_smoke_ima
     from PIL import Image
 
     with Image.open(smoke) as image:
-        assert image.size == (rollout.SMOKE_SIZE, rollout.SMOKE_SIZE)
+        assert image.size == (registry.SMOKE_SIZE, registry.SMOKE_SIZE)
     assert AuditEvent.objects.filter(action="version.register", model_version=version, actor=admin).exists()
 
 
@@ -80,8 +72,8 @@ def test_a_corrupt_checkpoint_fails_validation_with_the_loader_error_and_cannot_
     location = copy_checkpoint("registered-corrupt")
     weights = next((Path(settings.MODELS_ROOT) / location / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated mid-tensor
-    version = rollout.register_version(admin, name="registered-corrupt", location=location, validate=False)
-    assert rollout.run_validation(version, "test") is False
+    version = registry.register_version(admin, name="registered-corrupt", location=location, validate=False)
+    assert registry.run_validation(version, "test") is False
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.INVALID
     assert "could not be loaded" in version.validation_error and version.smoke_image == ""
@@ -93,10 +85,10 @@ def test_a_corrupt_checkpoint_fails_validation_with_the_loader_error_and_cannot_
 
 def test_registration_refuses_bad_input_and_stores_nothing(demo_lanes, admin):
     with pytest.raises(ControlError) as exc:
-        rollout.register_version(admin, name="bad name!", location="../etc")
+        registry.register_version(admin, name="bad name!", location="../etc")
     assert set(exc.value.errors) == {"name", "location"}
     with pytest.raises(ControlError) as exc:
-        rollout.register_version(admin, name="demo-tiny-sd-v1", location=DEMO_CHECKPOINT)
+        registry.register_version(admin, name="demo-tiny-sd-v1", location=DEMO_CHECKPOINT)
     assert "already registered" in exc.value.errors["name"]
     assert ModelVersion.objects.count() == 2  # the demo versions only
     assert not AuditEvent.objects.filter(action="version.register").exists()
@@ -104,9 +96,9 @@ def test_registration_refuses_bad_input_and_stores_nothing(demo_lanes, admin):
 
 def test_files_changed_after_registration_fail_validation(demo_lanes, admin):
     location = copy_checkpoint("registered-changed")
-    version = rollout.register_version(admin, name="registered-changed", location=location, validate=False)
+    version = registry.register_version(admin, name="registered-changed", location=location, validate=False)
     (Path(settings.MODELS_ROOT) / location / "extra.txt").write_text("changed")
-    assert rollout.run_validation(version) is False
+    assert registry.run_validation(version) is False
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.INVALID and "changed since registration" in version.validation_error
 
@@ -187,8 +179,8 @@ def test_bad_rollout_requests_get_clear_errors_and_change_nothing(v2, admin):
 
 def test_a_serving_version_cannot_be_retired(v2, admin):
     with pytest.raises(ControlError, match="still serves lane"):
-        rollout.retire_version(lane().active_version, admin)
-    rollout.retire_version(v2, admin)
+        registry.retire_version(lane().active_version, admin)
+    registry.retire_version(v2, admin)
     v2.refresh_from_db()
     assert v2.status == ModelVersion.Status.RETIRED
     with pytest.raises(ControlError, match="retired"):
@@ -198,8 +190,10 @@ def test_a_serving_version_cannot_be_retired(v2, admin):
 # Automatic rollback
 
 
-def finished_jobs(creative, version, n, *, failed=0, run_s=0.5, flagged=None):
-    """n finished jobs on fast-draft pinned to `version`; `flagged` of them verified and flagged."""
+def finished_jobs(creative, version, n, *, failed=0, run_s=0.5, flagged=None, routed=True):
+    """n finished jobs on fast-draft pinned to `version`; `flagged` of them verified and flagged.
+
+    `routed=False`: sent to the lane and version by name, as an experiment's arm sends them."""
     target = lane()
     now = timezone.now()
     jobs = []
@@ -207,7 +201,7 @@ def finished_jobs(creative, version, n, *, failed=0, run_s=0.5, flagged=None):
         job = Job.objects.create(
             owner=creative, prompt="p", intent="draft", lane=target, model_version=version, seed=i, width=64,
             height=64, steps=4, guidance=7.5, state=Job.State.FAILED if i < failed else Job.State.SUCCEEDED,
-            started_at=now - timedelta(seconds=run_s), finished_at=now, run_seconds=run_s,
+            started_at=now - timedelta(seconds=run_s), finished_at=now, run_seconds=run_s, routed=routed,
         )  # fmt: skip
         jobs.append(job)
     if flagged is not None:
@@ -236,7 +230,7 @@ def test_a_regressing_canary_is_rolled_back_by_beat_with_its_numbers(
     Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
     finished_jobs(creative, v2, 20, **canary)
     finished_jobs(creative, v1, 20, **baseline)
-    outcome = rollout.check_canaries()
+    outcome = canary_judge.check_canaries()
     assert outcome["fast-draft"].startswith("rolled back") and reason in outcome["fast-draft"]
     after = lane()
     assert after.canary_version is None and after.active_version == v1 and reason in after.notice
@@ -253,7 +247,7 @@ def test_noise_below_the_minimum_sample_count_does_not_roll_back(v2, creative):
     Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
     finished_jobs(creative, v2, 5, failed=3, run_s=3.0)  # terrible, but only 5 jobs
     finished_jobs(creative, v1, 40)
-    outcome = rollout.check_canaries()
+    outcome = canary_judge.check_canaries()
     assert outcome["fast-draft"].startswith("kept") and "too few finished jobs" in outcome["fast-draft"]
     assert lane().canary_version == v2 and not AuditEvent.objects.filter(action="canary.auto-rollback").exists()
 
@@ -264,7 +258,7 @@ def test_a_canary_within_thresholds_is_kept(v2, creative):
     Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
     finished_jobs(creative, v2, 30, failed=1, run_s=0.55)
     finished_jobs(creative, v1, 30, failed=1, run_s=0.5)
-    assert rollout.check_canaries()["fast-draft"].startswith("kept")
+    assert canary_judge.check_canaries()["fast-draft"].startswith("kept")
     assert lane().canary_version == v2
 
 
@@ -280,15 +274,17 @@ def test_a_job_routed_to_the_canary_runs_on_it_on_a_real_worker(v2, creative):
 
 
 def test_experiment_jobs_pinned_to_the_canary_version_do_not_count_against_it(v2, creative, admin):
-    from lanes.models import Arm, Experiment, ExperimentCell
+    from experiments.models import Arm, Experiment, ExperimentCell
 
     v1 = lane().active_version
     rollout.start_canary(lane(), v2, 50, None)
     Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
     experiment = Experiment.objects.create(name="pinned", created_by=admin, prompts=[{"prompt": "p"}], seeds=[1])
     arm = Arm.objects.create(experiment=experiment, name="b", lane=lane(), model_version=v2)
-    for i, job in enumerate(finished_jobs(creative, v2, 20, failed=20)):  # all failed, but an experiment's
+    for i, job in enumerate(
+        finished_jobs(creative, v2, 20, failed=20, routed=False)
+    ):  # all failed, but an experiment's
         ExperimentCell.objects.create(experiment=experiment, arm=arm, prompt_index=0, sample_index=i, seed=i, job=job)
     finished_jobs(creative, v1, 20)
-    assert "too few finished jobs" in rollout.check_canaries()["fast-draft"]
+    assert "too few finished jobs" in canary_judge.check_canaries()["fast-draft"]
     assert lane().canary_version == v2

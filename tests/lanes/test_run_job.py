@@ -193,7 +193,7 @@ def test_a_budget_too_small_for_two_pipelines_evicts_and_no_job_fails(worker, cr
     with engines.EngineCache(budget_bytes=None).use(other, width=128, height=128) as probe:
         budget = probe.weights_bytes * 3 // 2 + probe.activation_bytes(128, 128)
     cache = engines.EngineCache(budget_bytes=budget)
-    monkeypatch.setattr(engines, "engines", cache)
+    monkeypatch.setattr(engines, "engine_cache", cache)
 
     jobs = []
     for i in range(3):

@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from lanes.typeset import KINDS, labelled_set, render
 from lanes.verification import expected_texts, overlay_text, verify_image
-from tests.typeset import KINDS, labelled_set, render
 
 STRICT = SimpleNamespace(verify_threshold=0.95, verify_case_sensitive=True, verify_ignore_punctuation=False)
 

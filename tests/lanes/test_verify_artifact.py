@@ -3,8 +3,9 @@ import time
 import pytest
 from django.conf import settings
 
-from lanes.actions import start_verification, submit_brief
+from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Lane, Verification
+from lanes.review import start_verification
 from lanes.tasks import verify_artifact
 from tests.conftest import running_worker, wait_for_job
 

@@ -12,7 +12,7 @@ from telemetry.models import GpuSample
 from telemetry.nvml import Sampler
 from telemetry.sampling import SamplingLoop
 from telemetry.tasks import prune_samples
-from tests.telemetry.test_jobs_consumer import session_headers
+from tests.conftest import session_headers
 
 
 def test_without_a_driver_the_sampler_reports_the_worker_process():
@@ -20,8 +20,8 @@ def test_without_a_driver_the_sampler_reports_the_worker_process():
     sampler = Sampler()
     assert not sampler.has_gpu and "NVMLError" in sampler.error
     (reading,) = sampler.read()
-    assert reading.gpu_index is None and reading.name == "CPU"
-    assert reading.memory_used_bytes > 0 and reading.memory_total_bytes > reading.memory_used_bytes
+    assert reading["gpu_index"] is None and reading["name"] == "CPU"
+    assert reading["memory_used_bytes"] > 0 and reading["memory_total_bytes"] > reading["memory_used_bytes"]
 
 
 @pytest.fixture
@@ -49,13 +49,14 @@ def test_with_nvml_it_reads_each_visible_gpu(fake_nvml, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     readings = Sampler().read()
     assert [
-        (r.gpu_index, r.utilization_pct, r.memory_used_bytes >> 30, r.temperature_c, r.power_w) for r in readings
+        (r["gpu_index"], r["utilization_pct"], r["memory_used_bytes"] >> 30, r["temperature_c"], r["power_w"])
+        for r in readings
     ] == [
         (0, 37.0, 12, 40.0, 250.0),
         (1, 91.0, 70, 41.0, 350.0),
     ]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert [r.gpu_index for r in Sampler().read()] == [1]
+    assert [r["gpu_index"] for r in Sampler().read()] == [1]
 
 
 @pytest.mark.django_db(transaction=True)

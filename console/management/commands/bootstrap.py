@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from lanes.models import Member, Role, Team
+from accounts.models import Member, Role, Team
 
 # One demo login per role, all in one team (passwords are printed once, when created).
 DEMO_LOGINS = (("admin", Role.ADMIN), ("ops", Role.OPS), ("casey", Role.CREATIVE))

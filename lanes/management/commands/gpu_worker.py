@@ -1,10 +1,10 @@
 import os
 import socket
 
+from celery import current_app as app
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from console.celery import app
 from lanes.models import Lane
 
 

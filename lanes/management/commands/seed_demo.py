@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand
 
 from lanes.demo import seed_demo_lanes, seed_demo_v2
 from lanes.models import Lane, ModelVersion, Route
-from lanes.rollout import record_smoke, run_validation
+from lanes.registry import record_smoke, run_validation
 
 
 class Command(BaseCommand):

@@ -6,15 +6,15 @@ from django.db.models import Count, Q, Sum
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from telemetry.models import GpuSample
+
+from .models import Job, Lane, Worker
+
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class LanewayCollector(Collector):
     def collect(self):
-        from lanes.models import Job, Lane, Worker
-
-        from .models import GpuSample
-
         lanes = {lane.pk: lane.name for lane in Lane.objects.only("name")}
 
         depth = GaugeMetricFamily("laneway_jobs", "Jobs per lane and state.", labels=["lane", "state"])
@@ -40,9 +40,7 @@ class LanewayCollector(Collector):
         per_lane = (
             Job.objects.values("lane_id")
             .annotate(
-                deferrals=Count(
-                    "id", filter=Q(admission=Job.Admission.DEFERRED) | Q(admission_reason__contains="released after")
-                ),
+                deferrals=Count("id", filter=Q(deferred_at__isnull=False)),
                 rejections=Count("id", filter=Q(admission=Job.Admission.REJECTED)),
                 ooms=Sum("oom_count"),
             )

@@ -1,4 +1,5 @@
-"""A labelled set of poster images rendered with PIL in a real TTF font, for verification tests and bench/verify.py.
+"""A labelled set of poster images rendered with PIL in a real TTF font: the calibration set of the
+typography verifier, used by its tests and bench/verify.py.
 
 Each case renders some text on a plain background and says whether the verifier should
 flag it against the expected text (lane policy: case-sensitive, punctuation strict).

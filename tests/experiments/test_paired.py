@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lanes.comparison import MIN_PAIRS, compare_distances, compare_pass_rates, compare_times
+from experiments.paired import MIN_PAIRS, compare_distances, compare_pass_rates, compare_times
 
 
 def test_a_clear_speed_difference_is_reported_with_its_interval():

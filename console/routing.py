@@ -1,6 +1,7 @@
 from django.urls import path
 
-from .consumers import JobsConsumer, TelemetryConsumer
+from lanes.consumers import JobsConsumer
+from telemetry.consumers import TelemetryConsumer
 
 websocket_urlpatterns = [
     path("ws/jobs/", JobsConsumer.as_asgi()),

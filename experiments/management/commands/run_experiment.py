@@ -5,8 +5,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from lanes import experiments
-from lanes.models import Experiment, Job
+from experiments import definition as definitions
+from experiments import results, runner
+from experiments.models import Experiment
+from lanes.models import Job
 
 
 class Command(BaseCommand):
@@ -34,12 +36,12 @@ class Command(BaseCommand):
         owner = users.filter(username=user).first() if user else users.order_by("pk").first()
         if owner is None:
             raise CommandError(f"No admin named {user!r}." if user else "No admin user: run `manage.py bootstrap`.")
-        extra = experiments.parse_prompt_lines(self._read(prompts)) if prompts else []
+        extra = definitions.parse_prompt_lines(self._read(prompts)) if prompts else []
         try:
-            definition = experiments.parse(self._read(file), extra)
-        except experiments.ExperimentError as exc:
+            definition = definitions.parse(self._read(file), extra)
+        except definitions.ExperimentError as exc:
             raise CommandError(f"{file}: nothing was started:\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
-        experiment = experiments.create(owner, definition)
+        experiment = runner.create(owner, definition)
         self.stdout.write(f"Experiment {experiment.name}: {definition.job_count} jobs as background work.")
         if no_wait:
             return
@@ -59,7 +61,7 @@ class Command(BaseCommand):
 
     def report(self, experiment, baseline) -> None:
         experiment.refresh_from_db()
-        rows = experiments.cell_results(experiment)
+        rows = results.cell_results(experiment)
         names = list(experiment.arms.values_list("name", flat=True))
         baseline = baseline if baseline in names else names[0]
         self.stdout.write(f"\n{experiment.name}: {experiment.state}")
@@ -71,7 +73,7 @@ class Command(BaseCommand):
         def fmt(value, spec: str) -> str:
             return "–" if value is None else format(value, spec)
 
-        for s in experiments.summarize(rows, names):
+        for s in results.summarize(rows, names):
             peak = s.peak_memory_bytes / 2**20 if s.peak_memory_bytes else None
             self.stdout.write(
                 f"{s.arm:<16}{f'{s.succeeded}/{s.jobs}':>8}{fmt(s.run_p50, '.3f'):>9}{fmt(s.run_p95, '.3f'):>9}"
@@ -82,5 +84,5 @@ class Command(BaseCommand):
             if arm == baseline:
                 continue
             self.stdout.write(f"\n{arm} vs {baseline}:")
-            for result in experiments.compare(rows, baseline, arm):
+            for result in results.compare(rows, baseline, arm):
                 self.stdout.write(f"  {result.sentence}")

@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from lanes.metrics import lane_stats
 from lanes.models import Artifact, Job, Lane, Verification
+from lanes.stats import lane_stats
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def constructed(creative, demo_lanes, settings):
                     started_at=now - timedelta(hours=2), finished_at=now - timedelta(hours=2)))  # fmt: skip
     Job.objects.bulk_create(rows)
     three = list(Job.objects.filter(prompt="p", state="failed").values_list("id", flat=True)[:3])
-    Job.objects.filter(id__in=three).update(admission="deferred")
+    Job.objects.filter(id__in=three).update(admission="deferred", deferred_at=now - timedelta(seconds=30))
     job = Job.objects.filter(state="succeeded").first()
     artifact = Artifact.objects.create(job=job, path="x.png", width=1, height=1, sha256="x", size_bytes=1)
     for status in ["passed"] * 3 + ["flagged"]:

@@ -3,7 +3,8 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from lanes.models import Experiment, Job
+from experiments.models import Experiment
+from lanes.models import Job
 from tests.conftest import make_user, running_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

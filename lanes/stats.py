@@ -185,7 +185,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             s.queue_s = {q: _seconds(row[f"queue_p{q}"]) for q in PERCENTILES}
             s.run_s = {q: _seconds(row[f"run_p{q}"]) for q in PERCENTILES}
 
-    deferred = Q(admission=Job.Admission.DEFERRED) | Q(admission_reason__contains="released after")
+    deferred = Q(deferred_at__isnull=False)
     for row in (
         Job.objects.filter(submitted_at__gte=since).filter(deferred).values(*GROUP).annotate(n=Count("id")).order_by()
     ):

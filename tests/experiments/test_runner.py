@@ -2,10 +2,12 @@ import time
 
 import pytest
 
-from lanes import experiments
+from experiments import definition as definitions
+from experiments import results, runner
+from experiments.definition import ExperimentError
+from experiments.models import Experiment, ExperimentCell
 from lanes.actions import submit_brief
-from lanes.experiments import ExperimentError
-from lanes.models import Experiment, ExperimentCell, Job, Lane, ModelVersion, Priority
+from lanes.models import Job, Lane, ModelVersion, Priority
 from tests.conftest import make_user, running_worker
 
 pytestmark = pytest.mark.django_db
@@ -31,7 +33,7 @@ def admin(db):
 
 def errors_of(text: str, **kwargs) -> list[str]:
     with pytest.raises(ExperimentError) as exc:
-        experiments.parse(text, **kwargs)
+        definitions.parse(text, **kwargs)
     return exc.value.errors
 
 
@@ -58,12 +60,12 @@ def test_bad_definitions_get_every_error_with_line_numbers_and_start_nothing(dem
 
 
 def test_a_duplicate_experiment_name_is_refused(demo_lanes, admin):
-    experiments.create(admin, experiments.parse(TWO_ARMS))
+    runner.create(admin, definitions.parse(TWO_ARMS))
     assert errors_of(TWO_ARMS) == ["line 1: an experiment named 'posters' already exists"]
 
 
 def test_pasted_prompt_lines_carry_their_expected_text():
-    assert experiments.parse_prompt_lines("# header\nA sale poster || SALE\n\nA plain one\n") == [
+    assert definitions.parse_prompt_lines("# header\nA sale poster || SALE\n\nA plain one\n") == [
         {"prompt": "A sale poster", "expected_text": "SALE"},
         {"prompt": "A plain one", "expected_text": ""},
     ]
@@ -73,23 +75,23 @@ def test_pasted_prompt_lines_carry_their_expected_text():
 def test_two_arms_three_prompts_two_seeds_fill_every_cell_reproducibly_on_a_real_worker(demo_lanes, admin, settings):
     settings.EXPERIMENT_MAX_OUTSTANDING = 4  # smaller than the experiment, so the pump feeds it
     with running_worker():
-        first = experiments.create(admin, experiments.parse(TWO_ARMS))
-        again = experiments.create(admin, experiments.parse(TWO_ARMS.replace("posters", "posters-again")))
+        first = runner.create(admin, definitions.parse(TWO_ARMS))
+        again = runner.create(admin, definitions.parse(TWO_ARMS.replace("posters", "posters-again")))
         deadline = time.monotonic() + 120
         while Experiment.objects.filter(state=Experiment.State.RUNNING).exists():
             assert time.monotonic() < deadline, "experiments did not finish"
             time.sleep(0.2)
-    rows = experiments.cell_results(first)
+    rows = results.cell_results(first)
     assert len(rows) == 12 and all(r.state == "succeeded" and r.image_sha256 for r in rows)
     jobs = Job.objects.filter(experiment_cell__experiment=first)
     assert {j.priority for j in jobs} == {Priority.BACKGROUND} and {j.seed for j in jobs} == {100, 101}
     assert {(j.steps, j.experiment_cell.arm.name) for j in jobs} == {(4, "current"), (2, "fewer-steps")}
     # The same arm, prompt and seed render the same image the second time.
-    rerun = {(r.arm, r.prompt_index, r.seed): r.image_sha256 for r in experiments.cell_results(again)}
+    rerun = {(r.arm, r.prompt_index, r.seed): r.image_sha256 for r in results.cell_results(again)}
     assert {(r.arm, r.prompt_index, r.seed): r.image_sha256 for r in rows} == rerun
     # Different arms do differ.
     assert rows[0].image_sha256 != rows[1].image_sha256
-    summary = {s.arm: s for s in experiments.summarize(rows, ["current", "fewer-steps"])}
+    summary = {s.arm: s for s in results.summarize(rows, ["current", "fewer-steps"])}
     current = sorted(j.run_seconds for j in jobs if j.experiment_cell.arm.name == "current")
     assert summary["current"].jobs == summary["current"].succeeded == 6
     assert summary["current"].run_p50 == current[2] and summary["current"].run_p95 == current[5]
@@ -103,8 +105,8 @@ def test_experiment_jobs_are_background_work_deferred_under_saturation(demo_lane
     Lane.objects.filter(name="fast-draft").update(defer_depth=1, hard_cap=10)
     busy = submit_brief(creative, prompt="production", intent="draft")  # fills the lane (no worker runs)
     assert busy.state == Job.State.QUEUED
-    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
-    experiments.pump(experiment.pk)  # on_commit does not fire inside a test transaction
+    experiment = runner.create(admin, definitions.parse(TWO_ARMS))
+    runner.pump(experiment.pk)  # on_commit does not fire inside a test transaction
     jobs = list(Job.objects.filter(experiment_cell__experiment=experiment))
     assert jobs and all(j.priority == Priority.BACKGROUND and j.state == Job.State.DEFERRED for j in jobs)
     assert all("background work waits" in j.admission_reason for j in jobs)
@@ -113,21 +115,21 @@ def test_experiment_jobs_are_background_work_deferred_under_saturation(demo_lane
 def test_pause_resume_and_cancel(demo_lanes, admin, settings):
     settings.ADMISSION_CONTROL = False
     settings.EXPERIMENT_MAX_OUTSTANDING = 3
-    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
-    assert experiments.pump(experiment.pk) == 3
-    assert experiments.pause(experiment) and experiments.pump(experiment.pk) == 0
-    assert experiments.resume(experiment) and not experiments.resume(experiment)
+    experiment = runner.create(admin, definitions.parse(TWO_ARMS))
+    assert runner.pump(experiment.pk) == 3
+    assert runner.pause(experiment) and runner.pump(experiment.pk) == 0
+    assert runner.resume(experiment) and not runner.resume(experiment)
     Job.objects.filter(experiment_cell__experiment=experiment).update(state=Job.State.SUCCEEDED)
-    assert experiments.pump(experiment.pk) == 3
-    assert experiments.cancel(experiment) == 3  # the three queued ones
+    assert runner.pump(experiment.pk) == 3
+    assert runner.cancel(experiment) == 3  # the three queued ones
     assert Experiment.objects.get(pk=experiment.pk).state == Experiment.State.CANCELLED
-    assert experiments.pump(experiment.pk) == 0
+    assert runner.pump(experiment.pk) == 0
     assert ExperimentCell.objects.filter(experiment=experiment, job__isnull=True).count() == 6
 
 
 def test_an_arm_may_name_a_version_alone_and_runs_on_the_lane_it_serves(demo_lanes):
     Lane.objects.exclude(name="final-render").update(enabled=False)
-    definition = experiments.parse(
+    definition = definitions.parse(
         "name: v\nprompts: [p]\narms:\n  - {name: a, version: demo-tiny-sd-v1}\n  - {name: b, lane: final-render}\n"
     )
     assert [(arm.lane.name, arm.version.name) for arm in definition.arms] == [
@@ -144,12 +146,12 @@ def test_an_experiment_whose_lane_closes_stops_with_the_reason_and_is_audited(de
 
     settings.ADMISSION_CONTROL = False
     settings.EXPERIMENT_MAX_OUTSTANDING = 2
-    experiment = experiments.create(admin, experiments.parse(TWO_ARMS))
-    assert experiments.pump(experiment.pk) == 2
+    experiment = runner.create(admin, definitions.parse(TWO_ARMS))
+    assert runner.pump(experiment.pk) == 2
     # fast-draft and the whole chain behind it close: the next cells cannot be submitted.
     Lane.objects.filter(name__in=["fast-draft", "fallback"]).update(enabled=False)
     Job.objects.filter(experiment_cell__experiment=experiment).update(state=Job.State.SUCCEEDED)
-    assert experiments.pump(experiment.pk) == 0
+    assert runner.pump(experiment.pk) == 0
     experiment.refresh_from_db()
     assert experiment.state == Experiment.State.CANCELLED
     assert experiment.stopped_reason.startswith("arm current can no longer run: intent: Lane 'fast-draft' is disabled")

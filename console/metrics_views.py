@@ -5,9 +5,9 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from lanes.models import Role, has_role
-
-from .metrics import LanewayCollector
+from accounts.access import has_role
+from accounts.models import Role
+from lanes.prometheus import LanewayCollector
 
 
 def _authorized(request) -> bool:

@@ -1,5 +1,6 @@
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from lanes.models import Job, Lane
@@ -14,7 +15,7 @@ def jobs(creative, demo_lanes):
     for run in (0.04, 0.2, 0.3, 3.0):
         Job.objects.create(state="succeeded", run_seconds=run, **common)
     Job.objects.create(state="queued", **common)
-    Job.objects.create(state="deferred", admission="deferred", **common)
+    Job.objects.create(state="deferred", admission="deferred", deferred_at=timezone.now(), **common)
     Job.objects.create(state="failed", oom_count=2, **common)
     GpuSample.objects.create(
         worker="gpu-host:1", gpu_index=0, utilization_pct=88, memory_used_bytes=5, memory_total_bytes=9

@@ -7,15 +7,9 @@ from channels.testing import WebsocketCommunicator
 from console.asgi import application
 from lanes.actions import submit_brief
 from lanes.models import Job
-from tests.conftest import wait_for_job
+from tests.conftest import session_headers, wait_for_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def session_headers(client, user) -> list[tuple[bytes, bytes]]:
-    client.force_login(user)
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
-    return [(b"origin", b"http://localhost"), (b"cookie", cookie.encode())]
 
 
 async def receive_until(communicator, predicate, timeout: float = 30.0) -> list[dict]:
@@ -121,7 +115,7 @@ def test_an_idle_socket_outlives_the_channel_layers_blocking_read(client, creati
 
 
 def test_teammates_get_a_teams_job_events_and_another_team_gets_none(worker, client):
-    from lanes.models import Team
+    from accounts.models import Team
     from telemetry import push
     from tests.conftest import make_user
 

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+from lanes.signals import job_finished
+
+
+class ExperimentsConfig(AppConfig):
+    name = "experiments"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Imported here, once the app registry is ready: the runner uses models.
+        from .runner import on_job_finished
+
+        # A finished job of an experiment makes room for its next cell; lanes never imports experiments.
+        job_finished.connect(on_job_finished, dispatch_uid="experiments.on_job_finished")

@@ -1,0 +1,149 @@
+"""An experiment's results: one row per cell, a summary per arm, and the paired comparisons."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from lanes.models import Job, Verification
+from lanes.stats import nearest_rank, price_per_hour
+
+from .models import Experiment, ExperimentCell
+from .paired import compare_distances, compare_pass_rates, compare_times
+
+
+@dataclass
+class CellResult:
+    arm: str
+    prompt_index: int
+    sample_index: int
+    seed: int
+    job_id: int | None
+    state: str
+    queue_s: float | None
+    run_s: float | None
+    gpu_s: float | None
+    cost: float | None
+    peak_memory_bytes: int | None
+    verdict: str
+    score: float | None
+    edit_distance: float | None
+    image_sha256: str
+
+    @property
+    def passed(self) -> bool | None:
+        return {"passed": True, "flagged": False}.get(self.verdict)
+
+
+def cell_results(experiment: Experiment) -> list[CellResult]:
+    """One row per cell, read in a fixed number of queries."""
+    cells = list(
+        ExperimentCell.objects.filter(experiment=experiment)
+        .select_related("arm", "job")
+        .prefetch_related("job__artifacts")
+        .order_by("prompt_index", "sample_index", "arm__position")
+    )
+    verifications: dict[int, Verification] = {}
+    job_ids = [c.job_id for c in cells if c.job_id]
+    for v in Verification.objects.filter(job_id__in=job_ids, source__isnull=True).order_by("created_at"):
+        verifications.setdefault(v.job_id, v)
+    rows = []
+    for cell in cells:
+        job = cell.job
+        verification = verifications.get(cell.job_id) if job else None
+        scores = (verification.details or {}).get("scores", []) if verification else []
+        similarity = statistics.fmean(s["similarity"] for s in scores) if scores else None
+        final = job.final_artifact() if job else None
+        rows.append(
+            CellResult(
+                arm=cell.arm.name,
+                prompt_index=cell.prompt_index,
+                sample_index=cell.sample_index,
+                seed=cell.seed,
+                job_id=cell.job_id,
+                state=job.state if job else "pending",
+                queue_s=job.queue_seconds if job else None,
+                run_s=job.run_seconds if job else None,
+                gpu_s=job.gpu_seconds if job else None,
+                cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600
+                if job and job.gpu_seconds is not None
+                else None,
+                peak_memory_bytes=job.peak_memory_bytes if job else None,
+                verdict=verification.status if verification else "",
+                score=round(similarity, 4) if similarity is not None else None,
+                edit_distance=round(1 - similarity, 4) if similarity is not None else None,
+                image_sha256=final.sha256 if final else "",
+            )
+        )
+    return rows
+
+
+@dataclass
+class ArmSummary:
+    arm: str
+    jobs: int
+    succeeded: int
+    failed: int
+    run_p50: float | None
+    run_p95: float | None
+    gpu_s_per_image: float | None
+    cost_per_image: float | None
+    peak_memory_bytes: int | None
+    judged: int
+    pass_rate: float | None
+    mean_edit_distance: float | None
+
+
+def summarize(rows: list[CellResult], arm_names: list[str]) -> list[ArmSummary]:
+    summaries = []
+    for name in arm_names:
+        mine = [r for r in rows if r.arm == name]
+        done = [r for r in mine if r.state == Job.State.SUCCEEDED]
+        runs = [r.run_s for r in done if r.run_s is not None]
+        judged = [r for r in mine if r.passed is not None]
+        distances = [r.edit_distance for r in judged if r.edit_distance is not None]
+        gpu = [r.gpu_s for r in done if r.gpu_s is not None]
+        cost = [r.cost for r in done if r.cost is not None]
+        peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
+        summaries.append(
+            ArmSummary(
+                arm=name,
+                jobs=len(mine),
+                succeeded=len(done),
+                failed=sum(1 for r in mine if r.state == Job.State.FAILED),
+                run_p50=nearest_rank(runs, 50),
+                run_p95=nearest_rank(runs, 95),
+                gpu_s_per_image=sum(gpu) / len(done) if done and gpu else None,
+                cost_per_image=sum(cost) / len(done) if done and cost else None,
+                peak_memory_bytes=max(peaks) if peaks else None,
+                judged=len(judged),
+                pass_rate=sum(1 for r in judged if r.passed) / len(judged) if judged else None,
+                mean_edit_distance=statistics.fmean(distances) if distances else None,
+            )
+        )
+    return summaries
+
+
+def pairs(rows: list[CellResult], baseline: str, arm: str, value) -> list[tuple]:
+    """(baseline value, arm value) for each prompt × seed both arms have a value for."""
+    by_key: dict[tuple, dict[str, CellResult]] = {}
+    for r in rows:
+        by_key.setdefault((r.prompt_index, r.sample_index), {})[r.arm] = r
+    out = []
+    for key in sorted(by_key):
+        both = by_key[key]
+        if baseline in both and arm in both:
+            a, b = value(both[baseline]), value(both[arm])
+            if a is not None and b is not None:
+                out.append((a, b))
+    return out
+
+
+def compare(rows: list[CellResult], baseline: str, arm: str) -> list:
+    """The paired comparisons of one arm against the baseline: run time, GPU-seconds, pass rate, edit distance."""
+    return [
+        compare_times(pairs(rows, baseline, arm, lambda r: r.run_s), arm, baseline),
+        compare_times(pairs(rows, baseline, arm, lambda r: r.gpu_s), arm, baseline, "GPU-seconds"),
+        compare_pass_rates(pairs(rows, baseline, arm, lambda r: r.passed), arm, baseline),
+        compare_distances(pairs(rows, baseline, arm, lambda r: r.edit_distance), arm, baseline),
+    ]

@@ -1,0 +1,52 @@
+"""Changing a lane: the one way control, rollout and policy make a change.
+
+Each change runs in a transaction holding the lane's row lock (`locked_lane`), against the
+revision of the lane the user saw: a change made from a stale page is refused with a
+ConflictError that names the change that came first. `save_lane` bumps the revision, and
+the caller writes its AuditEvent in the same transaction, so a change and its audit row
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Model
+
+from .models import AuditEvent, Lane
+
+
+class ControlError(Exception):
+    """A control action that cannot be applied; nothing was changed. `errors` maps form fields to messages."""
+
+    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+class ConflictError(ControlError):
+    """The lane changed since the user loaded it."""
+
+
+def locked_lane(lane: Lane, expected_revision: int | None) -> Lane:
+    """The lane, locked for this transaction, refusing a change made against an old revision."""
+    fresh = (
+        Lane.objects.select_for_update(of=("self",)).select_related("active_version", "canary_version").get(pk=lane.pk)
+    )
+    if expected_revision is not None and fresh.revision != expected_revision:
+        last = AuditEvent.objects.filter(lane=fresh).first()
+        who = f" by {last.actor_name} ({last.action}, {last.at:%H:%M:%S})" if last else ""
+        raise ConflictError(
+            f"Lane {fresh.name} was changed{who} after you loaded it (revision {fresh.revision}, "
+            f"yours {expected_revision}). Nothing was applied: reload and try again."
+        )
+    return fresh
+
+
+def save_lane(lane: Lane, fields: list[str] | None = None) -> None:
+    """Save the change (only `fields`, or a whole new or replaced lane) as the lane's next revision."""
+    lane.revision += 1
+    lane.save(update_fields=None if fields is None else [*fields, "revision"])
+
+
+def acting_user(by) -> Model | None:
+    """The user to record as the actor: None for an automatic action (or an anonymous caller)."""
+    return by if by is not None and by.is_authenticated else None

@@ -1,0 +1,111 @@
+"""Sending work to the workers. Every task of the job pipeline is sent from here, by name.
+
+Tasks are sent only for committed rows (callers use transaction.on_commit) and carry ids.
+Sending twice is safe: a worker claims its row with a conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from telemetry import push
+
+from .admission import pressure
+from .models import Job, Lane, ModelVersion, Priority, Worker
+
+log = logging.getLogger(__name__)
+
+# Celery priorities on the Redis transport: lower runs first.
+BROKER_PRIORITY = {Priority.CRITICAL: 0, Priority.STANDARD: 3, Priority.BACKGROUND: 6}
+
+
+def broker_priority(priority: str) -> int | None:
+    return BROKER_PRIORITY[Priority(priority)] if settings.ADMISSION_CONTROL else None
+
+
+def dispatch(job: Job) -> None:
+    """Send a committed job to its lane's queue."""
+    current_app.send_task(
+        "lanes.tasks.run_job", args=(job.pk,), queue=job.lane.queue, priority=broker_priority(job.priority)
+    )
+    job.mark_dispatched()
+
+
+def queue_refine(job: Job) -> None:
+    """Send a cascade's drafted job to its lane's refine queue."""
+    current_app.send_task(
+        "lanes.tasks.refine_job", args=(job.pk,), queue=job.lane.refine_queue, priority=broker_priority(job.priority)
+    )
+
+
+def queue_verification(verification_id: int) -> None:
+    current_app.send_task("lanes.tasks.verify_artifact", args=(verification_id,), queue=settings.VERIFY_QUEUE)
+
+
+def validate_version(version: ModelVersion) -> None:
+    current_app.send_task("lanes.tasks.validate_version", args=(version.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
+    """Release deferred jobs oldest-first into the lane's free slots; returns the jobs released.
+
+    Runs after every job, so the common case (nothing deferred) is a single query.
+    """
+    waiting = list(
+        Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
+        .select_related("lane")
+        .order_by("submitted_at", "pk")[:limit]
+    )
+    if not waiting:
+        return []
+    load = pressure(lane)
+    # Pressure has dropped when a slot is free, not merely below the defer threshold:
+    # released work must not queue up in front of critical briefs still arriving.
+    room = min(load.capacity, lane.defer_depth) - load.depth
+    released: list[Job] = []
+    for job in waiting[: max(0, room)]:
+        # Conditional: a concurrent releaser (beat, another worker) may have taken it.
+        if job.release():
+            transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
+            released.append(job)
+    return released
+
+
+def release_all_deferred() -> int:
+    """Release deferred work, oldest first, on every lane with room."""
+    lanes = Lane.objects.filter(jobs__state=Job.State.DEFERRED).distinct()
+    return sum(len(release_deferred(lane)) for lane in lanes)
+
+
+def reconcile() -> dict[str, int]:
+    """Requeue jobs whose worker is gone, and re-send queued jobs nobody picked up.
+
+    Both are safe because workers claim jobs with a conditional UPDATE: a duplicate
+    message finds the job no longer queued and does nothing.
+    """
+    now = timezone.now()
+    window = timedelta(seconds=settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS)
+    requeued = failed = redispatched = 0
+    lost = Job.objects.running_on_lost_workers(now).filter(started_at__lt=now - window).select_related("lane")
+    for job in lost:
+        worker = job.worker
+        if not job.requeue_from(worker):
+            continue
+        log.warning("job %s: worker %s lost, now %s", job.pk, worker, job.state)
+        if job.state == Job.State.QUEUED:
+            requeued += 1
+            dispatch(job)
+        else:
+            failed += 1
+        push.job_state(job)
+    for job in Job.objects.stuck_queued(now).select_related("lane")[:500]:
+        redispatched += 1
+        dispatch(job)
+    Worker.objects.filter(stopped_at__isnull=True, last_seen__lt=now - window).update(stopped_at=now)
+    return {"requeued": requeued, "failed": failed, "redispatched": redispatched}

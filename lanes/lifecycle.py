@@ -1,0 +1,309 @@
+"""A job's run on a worker, from its claim to its stored image.
+
+`run_job` claims a queued job (a conditional UPDATE, so a duplicate message does nothing),
+waits for a slot of its lane on this GPU, renders under the memory budget, and stores the
+image with the job's transition in one transaction. A cascade stores its draft and queues
+the refine stage, which `refine_job` runs batched with other waiting jobs. An out-of-memory
+error moves the job to its lane's fallback once, or splits a refine batch once.
+Afterwards deferred work is released, and the finish is announced (lanes.signals).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from PIL import Image
+
+from telemetry import push
+
+from . import artifacts, engines
+from .batching import refine_batcher
+from .dispatch import dispatch, queue_refine, release_deferred
+from .heartbeat import worker_ident
+from .models import Artifact, CheckpointError, Job, Lane, Worker
+from .review import start_verification
+from .router import rerouted_fields
+from .signals import announce_finished
+from .slots import slots
+
+log = logging.getLogger(__name__)
+
+
+def _progress_recorder(job: Job, offset: int = 0):
+    """A per-step callback: push every step, store progress at most every PROGRESS_DB_EVERY_SECONDS."""
+    last_saved = time.monotonic()
+
+    def on_step(step: int) -> None:
+        nonlocal last_saved
+        push.job_progress(job, offset + step)
+        if time.monotonic() - last_saved >= settings.PROGRESS_DB_EVERY_SECONDS:
+            job.record_progress(offset + step)
+            last_saved = time.monotonic()
+
+    return on_step
+
+
+def _count_oom(job: Job) -> None:
+    Job.objects.filter(pk=job.pk).update(oom_count=F("oom_count") + 1)
+    Worker.objects.filter(ident=worker_ident()).update(oom_count=F("oom_count") + 1)
+    job.oom_count += 1
+
+
+def _fail(job: Job, exc: BaseException) -> str:
+    expected = isinstance(exc, CheckpointError | engines.MemoryBudgetError)
+    log.warning("job %s failed: %s", job.pk, exc, exc_info=not expected)
+    if job.mark_failed(f"{type(exc).__name__}: {exc}"):
+        push.job_state(job)
+    return "failed"
+
+
+def run(job_id: int) -> str:
+    """Run a job (a cascade's draft stage). Safe to deliver twice: only a conditional claim runs it."""
+    related = ("model_version", "lane__fallback__active_version")
+    job = Job.objects.select_related(*related).filter(pk=job_id).first()
+    if job is None:
+        return "missing"
+    if job.state != Job.State.QUEUED:
+        return f"skipped: {job.state}"
+    with slots.acquire(job.lane_id, job.priority):
+        outcome = _run_claimed(job)
+    release_deferred(job.lane)
+    announce_finished(job)
+    return outcome
+
+
+def _run_claimed(job: Job) -> str:
+    device = engines.current_device()
+    if not job.mark_running(worker_ident(), device.gpu_index, device.kind, device.name):
+        return "skipped: claimed elsewhere"
+    push.job_state(job)
+    if job.is_cascade and job.draft_artifact() is not None:
+        # Requeued after its worker was lost between the stages: the draft is kept, refine again.
+        Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(stage=Job.Stage.REFINE_QUEUED)
+        job.stage = Job.Stage.REFINE_QUEUED
+        push.job_state(job)
+        return _queue_refine(job)
+
+    scale = job.refine_scale if job.is_cascade else 1
+    width, height = job.width // scale, job.height // scale
+    on_step = _progress_recorder(job)
+    for attempt in (1, 2):
+        try:
+            with engines.engine_cache.use(job.model_version, width=width, height=height) as engine:
+                result = engine.run(
+                    prompt=job.prompt,
+                    seed=job.seed,
+                    width=width,
+                    height=height,
+                    steps=job.steps,
+                    guidance=job.guidance,
+                    on_step=on_step,
+                )
+            break
+        except Exception as exc:  # a pipeline error fails the job, never the worker
+            if not engines.is_oom(exc):
+                return _fail(job, exc)
+            _count_oom(job)
+            engines.empty_device_cache()
+            log.warning("job %s: out of GPU memory on lane %s (attempt %s)", job.pk, job.lane.name, attempt)
+            fallback = job.lane.fallback
+            if attempt == 1 and fallback is not None and fallback.enabled and fallback.pk != job.lane_id:
+                return _requeue_on_fallback(job, fallback)
+            if attempt == 2:
+                return _fail(job, exc)
+
+    if job.is_cascade:
+        return _store_draft(job, result)
+    stored = _store_if(
+        job,
+        result.image,
+        Artifact.Stage.FINAL,
+        lambda: job.mark_succeeded(
+            run_seconds=result.run_seconds,
+            gpu_seconds=result.gpu_seconds,
+            peak_memory_bytes=result.peak_memory_bytes,
+        ),
+    )
+    return "succeeded" if stored else "discarded"
+
+
+def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
+    reason = f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"
+    moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
+        state=Job.State.QUEUED,
+        worker="",
+        gpu_index=None,
+        started_at=None,
+        progress_step=0,
+        **rerouted_fields(job, fallback, reason),
+    )
+    if not moved:
+        return "discarded"
+    job.refresh_from_db()
+    dispatch(job)
+    push.job_state(job)
+    return "rerouted after OOM"
+
+
+def _store_draft(job: Job, result) -> str:
+    def to_refine() -> bool:
+        fields = {
+            "stage": Job.Stage.REFINE_QUEUED,
+            "progress_step": job.steps,
+            "run_seconds": result.run_seconds,
+            "gpu_seconds": result.gpu_seconds,
+            "peak_memory_bytes": result.peak_memory_bytes,
+        }
+        running = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker, stage=Job.Stage.DRAFT)
+        if not running.update(**fields):
+            return False
+        for name, value in fields.items():
+            setattr(job, name, value)
+        return True
+
+    # The draft is pushed (and shown) as soon as it exists.
+    if not _store_if(job, result.image, Artifact.Stage.DRAFT, to_refine):
+        return "discarded"
+    return _queue_refine(job)
+
+
+def _queue_refine(job: Job) -> str:
+    queue_refine(job)
+    return "draft done"
+
+
+def refine(job_id: int) -> str:
+    """A cascade's refine stage: img2img over the upscaled draft, batched with other waiting jobs."""
+    related = ("model_version", "refine_version", "lane")
+    job = Job.objects.select_related(*related).prefetch_related("artifacts").filter(pk=job_id).first()
+    if job is None:
+        return "missing"
+    claimed = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, stage=Job.Stage.REFINE_QUEUED).update(
+        stage=Job.Stage.REFINING, worker=worker_ident()
+    )
+    if not claimed:
+        return f"skipped: {job.state}/{job.stage}"
+    job.refresh_from_db()
+    key = (
+        job.refine_version_id or job.model_version_id,
+        job.width,
+        job.height,
+        job.refine_steps,
+        job.refine_strength,
+        job.guidance,
+    )
+    try:
+        outcome, batch_size = refine_batcher.submit(
+            key,
+            job,
+            max_batch=job.lane.refine_batch_size,
+            max_wait_s=job.lane.refine_max_wait_ms / 1000,
+            run=_refine_batch,
+        )
+    except Exception as exc:
+        outcome = exc
+    if isinstance(outcome, BaseException):
+        failed = _fail(job, outcome)
+        announce_finished(job)
+        return failed
+    image, run_seconds, gpu_seconds, peak = outcome
+    stored = _store_if(
+        job,
+        image,
+        Artifact.Stage.FINAL,
+        lambda: job.mark_succeeded(
+            run_seconds=(job.run_seconds or 0) + run_seconds,
+            gpu_seconds=(job.gpu_seconds or 0) + gpu_seconds,
+            peak_memory_bytes=max(job.peak_memory_bytes or 0, peak),
+            refine_batch_size=batch_size,
+        ),
+    )
+    if not stored:
+        return "discarded"
+    release_deferred(job.lane)
+    announce_finished(job)
+    return "succeeded"
+
+
+def _refine_batch(jobs: list[Job]) -> list:
+    """Refine several jobs in one call; on OOM, split the batch once. Returns a result or an error per job."""
+    first = jobs[0]
+    upscaler = first.refine_version
+    images = []
+    for job in jobs:
+        draft = next(a for a in job.artifacts.all() if a.stage == Artifact.Stage.DRAFT)
+        with Image.open(draft.absolute_path) as img:
+            img = img.convert("RGB")
+            # img2img refines at the final size; the latent upscaler takes the draft as it is.
+            images.append(img if upscaler else img.resize((job.width, job.height), Image.Resampling.BICUBIC))
+
+    def run(indices: list[int]) -> list:
+        recorders = [_progress_recorder(jobs[i], offset=jobs[i].steps) for i in indices]
+
+        def on_step(step: int) -> None:
+            for record in recorders:
+                record(step)
+
+        version = upscaler or first.model_version
+        with engines.engine_cache.use(version, width=first.width, height=first.height, batch=len(indices)) as e:
+            call = e.upscale if upscaler else e.refine
+            result = call(
+                prompts=[jobs[i].prompt for i in indices],
+                images=[images[i] for i in indices],
+                seeds=[jobs[i].seed for i in indices],
+                steps=first.refine_steps,
+                strength=first.refine_strength,
+                guidance=first.guidance,
+                on_step=on_step,
+            )
+        share = len(indices)
+        return [
+            (image, result.run_seconds, result.gpu_seconds / share, result.peak_memory_bytes) for image in result.images
+        ]
+
+    everyone = list(range(len(jobs)))
+    try:
+        return run(everyone)
+    except Exception as exc:
+        if not engines.is_oom(exc):
+            raise
+        for job in jobs:
+            _count_oom(job)
+        engines.empty_device_cache()
+        if len(jobs) == 1:
+            return [exc]
+        log.warning("refine batch of %s ran out of GPU memory: retrying as two halves", len(jobs))
+        results: list = []
+        half = len(jobs) // 2
+        for part in (everyone[:half], everyone[half:]):
+            try:
+                results.extend(run(part))
+            except Exception as again:
+                if not engines.is_oom(again):
+                    raise
+                results.extend([again] * len(part))
+        return results
+
+
+def _store_if(job: Job, image, stage: str, transition) -> bool:
+    """Write the image, then in one transaction make the job's transition, record the artifact and
+    (for a final image) start its verification.
+
+    When the transition does not apply (the job was cancelled, deleted or requeued while it
+    ran: the row says this run does not count), the file is removed and nothing is recorded.
+    """
+    written = artifacts.write_png(job, image, stage)
+    with transaction.atomic():
+        applied = transition()
+        if applied:
+            artifact = artifacts.record(job, stage, written)
+            if stage == Artifact.Stage.FINAL:
+                start_verification(job, artifact)
+            transaction.on_commit(lambda: push.job_state(job))
+    if not applied:
+        written.discard()
+    return applied

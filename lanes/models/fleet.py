@@ -1,0 +1,318 @@
+"""The fleet's configuration: model versions, the lanes that serve them and the intents routed to lanes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: outside MODELS_ROOT, missing or corrupt."""
+
+
+class Priority(models.TextChoices):
+    CRITICAL = "critical"
+    STANDARD = "standard"
+    BACKGROUND = "background"
+
+
+class ModelVersion(models.Model):
+    class Family(models.TextChoices):
+        STABLE_DIFFUSION = "stable-diffusion", "Stable Diffusion (txt2img, img2img)"
+        LATENT_UPSCALER_X2 = "latent-upscaler-x2", "Stable Diffusion latent upscaler (x2)"
+
+    class Status(models.TextChoices):
+        STAGED = "staged"
+        VALIDATING = "validating"
+        VALIDATED = "validated"
+        INVALID = "invalid", "failed validation"
+        ACTIVE = "active"
+        RETIRED = "retired"
+
+    # Versions a lane may be switched to (as its active or canary version).
+    DEPLOYABLE = (Status.VALIDATED, Status.ACTIVE)
+
+    class DType(models.TextChoices):
+        FLOAT32 = "float32"
+        FLOAT16 = "float16"
+        BFLOAT16 = "bfloat16"
+
+    name = models.SlugField(max_length=100, unique=True)
+    family = models.CharField(max_length=40, choices=Family.choices, default=Family.STABLE_DIFFUSION)
+    location = models.CharField(
+        max_length=500,
+        help_text="A diffusers folder or a .safetensors file, relative to MODELS_ROOT.",
+    )
+    config_location = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="For a single-file checkpoint: a diffusers folder (under MODELS_ROOT) holding its configs.",
+    )
+    content_hash = models.CharField(max_length=64, blank=True)
+    dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.FLOAT32)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Validation: a smoke render with a fixed seed on a worker, before the version may serve.
+    validated_at = models.DateTimeField(null=True, blank=True)
+    validation_error = models.TextField(blank=True)
+    smoke_image = models.CharField(max_length=300, blank=True, help_text="Relative to MEDIA_ROOT.")
+    smoke_seconds = models.FloatField(null=True, blank=True)
+    validated_on = models.CharField(max_length=200, blank=True, help_text="The worker that ran the smoke render.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_deployable(self) -> bool:
+        return self.status in self.DEPLOYABLE
+
+    def in_use(self) -> bool:
+        """Serving somewhere: a lane's active, canary or refine version."""
+        return Lane.objects.using_version(self).exists()
+
+    def sync_status(self) -> None:
+        """ACTIVE while a lane serves it; back to VALIDATED when none does (never touches other states)."""
+        serving = self.in_use()
+        if serving and self.status == self.Status.VALIDATED:
+            target = self.Status.ACTIVE
+        elif not serving and self.status == self.Status.ACTIVE:
+            target = self.Status.VALIDATED
+        else:
+            return
+        ModelVersion.objects.filter(pk=self.pk, status=self.status).update(status=target)
+        self.status = target
+
+    def checkpoint_path(self) -> Path:
+        return resolve_checkpoint(self.location)
+
+    def config_path(self) -> Path | None:
+        return resolve_checkpoint(self.config_location) if self.config_location else None
+
+    def compute_hash(self) -> str:
+        return hash_checkpoint(self.checkpoint_path())
+
+
+def resolve_checkpoint(location: str) -> Path:
+    """The absolute path of a checkpoint, refusing anything outside MODELS_ROOT."""
+    root = Path(settings.MODELS_ROOT).resolve()
+    if not location or not location.strip():
+        raise CheckpointError("No checkpoint location given.")
+    path = (root / location).resolve()
+    if not path.is_relative_to(root):
+        raise CheckpointError(f"Checkpoint {location!r} is outside MODELS_ROOT ({root}).")
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {location!r} does not exist under MODELS_ROOT ({root}).")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(f"Checkpoint folder {location!r} has no model_index.json: not a diffusers pipeline.")
+    elif path.suffix != ".safetensors":
+        raise CheckpointError(f"Checkpoint file {location!r} is not a .safetensors file.")
+    return path
+
+
+def hash_checkpoint(path: Path) -> str:
+    """sha256 over every file of a checkpoint (relative names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LaneQuerySet(models.QuerySet):
+    def using_version(self, version: ModelVersion) -> LaneQuerySet:
+        """Lanes the version serves: as their active, canary or refine version."""
+        return self.filter(Q(active_version=version) | Q(canary_version=version) | Q(refine_version=version))
+
+
+class Lane(models.Model):
+    name = models.SlugField(max_length=50, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+    active_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="lanes")
+    default_steps = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    min_steps = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_steps = models.PositiveSmallIntegerField(default=50, validators=[MinValueValidator(1)])
+    default_guidance = models.FloatField(default=7.5)
+    min_guidance = models.FloatField(default=0.0)
+    max_guidance = models.FloatField(default=20.0)
+    default_width = models.PositiveIntegerField(default=64)
+    default_height = models.PositiveIntegerField(default=64)
+    min_size = models.PositiveIntegerField(default=32)
+    max_size = models.PositiveIntegerField(default=1024)
+    max_concurrency = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    queue = models.CharField(max_length=100, blank=True, help_text="Celery queue; defaults to lane.<name>.")
+    fallback = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    latency_slo_ms = models.PositiveIntegerField(default=1200)
+    default_priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+    # Admission: queued + running jobs at which the lane counts as saturated (background work
+    # is deferred, standard work goes to the fallback), and past which every brief is refused.
+    defer_depth = models.PositiveIntegerField(default=8, validators=[MinValueValidator(1)])
+    hard_cap = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
+    # Cascade: a draft at the lane's size and steps, then a batched img2img refine at scale x.
+    cascade = models.BooleanField(default=False)
+    refine_scale = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)])
+    refine_steps = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    refine_strength = models.FloatField(default=0.5)
+    refine_batch_size = models.PositiveSmallIntegerField(default=4, validators=[MinValueValidator(1)])
+    refine_max_wait_ms = models.PositiveIntegerField(default=50)
+    # Typography verification of final images that must carry text.
+    verify = models.BooleanField(default=True)
+    verify_threshold = models.FloatField(
+        default=0.95, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Similarity (1 - normalized edit distance) an expected string needs to pass.",
+    )  # fmt: skip
+    verify_case_sensitive = models.BooleanField(default=True)
+    verify_ignore_punctuation = models.BooleanField(default=False)
+    autofix = models.BooleanField(default=False, help_text="Overlay the expected text on flagged images.")
+    # The refine stage's pipeline: a latent x2 upscaler, or (empty) img2img with the active version.
+    refine_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refining_lanes"
+    )
+    # Draining: admits nothing new, but finishes what is queued, deferred and running.
+    draining = models.BooleanField(default=False)
+    # Rollout: a canary version takes `canary_percent` of new jobs; each job is pinned to its version.
+    canary_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="canary_lanes"
+    )
+    canary_percent = models.PositiveSmallIntegerField(
+        default=0, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    canary_started_at = models.DateTimeField(null=True, blank=True)
+    # Automatic rollback: the canary is compared with the active version over the window once
+    # both arms have `canary_min_samples` finished jobs; any threshold crossed rolls it back.
+    canary_window_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    canary_min_samples = models.PositiveIntegerField(default=20, validators=[MinValueValidator(1)])
+    canary_max_error_rate_increase = models.FloatField(
+        default=0.05, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Canary error rate minus the active version's, at most.",
+    )  # fmt: skip
+    canary_max_p95_ratio = models.FloatField(
+        default=1.5,
+        validators=[MinValueValidator(1.0)],
+        help_text="Canary p95 run time over the active one's, at most.",
+    )
+    canary_max_flag_rate_increase = models.FloatField(
+        default=0.10, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Canary verification flag rate minus the active version's, at most.",
+    )  # fmt: skip
+    # Shown to ops and admins until dismissed (an automatic rollback says why here).
+    notice = models.CharField(max_length=500, blank=True)
+    notice_at = models.DateTimeField(null=True, blank=True)
+    # Optimistic concurrency: every control change bumps it; a change made against an old
+    # revision is refused instead of silently overwriting someone else's.
+    revision = models.PositiveIntegerField(default=1)
+
+    objects = LaneQuerySet.as_manager()
+
+    # What a canary is: cleared together whenever it ends (promoted, stopped, rolled back).
+    CANARY_FIELDS = ("canary_version", "canary_percent", "canary_started_at")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_concurrency__gte=1),
+                name="lane_max_concurrency_positive",
+                violation_error_message="At least one job at a time per GPU.",
+            ),
+            models.CheckConstraint(
+                condition=Q(hard_cap__gte=F("defer_depth")),
+                name="lane_hard_cap_above_defer",
+                violation_error_message="The hard cap must be at least the defer depth.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.queue:
+            self.queue = f"lane.{self.name}"
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        upscaler = self.refine_version
+        if upscaler is not None and upscaler.family == ModelVersion.Family.LATENT_UPSCALER_X2:
+            if self.refine_scale != 2:
+                raise ValidationError({"refine_scale": "A latent x2 upscaler refines at scale 2."})
+        if upscaler is not None and upscaler.family != ModelVersion.Family.LATENT_UPSCALER_X2:
+            raise ValidationError({"refine_version": f"{upscaler.name} is not an upscaler."})
+        if self.active_version_id and self.active_version.family != ModelVersion.Family.STABLE_DIFFUSION:
+            raise ValidationError({"active_version": f"{self.active_version.name} cannot render from a prompt."})
+
+    def clear_canary(self) -> list[str]:
+        """Forget the canary (every new job goes to the active version); returns the fields to save."""
+        self.canary_version, self.canary_percent, self.canary_started_at = None, 0, None
+        return list(self.CANARY_FIELDS)
+
+    @property
+    def refine_queue(self) -> str:
+        return f"{self.queue}.refine"
+
+    @property
+    def mode(self) -> str:
+        if self.enabled:
+            return "enabled"
+        return "draining" if self.draining else "disabled"
+
+    @property
+    def queues(self) -> list[str]:
+        return [self.queue, self.refine_queue] if self.cascade else [self.queue]
+
+
+class LaneRelease(models.Model):
+    """One period of a version serving as a lane's active version: the lane's version history."""
+
+    class Outcome(models.TextChoices):
+        SERVING = "serving"
+        SUPERSEDED = "superseded"
+        ROLLED_BACK = "rolled_back", "rolled back"
+
+    lane = models.ForeignKey(Lane, on_delete=models.CASCADE, related_name="releases")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="releases")
+    how = models.CharField(max_length=40, help_text="activated, promoted from canary, rollback, policy…")
+    started_at = models.DateTimeField(default=timezone.now)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.SERVING)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lane"], condition=Q(outcome="serving"), name="one_serving_release_per_lane"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lane_id}: {self.version_id} ({self.outcome})"
+
+
+class Route(models.Model):
+    """The routing policy: an intent names the lane its briefs go to."""
+
+    intent = models.SlugField(max_length=50, unique=True)
+    label = models.CharField(max_length=100, blank=True)
+    lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="routes")
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+
+    class Meta:
+        ordering = ["intent"]
+
+    def __str__(self) -> str:
+        return self.label or self.intent

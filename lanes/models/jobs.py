@@ -1,0 +1,397 @@
+"""Jobs (a brief on its way through a lane), their images, and the workers that run them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.access import visible_rows
+from accounts.models import Team
+
+from .fleet import Lane, ModelVersion, Priority
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user) -> JobQuerySet:
+        return visible_rows(self, user, "owner", "team_id")
+
+    def live_counts(self) -> dict[tuple[int, str], int]:
+        """Queued, running and deferred jobs per (lane id, state), in one grouped query."""
+        rows = (
+            self.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING, Job.State.DEFERRED))
+            .values("lane_id", "state")
+            .annotate(n=models.Count("id"))
+            .order_by()
+        )
+        return {(row["lane_id"], row["state"]): row["n"] for row in rows}
+
+    def stuck_queued(self, now=None) -> JobQuerySet:
+        """Queued jobs whose broker message has not been picked up for too long."""
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=settings.REDISPATCH_AFTER_SECONDS)
+        return self.filter(state=Job.State.QUEUED).filter(
+            Q(dispatched_at__lt=cutoff) | Q(dispatched_at__isnull=True, submitted_at__lt=cutoff)
+        )
+
+    def running_on_lost_workers(self, now=None) -> JobQuerySet:
+        now = now or timezone.now()
+        alive = Worker.objects.alive(now).values("ident")
+        return self.filter(state=Job.State.RUNNING).exclude(worker__in=alive)
+
+
+class Job(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        DEFERRED = "deferred"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        REJECTED = "rejected"
+
+    class Admission(models.TextChoices):
+        ADMITTED = "admitted"
+        DEFERRED = "deferred"
+        REROUTED = "rerouted"
+        REJECTED = "rejected"
+
+    class Stage(models.TextChoices):
+        DRAFT = "draft"
+        REFINE_QUEUED = "refine-queued"
+        REFINING = "refining"
+
+    TERMINAL = (State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED)
+    CANCELLABLE = (State.QUEUED, State.DEFERRED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    prompt = models.TextField()
+    expected_text = models.CharField(max_length=500, blank=True)
+    intent = models.SlugField(max_length=50)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+    lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="jobs")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
+    seed = models.BigIntegerField(validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)])
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveSmallIntegerField()
+    guidance = models.FloatField()
+    # Cascade jobs: the refine stage's steps and strength, pinned at submission (0: no refine).
+    refine_steps = models.PositiveSmallIntegerField(default=0)
+    refine_strength = models.FloatField(default=0.0)
+    refine_scale = models.PositiveSmallIntegerField(default=1)
+    refine_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refined_jobs"
+    )
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    admission = models.CharField(max_length=10, choices=Admission.choices, default=Admission.ADMITTED)
+    admission_reason = models.CharField(max_length=300, blank=True)
+    # Deferral: when admission held the job back, and when it was released into its lane's queue.
+    deferred_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    # Sent by the routing policy (intent → lane, the canary draw) rather than to a lane and
+    # version by name (an experiment arm): canary judgement compares routed traffic only.
+    routed = models.BooleanField(default=True)
+    requested_lane = models.ForeignKey(
+        Lane, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="The intent's lane."
+    )
+    stage = models.CharField(max_length=14, choices=Stage.choices, default=Stage.DRAFT)
+    refine_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
+    oom_count = models.PositiveSmallIntegerField(default=0)
+    progress_step = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    submitted_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    run_seconds = models.FloatField(null=True, blank=True, help_text="Wall time of the pipeline call.")
+    gpu_seconds = models.FloatField(null=True, blank=True, help_text="Accelerator time billed to the job (0 on CPU).")
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    device = models.CharField(max_length=20, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    gpu_index = models.SmallIntegerField(null=True, blank=True)
+    gpu_name = models.CharField(max_length=100, blank=True, help_text="The accelerator's model, for pricing.")
+    error = models.TextField(blank=True)
+    rerender_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rerenders")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-submitted_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-submitted_at"]),
+            models.Index(fields=["state", "lane"]),
+            models.Index(fields=["lane", "finished_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.state in self.CANCELLABLE
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.refine_steps > 0
+
+    @property
+    def effective_refine_steps(self) -> int:
+        if not self.refine_steps:
+            return 0
+        if self.refine_version_id:  # an upscaler runs its whole schedule
+            return self.refine_steps
+        # img2img denoises only the last `strength` share of its schedule.
+        return min(int(self.refine_steps * self.refine_strength), self.refine_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.effective_refine_steps
+
+    @property
+    def progress_percent(self) -> int:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        return self.percent_at(self.progress_step)
+
+    def percent_at(self, step: int) -> int:
+        total = self.total_steps
+        return int(100 * min(step, total) / total) if total else 0
+
+    @property
+    def deferred_seconds(self) -> float | None:
+        """How long admission held it back (None if it never was, or is still waiting)."""
+        if self.deferred_at and self.released_at:
+            return (self.released_at - self.deferred_at).total_seconds()
+        return None
+
+    @property
+    def stage_progress(self) -> list[dict]:
+        """Per stage: name, steps done, steps in all, percent (one stage, or draft + refine)."""
+        done = self.total_steps if self.state == self.State.SUCCEEDED else min(self.progress_step, self.total_steps)
+        stages = [("draft" if self.is_cascade else "render", 0, self.steps)]
+        if self.is_cascade:
+            stages.append(("upscale" if self.refine_version_id else "refine", self.steps, self.effective_refine_steps))
+        return [
+            {"name": name, "done": max(0, min(done - start, size)), "steps": size,
+             "percent": int(100 * max(0, min(done - start, size)) / size) if size else 100}
+            for name, start, size in stages
+        ]  # fmt: skip
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the pace of the steps run so far (None until a step has run)."""
+        if self.state != self.State.RUNNING or not self.started_at or not self.progress_step:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return max(0.0, elapsed / self.progress_step * (self.total_steps - self.progress_step))
+
+    def draft_artifact(self) -> Artifact | None:
+        for artifact in self.artifacts.all():
+            if artifact.stage == Artifact.Stage.DRAFT:
+                return artifact
+        return None
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return (self.started_at - self.submitted_at).total_seconds() if self.started_at else None
+
+    @property
+    def execution_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def total_seconds(self) -> float | None:
+        return (self.finished_at - self.submitted_at).total_seconds() if self.finished_at else None
+
+    def final_artifact(self) -> Artifact | None:
+        for artifact in self.artifacts.all():
+            if artifact.stage == Artifact.Stage.FINAL:
+                return artifact
+        return None
+
+    # State transitions. Each is a conditional UPDATE: the row count says who won.
+
+    def release(self) -> bool:
+        """A deferred job goes into its lane's queue; False if someone else released or cancelled it."""
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.DEFERRED).update(
+            state=self.State.QUEUED, released_at=now
+        )
+        if done:
+            self.state, self.released_at = self.State.QUEUED, now
+        return bool(done)
+
+    def mark_dispatched(self) -> None:
+        self.dispatched_at = timezone.now()
+        Job.objects.filter(pk=self.pk).update(dispatched_at=self.dispatched_at)
+
+    def mark_running(self, worker: str, gpu_index: int | None, device: str, gpu_name: str = "") -> bool:
+        now = timezone.now()
+        claimed = Job.objects.filter(pk=self.pk, state=self.State.QUEUED).update(
+            state=self.State.RUNNING,
+            started_at=now,
+            worker=worker,
+            gpu_index=gpu_index,
+            gpu_name=gpu_name,
+            device=device,
+            progress_step=0,
+            attempts=F("attempts") + 1,
+            error="",
+        )
+        if claimed:
+            self.state, self.started_at, self.worker, self.gpu_index, self.device = (
+                self.State.RUNNING,
+                now,
+                worker,
+                gpu_index,
+                device,
+            )
+            self.progress_step, self.attempts, self.error = 0, self.attempts + 1, ""
+        return bool(claimed)
+
+    def record_progress(self, step: int) -> None:
+        self.progress_step = step
+        Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(progress_step=step)
+
+    def mark_succeeded(
+        self, *, run_seconds: float, gpu_seconds: float, peak_memory_bytes: int, refine_batch_size: int | None = None
+    ) -> bool:
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            refine_batch_size=refine_batch_size,
+            state=self.State.SUCCEEDED,
+            finished_at=now,
+            progress_step=self.total_steps,
+            run_seconds=run_seconds,
+            gpu_seconds=gpu_seconds,
+            peak_memory_bytes=peak_memory_bytes,
+        )
+        if done:
+            self.state, self.finished_at, self.progress_step = self.State.SUCCEEDED, now, self.total_steps
+            self.run_seconds, self.gpu_seconds, self.peak_memory_bytes = run_seconds, gpu_seconds, peak_memory_bytes
+            self.refine_batch_size = refine_batch_size
+        return bool(done)
+
+    def mark_failed(
+        self, error: str, *, run_seconds: float | None = None, peak_memory_bytes: int | None = None
+    ) -> bool:
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            state=self.State.FAILED,
+            finished_at=now,
+            error=error[:4000],
+            run_seconds=run_seconds,
+            peak_memory_bytes=peak_memory_bytes,
+        )
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def cancel(self) -> bool:
+        done = Job.objects.filter(pk=self.pk, state__in=self.CANCELLABLE).update(
+            state=self.State.CANCELLED, finished_at=timezone.now()
+        )
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def requeue_from(self, worker: str) -> bool:
+        """Put a job back in the queue after its worker was lost; fails it past the attempt limit."""
+        running = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=worker)
+        if self.attempts >= settings.JOB_MAX_ATTEMPTS:
+            done = running.update(
+                state=self.State.FAILED,
+                finished_at=timezone.now(),
+                error=f"Worker {worker} was lost; gave up after {self.attempts} attempts.",
+            )
+        else:
+            done = running.update(state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None)
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+
+def with_live_counts(lanes: list[Lane]) -> list[Lane]:
+    """The lanes, each with .queued, .running and .deferred set (one query for them all)."""
+    counts = Job.objects.live_counts()
+    for lane in lanes:
+        lane.queued = counts.get((lane.pk, Job.State.QUEUED), 0)
+        lane.running = counts.get((lane.pk, Job.State.RUNNING), 0)
+        lane.deferred = counts.get((lane.pk, Job.State.DEFERRED), 0)
+    return lanes
+
+
+class Artifact(models.Model):
+    class Stage(models.TextChoices):
+        DRAFT = "draft"
+        FINAL = "final"
+        FIXED = "fixed", "fixed (text overlaid)"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.FINAL)
+    path = models.CharField(max_length=300, help_text="Relative to MEDIA_ROOT.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "created_at"]
+        constraints = [models.UniqueConstraint(fields=["job", "stage"], name="one_artifact_per_stage")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.stage}"
+
+    @property
+    def absolute_path(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / self.path
+
+
+class WorkerQuerySet(models.QuerySet):
+    def alive(self, now=None) -> WorkerQuerySet:
+        now = now or timezone.now()
+        window = settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS
+        return self.filter(last_seen__gte=now - timedelta(seconds=window), stopped_at__isnull=True)
+
+
+class Worker(models.Model):
+    """A worker process, as its heartbeats describe it. `ident` is host:pid, so a restart is a new worker."""
+
+    ident = models.CharField(max_length=200, unique=True)
+    node = models.CharField(max_length=200, blank=True, help_text="Celery node name, for control commands.")
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    queues = models.CharField(max_length=500, blank=True)
+    device = models.CharField(max_length=20, blank=True)
+    gpu_index = models.SmallIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    oom_count = models.PositiveIntegerField(default=0)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname", "pid"]
+
+    def __str__(self) -> str:
+        return self.ident
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q for q in self.queues.split(",") if q]
