@@ -1,4 +1,4 @@
-# Laneway: `make run` starts the console with its workers; `make test` runs every test.
+# Laneway: `make run` starts the console with its workers; `make test` runs every test; `make lint` checks the code.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -38,8 +38,11 @@ test: $(VENV)/.installed-dev
 	elif [ -n "$$CI" ]; then echo "CI: PostgreSQL and Redis must be running" >&2; exit 1; \
 	else echo "Skipped the PostgreSQL + Redis pass: no server at $(PG_TEST_URL) / $(REDIS_TEST_URL)"; fi
 
+# ruff (lint and format) on everything; mypy with django-stubs on accounts, lanes, telemetry, experiments.
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/overhead.py

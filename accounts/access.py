@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Q, QuerySet
 
 from .models import ROLE_RANK, Member, Role
 
-M = TypeVar("M", bound=Model)
+# The caller's own QuerySet subclass comes back, so its methods stay chainable.
+_QS = TypeVar("_QS", bound=QuerySet[Any])
 
 
 def _membership(user: Any) -> tuple[str, int | None]:
@@ -47,7 +48,7 @@ def has_role(user: Any, role: str) -> bool:
     return bool(current) and ROLE_RANK[Role(current)] >= ROLE_RANK[Role(role)]
 
 
-def visible_rows(queryset: QuerySet[M], user: Any, owner: str, team: str) -> QuerySet[M]:
+def visible_rows(queryset: _QS, user: Any, owner: str, team: str) -> _QS:
     """Rows a user may see: every one for ops and admins; a creative's own (by `owner`) and their team's."""
     if has_role(user, Role.OPS):
         return queryset

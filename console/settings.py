@@ -150,7 +150,7 @@ else:
     # all write, and without IMMEDIATE SQLite raises "database is locked" despite the timeout.
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "laneway.sqlite3",
+        "NAME": str(VAR_DIR / "laneway.sqlite3"),
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,

@@ -50,7 +50,7 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
     rows = []
     for cell in cells:
         job = cell.job
-        verification = verifications.get(cell.job_id) if job else None
+        verification = verifications.get(job.pk) if job else None
         scores = (verification.details or {}).get("scores", []) if verification else []
         similarity = statistics.fmean(s["similarity"] for s in scores) if scores else None
         final = job.final_artifact() if job else None

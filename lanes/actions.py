@@ -15,7 +15,7 @@ from . import admission
 from .dispatch import dispatch
 from .models import Job, Priority
 from .rollout import pick_version
-from .router import RoutingError, cascade_fields, check_parameters, clamp_to, route_intent
+from .router import Parameters, RoutingError, cascade_fields, check_parameters, clamp_to, route_intent
 
 
 class BriefRejected(Exception):
@@ -70,7 +70,7 @@ def submit_brief(
         lane, default_priority = routed.lane, routed.route.priority
     else:  # sent to a lane by name (an experiment arm), not by intent
         default_priority = lane.default_priority
-    params = {
+    params: Parameters = {
         "steps": lane.default_steps if steps is None else steps,
         "guidance": lane.default_guidance if guidance is None else guidance,
         "width": lane.default_width if width is None else width,

@@ -66,9 +66,10 @@ class Pressure:
             + f" (hard cap {self.lane.hard_cap})",
             f"{self.capacity} slots",
         ]
-        if self.p95_run_s is not None:
+        predicted = self.predicted_s  # None exactly when p95_run_s is
+        if self.p95_run_s is not None and predicted is not None:
             parts.append(
-                f"p95 run {self.p95_run_s * 1000:.0f} ms, predicted {self.predicted_s * 1000:.0f} ms "
+                f"p95 run {self.p95_run_s * 1000:.0f} ms, predicted {predicted * 1000:.0f} ms "
                 f"vs SLO {self.lane.latency_slo_ms} ms"
             )
         return ", ".join(parts)
@@ -103,8 +104,9 @@ def recent_p95_run_s(lane: Lane) -> float | None:
     return nearest_rank([(finished - started).total_seconds() for started, finished in rows], 95)
 
 
-# The classes a queued job must be in to be ahead of a brief of each class.
-AHEAD = {
+# The classes a queued job must be in to be ahead of a brief of each class (keyed by str: the
+# priority arrives as a field's value, not a Priority member).
+AHEAD: dict[str, tuple[str, ...]] = {
     Priority.CRITICAL: (Priority.CRITICAL,),
     Priority.STANDARD: (Priority.CRITICAL, Priority.STANDARD),
     Priority.BACKGROUND: tuple(Priority.values),

@@ -41,7 +41,7 @@ class Batcher:
         with self._lock:
             batch = self._open.get(key)
             leader = batch is None
-            if leader:
+            if batch is None:
                 batch = self._open[key] = _Batch()
             index = len(batch.items)
             batch.items.append(item)
@@ -65,6 +65,7 @@ class Batcher:
             batch.done.wait()
         if batch.error is not None:
             raise batch.error
+        assert batch.results is not None  # the leader sets results or error before setting done
         return batch.results[index], len(batch.items)
 
 

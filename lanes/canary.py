@@ -76,11 +76,12 @@ class CanaryVerdict:
 
 def judge_canary(lane: Lane, now=None) -> CanaryVerdict | None:
     """Compare the canary with the active version over the lane's window (since the canary started)."""
-    if lane.canary_version_id is None:
+    canary_version = lane.canary_version  # None without a query when canary_version_id is None
+    if canary_version is None:
         return None
     now = now or timezone.now()
     since = max(lane.canary_started_at or now, now - timedelta(minutes=lane.canary_window_minutes))
-    canary = arm_figures(lane, lane.canary_version, since)
+    canary = arm_figures(lane, canary_version, since)
     baseline = arm_figures(lane, lane.active_version, since)
     minimum = lane.canary_min_samples
     reasons, waiting = [], []

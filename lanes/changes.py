@@ -9,7 +9,7 @@ commit together or not at all.
 
 from __future__ import annotations
 
-from django.db.models import Model
+from django.contrib.auth.models import User
 
 from .models import AuditEvent, Lane
 
@@ -47,6 +47,6 @@ def save_lane(lane: Lane, fields: list[str] | None = None) -> None:
     lane.save(update_fields=None if fields is None else [*fields, "revision"])
 
 
-def acting_user(by) -> Model | None:
+def acting_user(by) -> User | None:
     """The user to record as the actor: None for an automatic action (or an anonymous caller)."""
     return by if by is not None and by.is_authenticated else None

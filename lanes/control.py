@@ -96,7 +96,12 @@ def _move_waiting_jobs(lane: Lane) -> int:
             moved += 1
             job.refresh_from_db()
             if job.state == Job.State.QUEUED:
-                transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
+
+                def dispatch_and_push(job: Job = job) -> None:
+                    dispatch(job)
+                    push.job_state(job)
+
+                transaction.on_commit(dispatch_and_push)
     return moved
 
 

@@ -159,8 +159,10 @@ def seed_demo_lanes(registered_by=None) -> ModelVersion:
             if lane.fallback_id is None:
                 lane.fallback = lanes[fallback]
                 lane.save(update_fields=["fallback"])
-        for intent, label, lane, priority in DEMO_ROUTES:
-            Route.objects.get_or_create(intent=intent, defaults=dict(label=label, lane=lanes[lane], priority=priority))
+        for intent, label, lane_name, priority in DEMO_ROUTES:
+            Route.objects.get_or_create(
+                intent=intent, defaults=dict(label=label, lane=lanes[lane_name], priority=priority)
+            )
     return version
 
 

@@ -72,7 +72,12 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
     for job in waiting[: max(0, room)]:
         # Conditional: a concurrent releaser (beat, another worker) may have taken it.
         if job.release():
-            transaction.on_commit(lambda job=job: (dispatch(job), push.job_state(job)))
+
+            def dispatch_and_push(job: Job = job) -> None:
+                dispatch(job)
+                push.job_state(job)
+
+            transaction.on_commit(dispatch_and_push)
             released.append(job)
     return released
 

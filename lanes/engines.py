@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -285,10 +285,12 @@ def load_pipeline(version: ModelVersion, device: Device):
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    cls = {
+    # Keyed by str: `family` is the field's value, not a Family member (diffusers is Any: see pyproject.toml).
+    pipelines: dict[str, Any] = {
         ModelVersion.Family.STABLE_DIFFUSION: StableDiffusionPipeline,
         ModelVersion.Family.LATENT_UPSCALER_X2: StableDiffusionLatentUpscalePipeline,
-    }[version.family]
+    }
+    cls = pipelines[version.family]
     dtype = getattr(torch, version.dtype)
     if device.kind == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision is not worth it (or not supported) on CPU

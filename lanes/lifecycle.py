@@ -236,8 +236,8 @@ def _refine_batch(jobs: list[Job]) -> list:
     images = []
     for job in jobs:
         draft = next(a for a in job.artifacts.all() if a.stage == Artifact.Stage.DRAFT)
-        with Image.open(draft.absolute_path) as img:
-            img = img.convert("RGB")
+        with Image.open(draft.absolute_path) as opened:
+            img = opened.convert("RGB")
             # img2img refines at the final size; the latent upscaler takes the draft as it is.
             images.append(img if upscaler else img.resize((job.width, job.height), Image.Resampling.BICUBIC))
 

@@ -9,6 +9,10 @@
     intents:
       draft: {lane: fast_draft, priority: standard}
 
+Mind the words: the file's `routes:` list *lanes* (Lane rows; the file format has always
+called them so, and files in use say it), while the Route model is an *intent* → lane
+mapping, which the file calls `intents:`.
+
 Applying is validated first and atomic: a file with any error changes nothing and gets
 every error with its line number. Lanes missing from an applied file are disabled (jobs
 still point at them), never deleted.

@@ -60,7 +60,7 @@ def register_version(
                 resolve_checkpoint(config_location.strip())
             except CheckpointError as exc:
                 errors["config_location"] = str(exc)
-    if errors:
+    if errors or path is None:  # path is None only when resolve_checkpoint failed, which is in errors
         raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
     digest = hash_checkpoint(path)
     with transaction.atomic():
@@ -144,6 +144,7 @@ def run_validation(version: ModelVersion, worker: str = "") -> bool:
     ).update(status=ModelVersion.Status.VALIDATING)
     if not claimed:
         return False
+    error: str | None
     try:
         digest = version.compute_hash()
     except CheckpointError as exc:

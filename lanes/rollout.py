@@ -23,14 +23,17 @@ rng = random.Random()
 def pick_version(lane: Lane) -> ModelVersion:
     """The version a new job on the lane is pinned to: the canary for its share, else the active one."""
     if lane.canary_version_id and lane.canary_percent and rng.random() * 100 < lane.canary_percent:
-        return lane.canary_version
+        canary = lane.canary_version
+        if canary is not None:  # always, with canary_version_id set (a missing row raises DoesNotExist)
+            return canary
     return lane.active_version
 
 
 def _versions_state(lane: Lane) -> dict:
+    canary = lane.canary_version  # None without a query when canary_version_id is None
     return {
         "active": lane.active_version.name,
-        "canary": lane.canary_version.name if lane.canary_version_id else None,
+        "canary": canary.name if canary is not None else None,
         "canary_percent": lane.canary_percent,
     }
 
@@ -39,12 +42,14 @@ def _check_deployable(version: ModelVersion) -> None:
     if version.family != ModelVersion.Family.STABLE_DIFFUSION:
         raise ControlError(f"{version.name} cannot render from a prompt, so it cannot serve a lane.")
     if not version.is_deployable:
-        hint = {
+        # Keyed by str: `status` is the field's value, not a Status member.
+        hints: dict[str, str] = {
             ModelVersion.Status.STAGED: "it has not been validated yet",
             ModelVersion.Status.VALIDATING: "its validation is still running",
             ModelVersion.Status.INVALID: "it failed validation",
             ModelVersion.Status.RETIRED: "it is retired",
-        }.get(version.status, version.status)
+        }
+        hint = hints.get(version.status, version.status)
         raise ControlError(f"{version.name} cannot serve a lane: {hint}.")
 
 
@@ -127,9 +132,9 @@ def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
     """The canary becomes the active version for every new job."""
     with transaction.atomic():
         lane = locked_lane(lane, expected_revision)
-        if lane.canary_version_id is None:
-            raise ControlError(f"Lane {lane.name} has no canary to promote.")
         canary = lane.canary_version
+        if canary is None:
+            raise ControlError(f"Lane {lane.name} has no canary to promote.")
         _check_deployable(canary)
         before = _versions_state(lane)
         old = _switch_active(lane, canary, by, "promoted from canary", LaneRelease.Outcome.SUPERSEDED)
@@ -143,9 +148,9 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
     """Stop the canary: every new job goes to the active version again."""
     with transaction.atomic():
         lane = locked_lane(lane, expected_revision)
-        if lane.canary_version_id is None:
-            raise ControlError(f"Lane {lane.name} has no canary.")
         canary = lane.canary_version
+        if canary is None:
+            raise ControlError(f"Lane {lane.name} has no canary.")
         before = _versions_state(lane)
         fields = lane.clear_canary()
         if automatic:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from .models import Job, Lane, Route
 from .rollout import pick_version
@@ -14,6 +15,15 @@ class RoutingError(Exception):
     def __init__(self, message: str, field: str = "intent") -> None:
         super().__init__(message)
         self.field = field
+
+
+class Parameters(TypedDict):
+    """A brief's render parameters, as check_parameters and clamp_to take them."""
+
+    steps: int
+    guidance: float
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,7 @@ def route_intent(intent: str) -> Routed:
     return Routed(route=route, lane=route.lane)
 
 
-def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> dict:
+def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> Parameters:
     """Parameters moved inside another lane's bounds (for a brief rerouted to a fallback)."""
 
     def clamp(value, low, high):

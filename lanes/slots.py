@@ -23,7 +23,7 @@ from django.db import close_old_connections
 from .models import Lane, Priority
 
 REFRESH = 1.0
-RANK = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BACKGROUND: 2}
+RANK: dict[str, int] = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BACKGROUND: 2}
 
 
 class LaneSlots:
@@ -43,6 +43,11 @@ class LaneSlots:
 
     def running(self, lane_id: int) -> int:
         return self._running[lane_id]
+
+    def waiting(self, lane_id: int) -> int:
+        """Jobs of the lane waiting here for a slot."""
+        with self._cond:
+            return len(self._waiting[lane_id])
 
     def total_running(self) -> int:
         with self._cond:

@@ -14,6 +14,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from django.conf import settings
 
@@ -98,7 +99,10 @@ class Reader:
     """The OCR engine of this process, loaded on first use; calls are serialized."""
 
     def __init__(self) -> None:
-        self._engine = None
+        # A rapidocr.RapidOCR once loaded. Any, not RapidOCR: rapidocr annotates its __call__ as returning any
+        # stage's output (detection, classification, recognition or all) with every field Optional, where
+        # with detection and recognition on, as here, it returns the full RapidOCROutput.
+        self._engine: Any = None
         self._lock = threading.Lock()
 
     def read(self, image) -> Reading:
@@ -142,7 +146,10 @@ def score(
     def norm(text: str) -> str:
         return normalize(text, case_sensitive=case_sensitive, ignore_punctuation=ignore_punctuation)
 
-    candidates = [(norm(line.text), line.text, line.box) for line in lines]
+    # (normalized text, text as read, where it was read: None for all lines joined)
+    candidates: list[tuple[str, str, list[list[float]] | None]] = [
+        (norm(line.text), line.text, line.box) for line in lines
+    ]
     if len(lines) > 1:
         joined = " ".join(line.text for line in lines)
         candidates.append((norm(joined), joined, None))

@@ -41,9 +41,9 @@ class Sampler:
         return self.nvml is not None and bool(self.handles)
 
     def read(self) -> list[GpuReading]:
-        if not self.has_gpu:
-            return [self._process_reading()]
         nvml, readings = self.nvml, []
+        if nvml is None or not self.handles:  # not has_gpu, spelled out so that nvml is known to be set
+            return [self._process_reading()]
         for index, handle, name in self.handles:
             utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)

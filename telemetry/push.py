@@ -45,17 +45,17 @@ class _Sender:
             asyncio.set_event_loop(loop)
             self._queue = asyncio.Queue()
             self._loop = loop
-            loop.create_task(self._drain())
+            loop.create_task(self._drain(self._queue))
             ready.set()
             loop.run_forever()
 
         threading.Thread(target=run, name="laneway-push", daemon=True).start()
         ready.wait()
 
-    async def _drain(self) -> None:
+    async def _drain(self, queue: asyncio.Queue) -> None:
         layer = get_channel_layer()
         while True:
-            groups, message, done = await self._queue.get()
+            groups, message, done = await queue.get()
             try:
                 await asyncio.gather(*(layer.group_send(group, message) for group in groups))
             except Exception:
@@ -68,7 +68,9 @@ class _Sender:
         with self._lock:
             if self._loop is None:
                 self._start()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (groups, message, done))
+        loop, queue = self._loop, self._queue
+        assert loop is not None and queue is not None  # _start() sets both before it returns
+        loop.call_soon_threadsafe(queue.put_nowait, (groups, message, done))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent so far has reached the channel layer."""
@@ -129,13 +131,23 @@ def job_progress(job, step: int) -> None:
 
 
 def gpu_sample_event(worker: str, samples) -> GpuSampleEvent:
-    fields = GpuReading.__annotations__
     return GpuSampleEvent(
         type="gpu.sample",
         worker=worker,
         taken_at=samples[0].taken_at.isoformat() if samples else "",
         running_jobs=samples[0].running_jobs if samples else 0,
-        gpus=[GpuReading(**{f: getattr(s, f) for f in fields}) for s in samples],
+        gpus=[
+            GpuReading(
+                gpu_index=s.gpu_index,
+                name=s.name,
+                utilization_pct=s.utilization_pct,
+                memory_used_bytes=s.memory_used_bytes,
+                memory_total_bytes=s.memory_total_bytes,
+                temperature_c=s.temperature_c,
+                power_w=s.power_w,
+            )
+            for s in samples
+        ],
     )
 
 

@@ -1,10 +1,15 @@
+import json
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 from django.conf import settings
 
 from lanes.models import Job, Lane
+
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(items):
@@ -124,14 +129,34 @@ def worker(transactional_db, demo_lanes):
         yield controller
 
 
-def wait_for_job(job_id: int, states=Job.TERMINAL, timeout: float = 60.0) -> Job:
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str | Callable[[], str] = "the condition") -> T:
+    """Poll predicate until it returns something truthy, and return that; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = Job.objects.get(pk=job_id)
-        if job.state in states:
-            return job
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what() if callable(what) else what} after {timeout}s")
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {Job.objects.get(pk=job_id).state} after {timeout}s")
+    return value
+
+
+def wait_for_job(job_id: int, states=Job.TERMINAL, timeout: float = 60.0) -> Job:
+    def finished() -> Job | None:
+        job = Job.objects.get(pk=job_id)
+        return job if job.state in states else None
+
+    return wait_until(finished, timeout, lambda: f"job {job_id} still {Job.objects.get(pk=job_id).state}")
+
+
+def waiting_tasks(queue: str) -> list[tuple[str, tuple]]:
+    """(task name, args) of each message in a broker queue that no worker has taken, at every priority."""
+    from console.celery import app
+
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel  # the Redis transport: a queue is a list per priority step
+        keys = [queue, *(f"{queue}{channel.sep}{step}" for step in channel.priority_steps if step)]
+        messages = [json.loads(raw) for key in keys for raw in channel.client.lrange(key, 0, -1)]
+        bodies = [json.loads(channel.decode_body(m["body"], m["properties"].get("body_encoding"))) for m in messages]
+    return [(m["headers"]["task"], tuple(body[0])) for m, body in zip(messages, bodies, strict=True)]
 
 
 def session_headers(client, user) -> list[tuple[bytes, bytes]]:

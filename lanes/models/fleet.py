@@ -219,6 +219,11 @@ class Lane(models.Model):
 
     objects = LaneQuerySet.as_manager()
 
+    # Not columns: set on the instances with_live_counts() (lanes/models/jobs.py) returns, for pages to show.
+    queued: int
+    running: int
+    deferred: int
+
     # What a canary is: cleared together whenever it ends (promoted, stopped, rolled back).
     CANARY_FIELDS = ("canary_version", "canary_percent", "canary_started_at")
 

@@ -123,6 +123,9 @@ class Job(models.Model):
 
     objects = JobQuerySet.as_manager()
 
+    # Not a column: set by submit_brief on the job it returns (seconds before a retry when admission refused it).
+    retry_after: int | None
+
     class Meta:
         ordering = ["-submitted_at", "-id"]
         indexes = [

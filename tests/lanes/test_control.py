@@ -1,5 +1,3 @@
-import time
-
 import pytest
 
 from lanes import control
@@ -7,13 +5,18 @@ from lanes.actions import submit_brief
 from lanes.changes import ConflictError, ControlError
 from lanes.engines import engine_cache
 from lanes.models import AuditEvent, Job, Lane, Worker
-from tests.conftest import make_user, running_worker, wait_for_job
+from tests.conftest import make_user, running_worker, wait_for_job, wait_until, waiting_tasks
 
 pytestmark = pytest.mark.django_db
 
 
 def lane(name: str) -> Lane:
     return Lane.objects.get(name=name)
+
+
+def sent(job: Job) -> tuple[str, tuple]:
+    """The broker message that dispatching a job sends, as waiting_tasks lists it."""
+    return ("lanes.tasks.run_job", (job.pk,))
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def test_a_worker_starts_and_stops_consuming_a_lane_live(demo_lanes, creative, o
         worker = Worker.objects.get(stopped_at__isnull=True)
         assert worker.node and "lane.fast-draft" not in worker.queue_list
         job = submit_brief(creative, prompt="waits for a consumer", intent="draft")
-        time.sleep(1.0)
+        wait_until(lambda: sent(job) in waiting_tasks(job.lane.queue), what="the job's message waiting in its queue")
         assert Job.objects.get(pk=job.pk).state == Job.State.QUEUED  # nobody consumes its queue
         replies = control.set_consuming(worker, lane("fast-draft"), True, ops)
         assert "add consumer" in replies[0] or "already consuming" in replies[0]
@@ -97,7 +100,7 @@ def test_a_worker_starts_and_stops_consuming_a_lane_live(demo_lanes, creative, o
         assert "lane.fast-draft" in worker.queue_list
         control.set_consuming(worker, lane("fast-draft"), False, ops)
         stranded = submit_brief(creative, prompt="nobody takes this", intent="draft")
-        time.sleep(1.5)
+        wait_until(lambda: sent(stranded) in waiting_tasks(stranded.lane.queue), what="the stranded job's message")
         assert Job.objects.get(pk=stranded.pk).state == Job.State.QUEUED
         from lanes.heartbeat import heartbeat
 

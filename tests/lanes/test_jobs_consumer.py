@@ -103,7 +103,7 @@ def test_an_idle_socket_outlives_the_channel_layers_blocking_read(client, creati
         communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
         await communicator.connect()
         await communicator.receive_json_from(timeout=5)
-        # Longer than a blocking pop: the consumer must still be listening afterwards.
+        # This idle spell is what is under test: past the 5 s read timeouts, the consumer must still listen.
         await asyncio.sleep(RedisChannelLayer.brpop_timeout + 1.5)
         job = await asyncio.to_thread(submit_brief, creative, prompt="After a quiet spell", intent="draft")
         event = await communicator.receive_json_from(timeout=5)

@@ -1,10 +1,10 @@
 import threading
-import time
 
 import pytest
 
 from lanes.models import Lane
 from lanes.slots import LaneSlots
+from tests.conftest import wait_until
 
 
 @pytest.mark.django_db
@@ -17,7 +17,9 @@ def test_waiting_jobs_get_a_slot_by_priority_then_arrival(demo_lanes):
     def job(name: str, priority: str) -> None:
         with slots.acquire(lane.pk, priority):
             order.append(name)
-            time.sleep(0.02)
+
+    def waiting() -> int:
+        return slots.waiting(lane.pk)
 
     with slots.acquire(lane.pk, "standard"):  # the lane's one slot is busy
         threads = []
@@ -29,7 +31,7 @@ def test_waiting_jobs_get_a_slot_by_priority_then_arrival(demo_lanes):
         ]:
             threads.append(threading.Thread(target=job, args=(name, priority)))
             threads[-1].start()
-            time.sleep(0.05)  # arrive in this order
+            wait_until(lambda: waiting() == len(threads), what=f"{name} waiting for the slot")  # arrive in this order
         assert order == []
     for thread in threads:
         thread.join(10)

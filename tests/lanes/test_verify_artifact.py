@@ -1,5 +1,3 @@
-import time
-
 import pytest
 from django.conf import settings
 
@@ -7,21 +5,19 @@ from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Lane, Verification
 from lanes.review import start_verification
 from lanes.tasks import verify_artifact
-from tests.conftest import running_worker, wait_for_job
+from tests.conftest import running_worker, wait_for_job, wait_until, waiting_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def wait_for_verification(job_id: int, count: int = 1, timeout: float = 60.0) -> list[Verification]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> list[Verification] | None:
         done = list(
             Verification.objects.filter(job_id=job_id).exclude(status__in=["pending", "running"]).order_by("id")
         )
-        if len(done) >= count:
-            return done
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id}: verification not finished after {timeout}s")
+        return done if len(done) >= count else None
+
+    return wait_until(finished, timeout, f"job {job_id}: verification not finished")
 
 
 def test_verification_runs_on_its_own_queue_and_flags_unreadable_text(demo_lanes, creative):
@@ -29,7 +25,8 @@ def test_verification_runs_on_its_own_queue_and_flags_unreadable_text(demo_lanes
     with running_worker(queues=lane_queues):  # a GPU worker that does not consume the verify queue
         job = wait_for_job(submit_brief(creative, prompt="Poster", expected_text="GRAND OPENING", intent="draft").pk)
         assert job.state == "succeeded"
-        time.sleep(0.5)
+        sent = ("lanes.tasks.verify_artifact", (Verification.objects.get(job=job).pk,))
+        wait_until(lambda: sent in waiting_tasks(settings.VERIFY_QUEUE), what="the verification waiting in its queue")
         assert Verification.objects.get(job=job).status == "pending"
     with running_worker(queues=[settings.VERIFY_QUEUE]):  # the CPU verifier
         (verification,) = wait_for_verification(job.pk)

@@ -1,5 +1,7 @@
+import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -16,6 +18,9 @@ class Command(BaseCommand):
         "Run an A/B experiment from a YAML file (the format the console's New experiment form takes) on the "
         "running workers, with a progress bar, then print the summary and the paired comparisons."
     )
+    # As in createsuperuser: call_command(..., stdin=...) stands in for the process's standard input.
+    stealth_options = ("stdin",)
+    stdin: TextIO
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("file", help="The experiment's YAML (or - for stdin).")
@@ -32,6 +37,7 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {name}: {exc}") from None
 
     def handle(self, file, prompts, user, baseline, timeout, no_wait, **options) -> None:
+        self.stdin = options.get("stdin") or sys.stdin
         users = get_user_model().objects.filter(is_superuser=True, is_active=True)
         owner = users.filter(username=user).first() if user else users.order_by("pk").first()
         if owner is None:
