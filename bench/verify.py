@@ -1,7 +1,8 @@
 """Flagging quality and OCR time of typography verification on a seeded labelled set.
 
-Renders --images posters with PIL in a real TTF font (tests/typeset.py: correct, misspelt,
-missing, extra characters, wrong case, low contrast, rotated a little), verifies each
+Renders --images posters with PIL in a real TTF font (lanes/typeset.py, the verifier's
+calibration set: correct, misspelt, missing, extra characters, wrong case, low contrast,
+rotated a little), verifies each
 against its expected text with the default lane policy (case-sensitive, threshold 0.95),
 and prints precision and recall of flagging (a flag is the positive) and OCR time per
 image. Ends with one line of JSON.

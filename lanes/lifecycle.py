@@ -86,7 +86,8 @@ def _run_claimed(job: Job) -> str:
         Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(stage=Job.Stage.REFINE_QUEUED)
         job.stage = Job.Stage.REFINE_QUEUED
         push.job_state(job)
-        return _queue_refine(job)
+        queue_refine(job)
+        return "draft done"
 
     scale = job.refine_scale if job.is_cascade else 1
     width, height = job.width // scale, job.height // scale
@@ -168,10 +169,6 @@ def _store_draft(job: Job, result) -> str:
     # The draft is pushed (and shown) as soon as it exists.
     if not _store_if(job, result.image, Artifact.Stage.DRAFT, to_refine):
         return "discarded"
-    return _queue_refine(job)
-
-
-def _queue_refine(job: Job) -> str:
     queue_refine(job)
     return "draft done"
 

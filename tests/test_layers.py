@@ -56,16 +56,20 @@ def imports(name: str, path: Path, known: dict[str, Path]):
                 yield target, node.lineno, id(node) in functions, functions.get(id(node), "")
 
 
-def test_the_import_graph_has_no_circle():
-    known = modules()
-    graph = {name: {target for target, *_ in imports(name, path, known)} for name, path in known.items()}
+def circle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of the graph (module -> modules it imports), or [] when there is none."""
     # A package's __init__ re-exporting its own modules is not a circle through the package.
-    for name in graph:
-        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    graph = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in graph.items()}
     try:
         list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
-        raise AssertionError(f"import circle: {' -> '.join(exc.args[1])}") from None
+        return list(exc.args[1])
+    return []
+
+
+def test_the_import_graph_has_no_circle():
+    known = modules()
+    assert circle({name: {target for target, *_ in imports(name, path, known)} for name, path in known.items()}) == []
 
 
 def test_each_app_imports_only_the_layers_below_it():
@@ -91,7 +95,10 @@ def test_project_imports_sit_at_the_top_of_the_file():
 
 
 def test_the_checker_sees_a_circle_and_an_upward_arrow(tmp_path):
-    """The checks above can fail: an arrow from lanes up to experiments is caught."""
+    """The checks above can fail: a circle (the one the job core once had), an arrow up and a hidden import."""
+    core = {"lanes.actions": {"lanes.tasks"}, "lanes.tasks": {"lanes.admission"}, "lanes.admission": {"lanes.actions"}}
+    assert set(circle(core)) == {"lanes.actions", "lanes.tasks", "lanes.admission"}
+    assert circle({"lanes.models": {"lanes.models.jobs"}, "lanes.models.jobs": {"lanes.models"}}) == []
     known = modules()
     found = list(imports("lanes.actions", ROOT / "lanes" / "actions.py", known))
     assert ("lanes.dispatch" in {t for t, *_ in found}) and all(not t.startswith("experiments") for t, *_ in found)

@@ -1,4 +1,3 @@
-import time
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ from telemetry.models import GpuSample
 from telemetry.nvml import Sampler
 from telemetry.sampling import SamplingLoop
 from telemetry.tasks import prune_samples
-from tests.conftest import session_headers
+from tests.conftest import session_headers, wait_until
 
 
 def test_without_a_driver_the_sampler_reports_the_worker_process():
@@ -118,9 +117,7 @@ def test_old_samples_are_pruned_in_batches(settings):
 def test_a_running_worker_samples_itself(worker):
     from lanes.heartbeat import worker_ident
 
-    deadline = time.monotonic() + 10
-    while not GpuSample.objects.filter(worker=worker_ident()).exists():
-        assert time.monotonic() < deadline, "no sample from the worker"
-        time.sleep(0.1)
-    sample = GpuSample.objects.filter(worker=worker_ident()).first()
+    sample = wait_until(
+        lambda: GpuSample.objects.filter(worker=worker_ident()).first(), what="no sample from the worker"
+    )
     assert sample.gpu_index is None and sample.memory_used_bytes > 0  # CPU-only here
