@@ -124,7 +124,7 @@ def lane_limits(request, name: str):
 @require_POST
 def lane_dismiss_notice(request, name: str):
     lane = get_lane_for_user(request, name)
-    rollout.dismiss_notice(lane, request.user)
+    control.dismiss_notice(lane, request.user)
     return redirect(next_url(request, reverse("lane-detail", args=[name])))
 
 

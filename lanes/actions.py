@@ -59,8 +59,8 @@ def submit_brief(
         errors["seed"] = "The seed must be between 0 and 2^63 - 1."
     if priority is not None and priority not in Priority.values:
         errors["priority"] = f"Unknown priority {priority!r}."
-    # Sent by intent through the routing policy, or by name to a lane and version (an experiment arm).
-    by_policy = lane is None and model_version is None
+    # A version chosen by the submitter (an experiment arm) is not drawn by the canary split.
+    by_policy = model_version is None
     if lane is None:
         try:
             routed = route_intent(intent)

@@ -2,16 +2,16 @@
 
 Each change runs in a transaction holding the lane's row lock (`locked_lane`), against the
 revision of the lane the user saw: a change made from a stale page is refused with a
-ConflictError that names the change that came first. `save_lane` bumps the revision, and
-the caller writes its AuditEvent in the same transaction, so a change and its audit row
-commit together or not at all.
+ConflictError that names the change that came first. `record_change` saves the change as
+the lane's next revision and writes its AuditEvent in the same transaction, so a change
+and its audit row commit together or not at all.
 """
 
 from __future__ import annotations
 
 from django.contrib.auth.models import User
 
-from .models import AuditEvent, Lane
+from .models import AuditEvent, Lane, ModelVersion
 
 
 class ControlError(Exception):
@@ -45,6 +45,15 @@ def save_lane(lane: Lane, fields: list[str] | None = None) -> None:
     """Save the change (only `fields`, or a whole new or replaced lane) as the lane's next revision."""
     lane.revision += 1
     lane.save(update_fields=None if fields is None else [*fields, "revision"])
+
+
+def record_change(
+    lane: Lane, fields: list[str], by, action: str, *, version: ModelVersion | None = None,
+    before: dict | None = None, after: dict | None = None, note: str = "",
+) -> AuditEvent:  # fmt: skip
+    """Save a locked lane's change as its next revision and write the change's audit row with it."""
+    save_lane(lane, fields)
+    return AuditEvent.record(by, action, lane=lane, version=version, before=before, after=after, note=note)
 
 
 def acting_user(by) -> User | None:

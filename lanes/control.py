@@ -12,11 +12,9 @@ from celery import current_app as app
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from telemetry import push
-
 from .admission import NoLaneAvailable, enabled_lane
-from .changes import ControlError, locked_lane, save_lane
-from .dispatch import dispatch
+from .changes import ControlError, locked_lane, record_change
+from .dispatch import dispatch_after_commit
 from .models import AuditEvent, Job, Lane, Route, Worker
 from .router import rerouted_fields
 
@@ -73,12 +71,11 @@ def set_mode(lane: Lane, mode: str, by, expected_revision: int | None = None) ->
                 )
         before = {"mode": lane.mode}
         lane.enabled, lane.draining = mode == "enabled", mode == "draining"
-        save_lane(lane, ["enabled", "draining"])
         moved = _move_waiting_jobs(lane) if mode == "disabled" else 0
-        AuditEvent.record(
-            by, f"lane.{ {'enabled': 'enable', 'draining': 'drain', 'disabled': 'disable'}[mode] }", lane=lane,
-            before=before, after={"mode": mode, "jobs_moved": moved},
-        )  # fmt: skip
+        action = {"enabled": "lane.enable", "draining": "lane.drain", "disabled": "lane.disable"}[mode]
+        record_change(
+            lane, ["enabled", "draining"], by, action, before=before, after={"mode": mode, "jobs_moved": moved}
+        )
     return lane, moved
 
 
@@ -96,12 +93,7 @@ def _move_waiting_jobs(lane: Lane) -> int:
             moved += 1
             job.refresh_from_db()
             if job.state == Job.State.QUEUED:
-
-                def dispatch_and_push(job: Job = job) -> None:
-                    dispatch(job)
-                    push.job_state(job)
-
-                transaction.on_commit(dispatch_and_push)
+                dispatch_after_commit(job)
     return moved
 
 
@@ -128,8 +120,7 @@ def update_limits(lane: Lane, values: dict, by, expected_revision: int | None = 
         except ValidationError as exc:
             errors = {k: " ".join(v) for k, v in exc.message_dict.items()}
             raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors) from None
-        save_lane(lane, list(changed))
-        AuditEvent.record(by, "lane.limits", lane=lane, before={k: before[k] for k in changed}, after=changed)
+        record_change(lane, list(changed), by, "lane.limits", before={k: before[k] for k in changed}, after=changed)
     return lane
 
 
@@ -172,3 +163,15 @@ def reload_workers(by, timeout: float = 3.0) -> list[str]:
     ]
     AuditEvent.record(by, "workers.reload", after={"replies": len(replies)}, note="; ".join(replies))
     return replies
+
+
+def dismiss_notice(lane: Lane, by) -> None:
+    """Clear the lane's notice for everyone (not a change of the lane's serving: no new revision)."""
+    with transaction.atomic():
+        lane = Lane.objects.select_for_update().get(pk=lane.pk)
+        if not lane.notice:
+            return
+        before = {"notice": lane.notice}
+        lane.notice, lane.notice_at = "", None
+        lane.save(update_fields=["notice", "notice_at"])
+        AuditEvent.record(by, "lane.dismiss-notice", lane=lane, before=before)

@@ -37,6 +37,16 @@ def dispatch(job: Job) -> None:
     job.mark_dispatched()
 
 
+def dispatch_after_commit(job: Job) -> None:
+    """Once the transaction commits: send the job back into its queue and tell its watchers."""
+
+    def send() -> None:
+        dispatch(job)
+        push.job_state(job)
+
+    transaction.on_commit(send)
+
+
 def queue_refine(job: Job) -> None:
     """Send a cascade's drafted job to its lane's refine queue."""
     current_app.send_task(
@@ -49,7 +59,9 @@ def queue_verification(verification_id: int) -> None:
 
 
 def validate_version(version: ModelVersion) -> None:
-    current_app.send_task("lanes.tasks.validate_version", args=(version.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    current_app.send_task(
+        "lanes.rollout.validate_version", args=(version.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    )
 
 
 def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
@@ -72,12 +84,7 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
     for job in waiting[: max(0, room)]:
         # Conditional: a concurrent releaser (beat, another worker) may have taken it.
         if job.release():
-
-            def dispatch_and_push(job: Job = job) -> None:
-                dispatch(job)
-                push.job_state(job)
-
-            transaction.on_commit(dispatch_and_push)
+            dispatch_after_commit(job)
             released.append(job)
     return released
 

@@ -1,7 +1,8 @@
 """Loading diffusers pipelines and running them within a GPU memory budget.
 
-diffusers and torch take seconds to import, so they are imported here lazily and this
-module is only imported by worker code paths, never at Django start-up.
+diffusers and torch take seconds to import, so they are imported lazily, inside the
+functions that load and run pipelines: importing this module is cheap (the web process
+does, for version registration), and only a worker pays for torch.
 
 The budget covers loaded weights (LRU eviction of idle engines; a module shared by
 several pipelines counts once) and the activation memory of the jobs running now

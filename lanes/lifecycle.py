@@ -1,9 +1,9 @@
 """A job's run on a worker, from its claim to its stored image.
 
-`run_job` claims a queued job (a conditional UPDATE, so a duplicate message does nothing),
+`run` claims a queued job (a conditional UPDATE, so a duplicate message does nothing),
 waits for a slot of its lane on this GPU, renders under the memory budget, and stores the
 image with the job's transition in one transaction. A cascade stores its draft and queues
-the refine stage, which `refine_job` runs batched with other waiting jobs. An out-of-memory
+the refine stage, which `refine` runs batched with other waiting jobs. An out-of-memory
 error moves the job to its lane's fallback once, or splits a refine batch once.
 Afterwards deferred work is released, and the finish is announced (lanes.signals).
 """

@@ -13,8 +13,8 @@ import random
 from django.db import transaction
 from django.utils import timezone
 
-from .changes import ControlError, acting_user, locked_lane, save_lane
-from .models import AuditEvent, Lane, LaneRelease, ModelVersion
+from .changes import ControlError, acting_user, locked_lane, record_change
+from .models import Lane, LaneRelease, ModelVersion
 
 # The canary draw. Module-level so a test can seed it and route a fixed sequence.
 rng = random.Random()
@@ -98,8 +98,10 @@ def activate(lane: Lane, version: ModelVersion, by, expected_revision: int | Non
         old = _switch_active(lane, version, by, "activated", LaneRelease.Outcome.SUPERSEDED)
         if lane.canary_version_id == version.pk:  # activating the canary is promoting it
             lane.clear_canary()
-        save_lane(lane, ["active_version", *Lane.CANARY_FIELDS])
-        AuditEvent.record(by, "lane.activate", lane=lane, version=version, before=before, after=_versions_state(lane))
+        record_change(
+            lane, ["active_version", *Lane.CANARY_FIELDS], by, "lane.activate", version=version,
+            before=before, after=_versions_state(lane),
+        )  # fmt: skip
         _sync(old, version)
     return lane
 
@@ -119,9 +121,8 @@ def start_canary(lane: Lane, version: ModelVersion, percent: int, by, expected_r
         lane.canary_version, lane.canary_percent = version, percent
         if restart:
             lane.canary_started_at = timezone.now()
-        save_lane(lane, list(Lane.CANARY_FIELDS))
-        AuditEvent.record(
-            by, "canary.start" if restart else "canary.percent", lane=lane, version=version,
+        record_change(
+            lane, list(Lane.CANARY_FIELDS), by, "canary.start" if restart else "canary.percent", version=version,
             before=before, after=_versions_state(lane),
         )  # fmt: skip
         _sync(previous, version)
@@ -138,8 +139,10 @@ def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
         _check_deployable(canary)
         before = _versions_state(lane)
         old = _switch_active(lane, canary, by, "promoted from canary", LaneRelease.Outcome.SUPERSEDED)
-        save_lane(lane, ["active_version", *lane.clear_canary()])
-        AuditEvent.record(by, "canary.promote", lane=lane, version=canary, before=before, after=_versions_state(lane))
+        record_change(
+            lane, ["active_version", *lane.clear_canary()], by, "canary.promote", version=canary,
+            before=before, after=_versions_state(lane),
+        )  # fmt: skip
         _sync(old, canary)
     return lane
 
@@ -157,9 +160,8 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
             lane.notice = f"Canary {canary.name} rolled back automatically: {reason}"[:500]
             lane.notice_at = timezone.now()
             fields += ["notice", "notice_at"]
-        save_lane(lane, fields)
-        AuditEvent.record(
-            by, "canary.auto-rollback" if automatic else "canary.abort", lane=lane, version=canary,
+        record_change(
+            lane, fields, by, "canary.auto-rollback" if automatic else "canary.abort", version=canary,
             before=before, after=_versions_state(lane), note=reason,
         )  # fmt: skip
         _sync(canary)
@@ -192,18 +194,9 @@ def rollback(lane: Lane, by, expected_revision: int | None = None) -> Lane:
         before = _versions_state(lane)
         canary = lane.canary_version
         old = _switch_active(lane, target, by, f"rollback from {lane.active_version.name}", "rolled_back")
-        save_lane(lane, ["active_version", *lane.clear_canary()])
-        AuditEvent.record(by, "lane.rollback", lane=lane, version=target, before=before, after=_versions_state(lane))
+        record_change(
+            lane, ["active_version", *lane.clear_canary()], by, "lane.rollback", version=target,
+            before=before, after=_versions_state(lane),
+        )  # fmt: skip
         _sync(old, target, canary)
     return lane
-
-
-def dismiss_notice(lane: Lane, by) -> None:
-    with transaction.atomic():
-        lane = Lane.objects.select_for_update().get(pk=lane.pk)
-        if not lane.notice:
-            return
-        before = {"notice": lane.notice}
-        lane.notice, lane.notice_at = "", None
-        lane.save(update_fields=["notice", "notice_at"])
-        AuditEvent.record(by, "lane.dismiss-notice", lane=lane, before=before)

@@ -9,12 +9,17 @@ from django.dispatch import Signal
 
 log = logging.getLogger(__name__)
 
-# Sent after commit once a job's run on a worker is over (it succeeded, failed, or was
-# discarded): receivers get `job`. Experiments feed their next cells from it.
+# Sent after commit when a worker's run ends a job (it succeeded or failed): receivers get
+# `job`. Experiments feed their next cells from it.
 job_finished = Signal()
 
 
 def announce_finished(job) -> None:
+    """Announce the job if its run ended it; a job still on its way (a cascade's draft, a job moved
+    to its fallback) is announced when it finishes."""
+    if not job.is_terminal:
+        return
+
     def send() -> None:
         # A listener's error is logged, never the worker's crash or the job's failure.
         for receiver, error in job_finished.send_robust(sender=type(job), job=job):

@@ -4,6 +4,7 @@ forward with every row still there and readable through today's models."""
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -63,8 +64,20 @@ def fill_old_database(apps) -> dict:
                                            seeds=[4])  # fmt: skip
     arm = Arm.objects.create(experiment=experiment, name="a", lane=lane, model_version=version)
     Cell.objects.create(experiment=experiment, arm=arm, prompt_index=0, sample_index=0, seed=4, job=arm_job)
+    # Content types as a partial `migrate accounts` would leave them: the old one, which a
+    # permission points at, and a fresh one post_migrate made under the new label.
+    old_team_type, _ = ContentType.objects.get_or_create(app_label="lanes", model="team")
+    Permission.objects.get_or_create(content_type=old_team_type, codename="change_team", name="Can change team")
     ContentType.objects.get_or_create(app_label="lanes", model="experiment")
-    return {"plain": plain.pk, "held": held.pk, "waiting": waiting.pk, "arm": arm_job.pk, "submitted": now}
+    ContentType.objects.get_or_create(app_label="accounts", model="team")
+    return {
+        "team_type": old_team_type.pk,
+        "plain": plain.pk,
+        "held": held.pk,
+        "waiting": waiting.pk,
+        "arm": arm_job.pk,
+        "submitted": now,
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -101,3 +114,5 @@ def test_a_database_from_before_the_move_keeps_every_row():
     # Content types follow the models (the admin's log and permissions point at them).
     assert ContentType.objects.filter(app_label="experiments", model="experiment").exists()
     assert not ContentType.objects.filter(app_label="lanes", model="experiment").exists()
+    team_type = ContentType.objects.get(app_label="accounts", model="team")
+    assert team_type.pk == ids["team_type"] and team_type.permission_set.filter(codename="change_team").exists()

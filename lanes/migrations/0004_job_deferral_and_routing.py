@@ -1,5 +1,7 @@
 # Deferral becomes fields (it was a phrase in admission_reason), and a job says whether the
 # routing policy sent it (experiment jobs are pinned to their arm's lane and version).
+# A reason cut at 300 characters before its "released after" lost that figure: such a job
+# keeps deferred_at and no released_at.
 
 import re
 from datetime import timedelta
@@ -14,7 +16,7 @@ def backfill(apps, schema_editor):
     ExperimentCell = apps.get_model("lanes", "ExperimentCell")
     Job.objects.filter(pk__in=ExperimentCell.objects.filter(job__isnull=False).values("job_id")).update(routed=False)
     held = Job.objects.filter(models.Q(admission="deferred") | models.Q(admission_reason__contains="released after"))
-    for job in held.only("pk", "submitted_at", "admission_reason"):
+    for job in held.only("pk", "submitted_at", "admission_reason").iterator():
         match = RELEASED.search(job.admission_reason)
         released = job.submitted_at + timedelta(seconds=float(match.group(1))) if match else None
         reason = RELEASED.sub("", job.admission_reason).rstrip("; ")
@@ -41,7 +43,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='job',
             name='routed',
-            field=models.BooleanField(default=True),
+            # A database default too: processes of the previous release, still running while this is
+            # applied, insert jobs without the column.
+            field=models.BooleanField(db_default=True, default=True),
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
     ]

@@ -98,7 +98,7 @@ class Job(models.Model):
     released_at = models.DateTimeField(null=True, blank=True)
     # Sent by the routing policy (intent → lane, the canary draw) rather than to a lane and
     # version by name (an experiment arm): canary judgement compares routed traffic only.
-    routed = models.BooleanField(default=True)
+    routed = models.BooleanField(default=True, db_default=True)
     requested_lane = models.ForeignKey(
         Lane, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="The intent's lane."
     )
@@ -178,6 +178,12 @@ class Job(models.Model):
         if self.deferred_at and self.released_at:
             return (self.released_at - self.deferred_at).total_seconds()
         return None
+
+    @property
+    def admission_note(self) -> str:
+        """Admission's reason, and how long the job was held back once it was released."""
+        waited = self.deferred_seconds
+        return self.admission_reason + (f"; released after {waited:.1f} s" if waited is not None else "")
 
     @property
     def stage_progress(self) -> list[dict]:

@@ -1,7 +1,10 @@
+from datetime import timedelta
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from lanes.actions import submit_brief
 from lanes.models import Job
@@ -102,3 +105,14 @@ def test_a_running_cascade_job_shows_a_bar_per_stage_and_the_time_left(creative_
     assert ">draft</span>" in page and ">upscale</span>" in page
     assert ">4/4</small>" in page and ">2/4</small>" in page  # draft done, upscale half way
     assert "about 1.0 s left" in page  # 3 s for 6 steps, 2 to go
+
+
+def test_a_released_job_says_how_long_admission_held_it_back(creative_client, job):
+    held = timezone.now() - timedelta(seconds=10)
+    Job.objects.filter(pk=job.pk).update(
+        admission="deferred", admission_reason="fast-draft saturated", deferred_at=held,
+        released_at=held + timedelta(seconds=2.5),
+    )  # fmt: skip
+    detail = creative_client.get(reverse("job-detail", args=[job.pk])).text
+    assert "fast-draft saturated; released after 2.5 s" in detail
+    assert 'title="fast-draft saturated; released after 2.5 s"' in creative_client.get(reverse("job-list")).text
