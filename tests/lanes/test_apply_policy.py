@@ -49,6 +49,14 @@ def test_export_apply_export_is_identical(demo_lanes, tmp_path):
     assert export() == before
 
 
+def test_a_policy_piped_to_apply_policy_is_applied(demo_lanes):
+    text = export().replace("max_concurrency: 2", "max_concurrency: 3", 1)
+    assert text != export()
+    out = io.StringIO()
+    call_command("apply_policy", "-", stdin=io.StringIO(text), stdout=out)
+    assert "Applied" in out.getvalue() and export() == text
+
+
 def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creative):
     message = apply(tmp_path, GOOD)
     assert "2 lanes, 2 intents, 5 lanes not in the file disabled" in message
