@@ -88,7 +88,9 @@ def submit_brief(
             raise BriefRejected({"intent": str(exc)}) from None
         if decision.lane != lane:
             params = clamp_to(decision.lane, **params)
+        now = timezone.now()  # admission decided at submission: one instant for all three
         job = Job.objects.create(
+            submitted_at=now,
             owner=owner,
             prompt=prompt,
             expected_text=expected_text,
@@ -100,12 +102,12 @@ def submit_brief(
             model_version=model_version or pick_version(decision.lane),
             routed=by_policy,
             state=decision.state,
-            deferred_at=timezone.now() if decision.state == Job.State.DEFERRED else None,
+            deferred_at=now if decision.state == Job.State.DEFERRED else None,
             admission=decision.admission,
             admission_reason=decision.reason[:300],
             seed=secrets.randbelow(2**31) if seed is None else seed,
             **cascade_fields(decision.lane),
-            finished_at=timezone.now() if decision.state == Job.State.REJECTED else None,
+            finished_at=now if decision.state == Job.State.REJECTED else None,
             **params,
         )
         job.retry_after = decision.retry_after
