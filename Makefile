@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 # Starts the embedded Valkey (unless REDIS_URL is set), the ASGI web server, one worker and beat.
 run: setup
 	@echo "Laneway console: http://$${LANEWAY_HOST:-127.0.0.1}:$${LANEWAY_PORT:-8000}/  (Ctrl-C stops everything)"
-	@if [ -z "$$REDIS_URL" ]; then procs="valkey web worker verifier beat"; else procs="web worker verifier beat"; fi; \
+	@if [ -z "$$REDIS_URL" ]; then procs="valkey web worker verifier hosted imagesapi beat"; else procs="web worker verifier hosted imagesapi beat"; fi; \
 	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start -f Procfile $$procs
 
 # The whole suite on the embedded default, then on PostgreSQL + Redis when they answer

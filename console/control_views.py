@@ -15,13 +15,32 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import admin_required, has_role, ops_required
 from accounts.models import Role
-from lanes import canary, control, registry, rollout
+from lanes import adapters, canary, control, families, registry, rollout
 from lanes.changes import ConflictError, ControlError
-from lanes.models import AuditEvent, Lane, LaneRelease, ModelVersion, Verification, Worker, with_live_counts
+from lanes.models import (
+    Adapter,
+    AuditEvent,
+    Lane,
+    LaneAdapter,
+    LaneRelease,
+    ModelVersion,
+    Verification,
+    Worker,
+    with_live_counts,
+)
 from lanes.stats import version_stats
 
 from .access import get_lane_for_user, get_version_for_user, get_worker_for_user, next_url
-from .forms import ActivateForm, CanaryForm, LimitsForm, ModeForm, RevisionForm, VersionForm
+from .forms import (
+    ActivateForm,
+    AdapterForm,
+    CanaryForm,
+    LaneAdapterForm,
+    LimitsForm,
+    ModeForm,
+    RevisionForm,
+    VersionForm,
+)
 
 
 @ops_required
@@ -57,6 +76,8 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
         "limits_form": forms.get("limits_form") or LimitsForm(instance=lane, initial=initial),
         "activate_form": forms.get("activate_form") or ActivateForm(initial=initial),
         "canary_form": forms.get("canary_form") or CanaryForm(initial=initial),
+        "adapter_links": LaneAdapter.objects.filter(lane=lane).select_related("adapter__version"),
+        "adapter_form": forms.get("adapter_form") or LaneAdapterForm(lane=lane, initial=initial),
         "drained": lane.draining and not (lane.queued or lane.running or lane.deferred),
     }
 
@@ -158,6 +179,42 @@ def lane_canary(request, name: str):
     return _done(request, lane, f"Canary {data['version'].name} takes {data['percent']}% of new jobs on {lane.name}.")
 
 
+@ops_required
+@require_POST
+def lane_adapter_link(request, name: str):
+    lane = get_lane_for_user(request, name)
+    form = LaneAdapterForm(request.POST, lane=lane)
+    if not form.is_valid():
+        return _invalid(request, lane, form, adapter_form=form)
+    data = form.cleaned_data
+    try:
+        entry = adapters.link(
+            lane, data["adapter"], request.user, weight=data["weight"], pinned=data["pinned"],
+            expected_revision=data["revision"],
+        )  # fmt: skip
+    except ControlError as exc:
+        return _refused(request, lane, exc, adapter_form=form)
+    how = "on every job" if entry.pinned else "for briefs that pick it"
+    return _done(request, lane, f"Lane {lane.name} applies {entry.adapter.name} at {entry.weight:g} {how}.")
+
+
+@ops_required
+@require_POST
+def lane_adapter_unlink(request, name: str, adapter_id: int):
+    lane = get_lane_for_user(request, name)
+    form = RevisionForm(request.POST)
+    adapter = Adapter.objects.filter(pk=adapter_id).first()
+    if adapter is None:
+        raise Http404("No such adapter.")
+    if not form.is_valid():
+        return _invalid(request, lane, form)
+    try:
+        adapters.unlink(lane, adapter, request.user, expected_revision=form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    return _done(request, lane, f"Lane {lane.name} no longer applies {adapter.name}.")
+
+
 def _revision_action(request, name: str, action, message: str):
     lane = get_lane_for_user(request, name, deploy=True)
     form = RevisionForm(request.POST)
@@ -229,7 +286,8 @@ def version_list(request):
     versions = ModelVersion.objects.select_related("registered_by").annotate(
         lanes_active=Count("lanes", distinct=True), lanes_canary=Count("canary_lanes", distinct=True)
     )
-    return render(request, "console/versions.html", {"versions": versions, "form": VersionForm()})
+    context = {"versions": versions, "form": VersionForm(), "families": families.table()}
+    return render(request, "console/versions.html", context)
 
 
 @admin_required
@@ -250,7 +308,7 @@ def version_new(request):
                 messages.warning(request, f"The same files are registered already as {names}.")
             return redirect("version-detail", name=version.name)
     status = 400 if request.method == "POST" else 200
-    return render(request, "console/version_new.html", {"form": form}, status=status)
+    return render(request, "console/version_new.html", {"form": form, "families": families.table()}, status=status)
 
 
 @admin_required
@@ -267,8 +325,38 @@ def version_detail(request, name: str):
         "stats": version_stats(version),
         "pass_rates": [r for r in Verification.objects.pass_rates() if r["model_version_id"] == version.pk],
         "events": AuditEvent.objects.filter(model_version=version)[:20],
+        "adapters": version.adapters.all(),
+        "adapter_form": AdapterForm(),
     }
     return render(request, template, context)
+
+
+@admin_required
+@require_POST
+def version_adapter_new(request, name: str):
+    version = get_version_for_user(request, name)
+    form = AdapterForm(request.POST)
+    if form.is_valid():
+        try:
+            adapter = adapters.register_adapter(request.user, version=version, **form.cleaned_data)
+        except ControlError as exc:
+            for field, message in exc.errors.items():
+                form.add_error(field if field in form.fields else None, message)
+        else:
+            messages.success(request, f"LoRA {adapter.name} registered for {version.name}; validating.")
+            return redirect("version-detail", name=version.name)
+    problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    messages.error(request, f"Adapter not registered: {problems}")
+    context = {
+        "version": version,
+        "lanes": Lane.objects.using_version(version),
+        "stats": version_stats(version),
+        "pass_rates": [],
+        "events": AuditEvent.objects.filter(model_version=version)[:20],
+        "adapters": version.adapters.all(),
+        "adapter_form": form,
+    }
+    return render(request, "console/version.html", context, status=400)
 
 
 @admin_required

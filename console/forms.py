@@ -4,9 +4,10 @@ from django.conf import settings
 from accounts.access import has_role
 from accounts.models import Role
 from experiments.definition import parse_prompt_lines
+from lanes import families
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
-from lanes.models import Job, Lane, ModelVersion, Priority, Route
+from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route
 
 
 class BriefForm(forms.Form):
@@ -31,11 +32,26 @@ class BriefForm(forms.Form):
     guidance = forms.FloatField(required=False, min_value=0, max_value=100)
     width = forms.IntegerField(required=False, min_value=8, max_value=8192)
     height = forms.IntegerField(required=False, min_value=8, max_value=8192)
+    adapters = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="LoRA adapters",
+        help_text="Styles the intent's lane offers (its pinned house style applies anyway).",
+    )
 
     def __init__(self, *args, user=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not has_role(user, Role.OPS):
             del self.fields["priority"]
+        offered = LaneAdapter.objects.filter(pinned=False, adapter__status=Adapter.Status.VALIDATED)
+        names = sorted(set(offered.values_list("adapter__name", "lane__name")))
+        lanes_of: dict[str, list[str]] = {}
+        for adapter, lane in names:
+            lanes_of.setdefault(adapter, []).append(lane)
+        if lanes_of:
+            self.fields["adapters"].choices = [(a, f"{a} (on {', '.join(ls)})") for a, ls in lanes_of.items()]
+        else:
+            del self.fields["adapters"]
         routes = Route.objects.select_related("lane").order_by("intent")
         self.fields["intent"].choices = [
             (r.intent, f"{r.label or r.intent} → {r.lane.name}{'' if r.lane.enabled else ' (disabled)'}")
@@ -65,6 +81,7 @@ class BriefForm(forms.Form):
                 width=data.get("width"),
                 height=data.get("height"),
                 priority=data.get("priority") or None,
+                adapters=data.get("adapters") or [],
             )
         except BriefRejected as exc:
             for field, message in exc.errors.items():
@@ -95,9 +112,9 @@ class ActivateForm(RevisionForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["version"].queryset = ModelVersion.objects.filter(
-            family=ModelVersion.Family.STABLE_DIFFUSION
-        ).exclude(status=ModelVersion.Status.RETIRED)
+        self.fields["version"].queryset = ModelVersion.objects.filter(family__in=families.text2img_values()).exclude(
+            status=ModelVersion.Status.RETIRED
+        )
         self.fields["version"].label_from_instance = lambda v: f"{v.name} ({v.get_status_display()})"
 
 
@@ -107,12 +124,65 @@ class CanaryForm(ActivateForm):
 
 class VersionForm(forms.Form):
     name = forms.SlugField(max_length=100)
-    family = forms.ChoiceField(choices=ModelVersion.Family.choices)
-    location = forms.CharField(max_length=500, help_text="A diffusers folder or a .safetensors file under MODELS_ROOT.")
-    config_location = forms.CharField(
-        max_length=500, required=False, help_text="Single-file checkpoints only: a diffusers folder with its configs."
+    family = forms.ChoiceField(
+        required=False,
+        choices=[("", "Detect from model_index.json"), *ModelVersion.Family.choices],
+        help_text="A hosted engine needs its family chosen; a checkpoint's is read from its files.",
     )
-    dtype = forms.ChoiceField(choices=ModelVersion.DType.choices)
+    location = forms.CharField(
+        max_length=500, required=False, help_text="A diffusers folder or a .safetensors file under MODELS_ROOT."
+    )
+    config_location = forms.CharField(
+        max_length=500,
+        required=False,
+        help_text="Single-file checkpoints only: a diffusers folder of the same family holding its configs.",
+    )
+    dtype = forms.ChoiceField(choices=ModelVersion.DType.choices, help_text="On a CPU worker, float32 always.")
+    base_url = forms.CharField(
+        max_length=200,
+        required=False,
+        label="API base URL",
+        help_text="Hosted engines: e.g. https://api.openai.com/v1.",
+    )
+    remote_model = forms.CharField(max_length=200, required=False, label="API model")
+    api_key_env = forms.CharField(
+        max_length=100,
+        required=False,
+        label="API key variable",
+        help_text="The environment variable holding the key, on the workers and here (the key is never stored).",
+    )
+    timeout_seconds = forms.FloatField(required=False, min_value=0.1, max_value=3600, initial=60.0)
+    max_concurrency = forms.IntegerField(required=False, min_value=1, max_value=256, initial=4)
+    price_per_image = forms.FloatField(required=False, min_value=0.0, max_value=1000.0, initial=0.0)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("family") != ModelVersion.Family.HTTP and not data.get("location"):
+            self.add_error("location", "Give the checkpoint's folder or file under MODELS_ROOT.")
+        for name in ("timeout_seconds", "max_concurrency", "price_per_image"):
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
+        return data
+
+
+class AdapterForm(forms.Form):
+    name = forms.SlugField(max_length=100)
+    location = forms.CharField(max_length=500, help_text="A LoRA .safetensors file (or its folder) under MODELS_ROOT.")
+    default_weight = forms.FloatField(min_value=-4.0, max_value=4.0, initial=1.0)
+    description = forms.CharField(max_length=200, required=False)
+
+
+class LaneAdapterForm(RevisionForm):
+    adapter = forms.ModelChoiceField(queryset=Adapter.objects.none())
+    weight = forms.FloatField(min_value=-4.0, max_value=4.0, required=False, help_text="Blank: its default weight.")
+    pinned = forms.BooleanField(required=False, help_text="Apply to every job on the lane (a house style).")
+
+    def __init__(self, *args, lane: Lane, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        served = [v for v in (lane.active_version_id, lane.canary_version_id) if v]
+        self.fields["adapter"].queryset = Adapter.objects.filter(
+            version__in=served, status=Adapter.Status.VALIDATED
+        ).select_related("version")
 
 
 class ExperimentForm(forms.Form):

@@ -206,6 +206,10 @@ CACHES = {
 
 # Typography verification: OCR runs on its own queue, on CPU workers.
 VERIFY_QUEUE = _env("VERIFY_QUEUE", "verify")
+# The demo's hosted engine: `manage.py serve_images_api` (make run starts it) speaks the OpenAI Images API.
+DEMO_IMAGES_API_URL = _env("DEMO_IMAGES_API_URL", "http://127.0.0.1:8765/v1")
+# Jobs of hosted engines (image APIs): run by CPU workers, never by a GPU worker.
+HOSTED_QUEUE = _env("HOSTED_QUEUE", "hosted")
 VERIFY_MAX_PIXELS = envint("VERIFY_MAX_PIXELS", 40_000_000, 1)
 
 # Celery. Jobs are acked late so a worker crash redelivers them; the visibility timeout
@@ -316,5 +320,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    # httpx logs every hosted-engine request at INFO; retries and failures are logged by lanes.hosted.
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

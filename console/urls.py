@@ -33,6 +33,10 @@ urlpatterns = [
     path("lanes/<slug:name>/canary/end/", control.lane_end_canary, name="lane-end-canary"),
     path("lanes/<slug:name>/promote/", control.lane_promote, name="lane-promote"),
     path("lanes/<slug:name>/rollback/", control.lane_rollback, name="lane-rollback"),
+    path("lanes/<slug:name>/adapters/", control.lane_adapter_link, name="lane-adapter-link"),
+    path(
+        "lanes/<slug:name>/adapters/<int:adapter_id>/remove/", control.lane_adapter_unlink, name="lane-adapter-unlink"
+    ),
     path("lanes/<slug:name>/workers/<int:worker_id>/", control.worker_consume, name="worker-consume"),
     path("workers/reload/", control.workers_reload, name="workers-reload"),
     path("versions/", control.version_list, name="version-list"),
@@ -40,6 +44,7 @@ urlpatterns = [
     path("versions/<slug:name>/", control.version_detail, name="version-detail"),
     path("versions/<slug:name>/smoke.png", control.version_smoke, name="version-smoke"),
     path("versions/<slug:name>/validate/", control.version_validate, name="version-validate"),
+    path("versions/<slug:name>/adapters/", control.version_adapter_new, name="version-adapter-new"),
     path("versions/<slug:name>/retire/", control.version_retire, name="version-retire"),
     path("audit/", control.audit_log, name="audit"),
     path("experiments/", experiments.experiment_list, name="experiment-list"),

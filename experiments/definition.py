@@ -212,7 +212,7 @@ def _parse_arm(item, lanes: dict, versions: dict, seen: set[str], errors: list[s
         errors.append(f"{where}: version {version.name} is retired")
     elif not version.is_deployable:
         errors.append(f"{where}: version {version.name} is {version.get_status_display()}")
-    elif version.family != ModelVersion.Family.STABLE_DIFFUSION:
+    elif not version.spec.text2img:
         errors.append(f"{where}: {version.name} cannot render from a prompt")
     overrides = {}
     for key in OVERRIDES:

@@ -65,7 +65,8 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
                 queue_s=job.queue_seconds if job else None,
                 run_s=job.run_seconds if job else None,
                 gpu_s=job.gpu_seconds if job else None,
-                cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600
+                # GPU time at the accelerator's price, plus what a hosted engine charged.
+                cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600 + job.api_cost
                 if job and job.gpu_seconds is not None
                 else None,
                 peak_memory_bytes=job.peak_memory_bytes if job else None,

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.access import team_of
 from telemetry import push
 
+from . import adapters as lora
 from . import admission
 from .dispatch import dispatch
 from .models import Job, Priority
@@ -40,6 +41,7 @@ def submit_brief(
     priority: str | None = None,
     model_version=None,
     lane=None,
+    adapters: list[str] | None = None,
 ) -> Job:
     """Validate a brief, run admission, store the job and dispatch it once the row is committed.
 
@@ -77,6 +79,11 @@ def submit_brief(
         "height": lane.default_height if height is None else height,
     }
     errors.update(check_parameters(lane, **params))
+    requested = [name.strip() for name in adapters or [] if name.strip()]
+    if requested:
+        _, missing = lora.for_job(lane, model_version or lane.active_version, requested)
+        if missing:
+            errors["adapters"] = f"Lane {lane.name} does not offer the LoRA adapter(s) {', '.join(missing)}."
     if errors:
         raise BriefRejected(errors)
     priority = priority or default_priority
@@ -88,6 +95,15 @@ def submit_brief(
             raise BriefRejected({"intent": str(exc)}) from None
         if decision.lane != lane:
             params = clamp_to(decision.lane, **params)
+        version = model_version or pick_version(decision.lane)
+        chosen, missing = lora.for_job(decision.lane, version, requested)
+        reason = decision.reason
+        if missing and decision.lane == lane and version != lane.active_version:
+            # A brief that asks for adapters the canary version lacks stays on the active version.
+            version = lane.active_version
+            chosen, missing = lora.for_job(lane, version, requested)
+        if missing:  # rerouted to a lane that does not offer them: rendered without, and said so
+            reason = f"{reason} (without LoRA {', '.join(missing)}: not on lane {decision.lane.name})".strip()
         now = timezone.now()  # admission decided at submission: one instant for all three
         job = Job.objects.create(
             submitted_at=now,
@@ -99,12 +115,13 @@ def submit_brief(
             requested_lane=lane,
             lane=decision.lane,
             team_id=team_of(owner),
-            model_version=model_version or pick_version(decision.lane),
+            model_version=version,
+            adapters=chosen,
             routed=by_policy,
             state=decision.state,
             deferred_at=now if decision.state == Job.State.DEFERRED else None,
             admission=decision.admission,
-            admission_reason=decision.reason[:300],
+            admission_reason=reason[:300],
             seed=secrets.randbelow(2**31) if seed is None else seed,
             **cascade_fields(decision.lane),
             finished_at=now if decision.state == Job.State.REJECTED else None,

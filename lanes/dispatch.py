@@ -17,7 +17,7 @@ from django.utils import timezone
 from telemetry import push
 
 from .admission import pressure
-from .models import Job, Lane, ModelVersion, Priority, Worker
+from .models import Adapter, Job, Lane, ModelVersion, Priority, Worker
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ def broker_priority(priority: str) -> int | None:
 
 def dispatch(job: Job) -> None:
     """Send a committed job to its lane's queue."""
-    current_app.send_task(
-        "lanes.tasks.run_job", args=(job.pk,), queue=job.lane.queue, priority=broker_priority(job.priority)
-    )
+    # A hosted engine's jobs wait on the network, not a GPU: they run on the hosted workers' queue.
+    queue = settings.HOSTED_QUEUE if job.model_version.is_hosted else job.lane.queue
+    current_app.send_task("lanes.tasks.run_job", args=(job.pk,), queue=queue, priority=broker_priority(job.priority))
     job.mark_dispatched()
 
 
@@ -60,8 +60,14 @@ def queue_verification(verification_id: int) -> None:
 
 def validate_version(version: ModelVersion) -> None:
     current_app.send_task(
-        "lanes.rollout.validate_version", args=(version.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        "lanes.rollout.validate_version",
+        args=(version.pk,),
+        queue=settings.HOSTED_QUEUE if version.is_hosted else settings.CELERY_TASK_DEFAULT_QUEUE,
     )
+
+
+def validate_adapter(adapter: Adapter) -> None:
+    current_app.send_task("lanes.tasks.validate_adapter", args=(adapter.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
@@ -71,7 +77,7 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
     """
     waiting = list(
         Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
-        .select_related("lane")
+        .select_related("lane", "model_version")
         .order_by("submitted_at", "pk")[:limit]
     )
     if not waiting:
@@ -104,7 +110,11 @@ def reconcile() -> dict[str, int]:
     now = timezone.now()
     window = timedelta(seconds=settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS)
     requeued = failed = redispatched = 0
-    lost = Job.objects.running_on_lost_workers(now).filter(started_at__lt=now - window).select_related("lane")
+    lost = (
+        Job.objects.running_on_lost_workers(now)
+        .filter(started_at__lt=now - window)
+        .select_related("lane", "model_version")
+    )
     for job in lost:
         worker = job.worker
         if not job.requeue_from(worker):
@@ -116,7 +126,7 @@ def reconcile() -> dict[str, int]:
         else:
             failed += 1
         push.job_state(job)
-    for job in Job.objects.stuck_queued(now).select_related("lane")[:500]:
+    for job in Job.objects.stuck_queued(now).select_related("lane", "model_version")[:500]:
         redispatched += 1
         dispatch(job)
     Worker.objects.filter(stopped_at__isnull=True, last_seen__lt=now - window).update(stopped_at=now)

@@ -1,4 +1,4 @@
-"""Loading diffusers pipelines and running them within a GPU memory budget.
+"""Loading diffusers pipelines of every family and running them within a GPU memory budget.
 
 diffusers and torch take seconds to import, so they are imported lazily, inside the
 functions that load and run pipelines: importing this module is cheap (the web process
@@ -6,24 +6,32 @@ does, for version registration), and only a worker pays for torch.
 
 The budget covers loaded weights (LRU eviction of idle engines; a module shared by
 several pipelines counts once) and the activation memory of the jobs running now
-(estimated from size x batch x bytes per pixel, learned from measured peaks on CUDA). A
-job that does not fit waits for memory instead of running into an out-of-memory error.
+(estimated from size x batch x bytes per pixel, a per-family prior replaced by measured
+peaks on CUDA). A job that does not fit waits for memory instead of running into an
+out-of-memory error.
+
+LoRA adapters are loaded into an engine once and switched per job (`set_adapters`,
+`disable_lora`) without reloading the base. Jobs share an engine's modules, so jobs with
+different adapter sets take turns: an engine runs one adapter set at a time.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from . import families
 from .models import CheckpointError, ModelVersion
 
 if TYPE_CHECKING:
@@ -32,9 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-# Activation bytes per output pixel per image before any measurement, per byte of dtype.
-# Deliberately generous (SD 1.5 at 512x512 fp16: ~1.5 GiB); replaced by measured peaks on CUDA.
-PRIOR_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 3000
 
 
 class MemoryBudgetError(Exception):
@@ -87,6 +92,7 @@ class RunResult:
     run_seconds: float
     gpu_seconds: float
     peak_memory_bytes: int
+    api_cost: float = 0.0  # what a hosted engine charged
 
     @property
     def image(self) -> Image:
@@ -106,32 +112,107 @@ def tensor_storages(pipe) -> dict[int, int]:
     return storages
 
 
+@dataclass(frozen=True)
+class LoraRef:
+    """A LoRA adapter a job renders with: its file and the weight it is applied at."""
+
+    name: str  # unique per adapter file version (id and hash): the adapter's name inside the pipeline
+    path: Path
+    weight: float
+
+
+def denoiser(pipe):
+    """The pipeline's denoising network: a UNet (SD 1.x, SDXL) or a transformer (SD3, Flux)."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 class Engine:
     """A loaded pipeline. Weights are shared by concurrent calls; each call gets its own scheduler."""
 
-    def __init__(self, key: tuple, pipe, device: Device) -> None:
+    def __init__(self, key: tuple, pipe, device: Device, family: str = "sd15", distilled: bool = False) -> None:
         self.key = key
         self.pipe = pipe
         self.device = device
+        self.family = family
+        self.distilled = distilled
         self.in_use = 0
         self.last_used = time.monotonic()
         self._text_lock = threading.Lock()
         self.storages = tensor_storages(pipe)
         self.weights_bytes = sum(self.storages.values())
-        self.dtype_bytes = pipe.unet.dtype.itemsize
-        self.family = type(pipe).__name__
-        self.bytes_per_pixel = float(PRIOR_BYTES_PER_PIXEL_PER_DTYPE_BYTE * self.dtype_bytes)
+        self.dtype_bytes = denoiser(pipe).dtype.itemsize
+        self.bytes_per_pixel = float(families.get(family).prior_bytes_per_pixel * self.dtype_bytes)
+        # LoRA: adapters loaded into the pipeline, the set applied now, and the jobs running with it.
+        self._lora_cond = threading.Condition()
+        self._lora_loaded: set[str] = set()
+        self._lora_active: tuple[tuple[str, float], ...] = ()
+        self._lora_users = 0
+
+    @contextmanager
+    def adapters(self, refs: list[LoraRef] | tuple = (), wait_timeout: float = 600.0) -> Iterator[None]:
+        """Apply exactly these adapters (none: the base model) for one call; waits while another set runs."""
+        wanted = tuple(sorted((ref.name, float(ref.weight)) for ref in refs))
+        deadline = time.monotonic() + wait_timeout
+        with self._lora_cond:
+            while self._lora_users and self._lora_active != wanted:
+                if not self._lora_cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise MemoryBudgetError(f"Waited {wait_timeout:.0f} s for other LoRA jobs on {self.key[0]}.")
+            if self._lora_active != wanted:
+                self._apply_adapters(refs, wanted)
+            self._lora_users += 1
+        try:
+            yield
+        finally:
+            with self._lora_cond:
+                self._lora_users -= 1
+                self._lora_cond.notify_all()
+
+    def _apply_adapters(self, refs, wanted) -> None:
+        for ref in refs:
+            if ref.name not in self._lora_loaded:
+                try:
+                    self.pipe.load_lora_weights(str(ref.path), adapter_name=ref.name)
+                except Exception as exc:  # peft/diffusers raise ValueError, KeyError, RuntimeError (shapes)
+                    self._forget_adapter(ref.name)
+                    raise CheckpointError(
+                        f"LoRA adapter {ref.path.name} does not fit this model: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._lora_loaded.add(ref.name)
+                self.storages = tensor_storages(self.pipe)
+                self.weights_bytes = sum(self.storages.values())
+        if wanted:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([name for name, _ in wanted], adapter_weights=[weight for _, weight in wanted])
+        elif self._lora_loaded:
+            self.pipe.disable_lora()
+        self._lora_active = wanted
+
+    def _forget_adapter(self, name: str) -> None:
+        """Remove what a failed load left behind, so the next job sees the base model."""
+        try:
+            self.pipe.delete_adapters([name])
+        except Exception:  # nothing was injected under that name
+            log.debug("no partial adapter %s to delete", name)
 
     def activation_bytes(self, width: int, height: int, batch: int = 1) -> int:
         return int(batch * width * height * self.bytes_per_pixel)
 
-    def _fresh(self, cls):
+    def _fresh(self, task: str = "text2img"):
+        """A pipeline over the loaded modules for one call: text2img, img2img (diffusers' own mapping) or the
+        loaded class ("as-is")."""
         # Schedulers keep per-call state (timesteps, step index): never share one between calls.
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
-        components = {**self.pipe.components, "scheduler": scheduler}
-        if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
-            components["requires_safety_checker"] = False
-        pipe = cls(**components)
+        if task == "img2img" and not families.get(self.family).upscale:
+            # Imported here: the auto-pipeline module imports every pipeline class (seconds, once).
+            from diffusers import AutoPipelineForImage2Image
+
+            pipe = AutoPipelineForImage2Image.from_pipe(self.pipe, scheduler=scheduler)
+        else:
+            cls = type(self.pipe)
+            components = {**self.pipe.components, "scheduler": scheduler}
+            if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
+                components["requires_safety_checker"] = False
+            pipe = cls(**components)
         pipe.set_progress_bar_config(disable=True)
         # A fast (Rust) tokenizer keeps its padding/truncation settings as shared mutable state:
         # two threads encoding prompts at once corrupt each other's batches. Encode one at a time.
@@ -201,23 +282,25 @@ class Engine:
         steps: int,
         guidance: float,
         on_step: Callable[[int], None] | None = None,
+        adapters: list[LoraRef] | tuple = (),
     ) -> RunResult:
         import torch
-        from diffusers import StableDiffusionPipeline
 
         # A CPU generator gives the same initial noise for a seed on every device.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        return self._timed(
-            self._fresh(StableDiffusionPipeline),
-            width * height,
-            on_step,
-            prompt=prompt,
-            width=width,
-            height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-        )
+        with self.adapters(adapters):
+            return self._timed(
+                self._fresh(),
+                width * height,
+                on_step,
+                prompt=prompt,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                **families.call_kwargs(self.family, self.distilled),
+            )
 
     def refine(
         self,
@@ -229,24 +312,25 @@ class Engine:
         strength: float,
         guidance: float,
         on_step: Callable[[int], None] | None = None,
+        adapters: list[LoraRef] | tuple = (),
     ) -> RunResult:
         """One batched img2img call over several jobs' upscaled drafts (all the same size)."""
         import torch
-        from diffusers import StableDiffusionImg2ImgPipeline
 
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         width, height = images[0].size
-        return self._timed(
-            self._fresh(StableDiffusionImg2ImgPipeline),
-            width * height * len(images),
-            on_step,
-            prompt=prompts,
-            image=images,
-            strength=strength,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-        )
+        with self.adapters(adapters):
+            return self._timed(
+                self._fresh("img2img"),
+                width * height * len(images),
+                on_step,
+                prompt=prompts,
+                image=images,
+                strength=strength,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+            )
 
     def upscale(
         self,
@@ -261,12 +345,11 @@ class Engine:
     ) -> RunResult:
         """One batched latent x2 upscale over several jobs' drafts (all the same size)."""
         import torch
-        from diffusers import StableDiffusionLatentUpscalePipeline
 
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         width, height = images[0].size
         return self._timed(
-            self._fresh(StableDiffusionLatentUpscalePipeline),
+            self._fresh("as-is"),
             4 * width * height * len(images),
             on_step,
             legacy_callback=True,
@@ -279,23 +362,22 @@ class Engine:
 
 
 def load_pipeline(version: ModelVersion, device: Device):
-    """Load a checkpoint the one way every checkpoint is loaded: from_pretrained or from_single_file."""
+    """Load a checkpoint the one way every checkpoint is loaded: the family's diffusers class, with
+    from_pretrained for a folder or from_single_file (and a local config folder) for a single file."""
     path = version.checkpoint_path()
+    import diffusers
     import torch
-    from diffusers import StableDiffusionLatentUpscalePipeline, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    # Keyed by str: `family` is the field's value, not a Family member (diffusers is Any: see pyproject.toml).
-    pipelines: dict[str, Any] = {
-        ModelVersion.Family.STABLE_DIFFUSION: StableDiffusionPipeline,
-        ModelVersion.Family.LATENT_UPSCALER_X2: StableDiffusionLatentUpscalePipeline,
-    }
-    cls = pipelines[version.family]
+    spec = version.spec
+    if not spec.local:
+        raise CheckpointError(f"{version.name} is a hosted engine, not a checkpoint.")
+    cls = getattr(diffusers, spec.pipeline)
     dtype = getattr(torch, version.dtype)
     if device.kind == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision is not worth it (or not supported) on CPU
-    extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+    extra = {"safety_checker": None, "requires_safety_checker": False} if spec.value == "sd15" else {}
     try:
         if path.is_dir():
             pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
@@ -311,16 +393,52 @@ def load_pipeline(version: ModelVersion, device: Device):
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, JSON and safetensors errors
         raise CheckpointError(
-            f"Checkpoint {version.location!r} could not be loaded: {type(exc).__name__}: {exc}"
+            f"Checkpoint {version.location!r} could not be loaded as {spec.label}: {type(exc).__name__}: {exc}"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device.torch_device)
+    # Loaded on the CPU: moving is only for CUDA (and .to() on the CPU warns about fp32 VAE modules).
+    return pipe.to(device.torch_device) if device.kind != "cpu" else pipe
+
+
+def _tensor_elements(file: Path) -> int:
+    """Parameters stored in a .safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="numpy") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    files = [f for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin")]
+    # Variant files ("….fp16.safetensors") sit beside the full ones; diffusers loads the full ones.
+    names = {f.with_suffix("").name for f in files}
+    return [f for f in files if not ("." in f.stem and f.stem.rsplit(".", 1)[0] in names)]
+
+
+def estimate_weights_bytes(version: ModelVersion, device_kind: str = "cuda") -> int:
+    """Bytes the version's weights take once loaded: parameter counts from the files' headers at its dtype."""
+    itemsize = 4 if device_kind == "cpu" or version.dtype == "float32" else 2
+    total = 0
+    root = version.checkpoint_path()
+    for file in _weight_files(root):
+        if file.suffix == ".safetensors":
+            try:
+                total += _tensor_elements(file) * itemsize
+            except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+                name = file.relative_to(root) if root.is_dir() else file.name
+                raise CheckpointError(
+                    f"Checkpoint {version.location!r} could not be loaded: {name} is not a readable .safetensors "
+                    f"file ({type(exc).__name__}: {exc})."
+                ) from exc
+        else:  # a pickled .bin: its size, assuming fp32 on disk
+            total += file.stat().st_size * itemsize // 4
+    return total
 
 
 def checkpoint_bytes_on_disk(version: ModelVersion) -> int:
-    path = version.checkpoint_path()
-    files = path.rglob("*") if path.is_dir() else [path]
-    return sum(f.stat().st_size for f in files if f.is_file() and f.suffix in (".safetensors", ".bin"))
+    return sum(f.stat().st_size for f in _weight_files(version.checkpoint_path()))
 
 
 def default_budget_bytes() -> int | None:
@@ -392,7 +510,7 @@ class EngineCache:
         with self._cond:
             engine = self._engines.get(key)
             if engine is None:
-                estimate = int(checkpoint_bytes_on_disk(version) * (0.5 if version.dtype != "float32" else 1.0))
+                estimate = estimate_weights_bytes(version, device.kind)
                 budget = self.budget
                 if budget is not None and estimate > budget:
                     raise MemoryBudgetError(
@@ -408,7 +526,8 @@ class EngineCache:
                 engine = self._engines.get(key)
                 if engine is None:
                     started = time.perf_counter()
-                    engine = Engine(key, load_pipeline(version, device), device)
+                    pipe = load_pipeline(version, device)
+                    engine = Engine(key, pipe, device, version.family, version.distilled)
                     self._engines[key] = engine
                     log.info("loaded %s on %s in %.2fs", version.name, device.kind, time.perf_counter() - started)
             engine.in_use += 1

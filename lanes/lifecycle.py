@@ -10,8 +10,11 @@ Afterwards deferred work is released, and the finish is announced (lanes.signals
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from contextlib import AbstractContextManager
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -20,11 +23,11 @@ from PIL import Image
 
 from telemetry import push
 
-from . import artifacts, engines
+from . import artifacts, engines, hosted
 from .batching import refine_batcher
 from .dispatch import dispatch, queue_refine, release_deferred
 from .heartbeat import worker_ident
-from .models import Artifact, CheckpointError, Job, Lane, Worker
+from .models import Adapter, Artifact, CheckpointError, Job, Lane, ModelVersion, Worker
 from .review import start_verification
 from .router import rerouted_fields
 from .signals import announce_finished
@@ -47,6 +50,27 @@ def _progress_recorder(job: Job, offset: int = 0):
     return on_step
 
 
+def use_engine(version: ModelVersion, *, width: int, height: int, batch: int = 1) -> AbstractContextManager:
+    """The engine that renders with a version: a hosted API, or a local pipeline under the memory budget."""
+    if version.is_hosted:
+        return hosted.use(version)
+    return engines.engine_cache.use(version, width=width, height=height, batch=batch)
+
+
+def lora_refs(job: Job) -> list[engines.LoraRef]:
+    """The job's pinned LoRA adapters, with their files (a missing file fails the job by name)."""
+    if not job.adapters:
+        return []
+    rows = Adapter.objects.in_bulk([entry["id"] for entry in job.adapters])
+    refs = []
+    for entry in job.adapters:
+        adapter = rows.get(entry["id"])
+        if adapter is None:
+            raise CheckpointError(f"LoRA adapter {entry.get('name')!r} was deleted after the job was submitted.")
+        refs.append(engines.LoraRef(adapter.lora_name, adapter.file_path(), float(entry["weight"])))
+    return refs
+
+
 def _count_oom(job: Job) -> None:
     Job.objects.filter(pk=job.pk).update(oom_count=F("oom_count") + 1)
     Worker.objects.filter(ident=worker_ident()).update(oom_count=F("oom_count") + 1)
@@ -54,7 +78,7 @@ def _count_oom(job: Job) -> None:
 
 
 def _fail(job: Job, exc: BaseException) -> str:
-    expected = isinstance(exc, CheckpointError | engines.MemoryBudgetError)
+    expected = isinstance(exc, CheckpointError | engines.MemoryBudgetError | hosted.HostedError)
     log.warning("job %s failed: %s", job.pk, exc, exc_info=not expected)
     if job.mark_failed(f"{type(exc).__name__}: {exc}"):
         push.job_state(job)
@@ -94,7 +118,7 @@ def _run_claimed(job: Job) -> str:
     on_step = _progress_recorder(job)
     for attempt in (1, 2):
         try:
-            with engines.engine_cache.use(job.model_version, width=width, height=height) as engine:
+            with use_engine(job.model_version, width=width, height=height) as engine:
                 result = engine.run(
                     prompt=job.prompt,
                     seed=job.seed,
@@ -103,6 +127,7 @@ def _run_claimed(job: Job) -> str:
                     steps=job.steps,
                     guidance=job.guidance,
                     on_step=on_step,
+                    adapters=lora_refs(job),
                 )
             break
         except Exception as exc:  # a pipeline error fails the job, never the worker
@@ -127,6 +152,7 @@ def _run_claimed(job: Job) -> str:
             run_seconds=result.run_seconds,
             gpu_seconds=result.gpu_seconds,
             peak_memory_bytes=result.peak_memory_bytes,
+            api_cost=result.api_cost,
         ),
     )
     return "succeeded" if stored else "discarded"
@@ -192,6 +218,7 @@ def refine(job_id: int) -> str:
         job.refine_steps,
         job.refine_strength,
         job.guidance,
+        json.dumps(job.adapters, sort_keys=True),  # one call applies one adapter set
     )
     try:
         outcome, batch_size = refine_batcher.submit(
@@ -236,7 +263,8 @@ def _refine_batch(jobs: list[Job]) -> list:
         with Image.open(draft.absolute_path) as opened:
             img = opened.convert("RGB")
             # img2img refines at the final size; the latent upscaler takes the draft as it is.
-            images.append(img if upscaler else img.resize((job.width, job.height), Image.Resampling.BICUBIC))
+            as_is = upscaler is not None and upscaler.spec.upscale
+            images.append(img if as_is else img.resize((job.width, job.height), Image.Resampling.BICUBIC))
 
     def run(indices: list[int]) -> list:
         recorders = [_progress_recorder(jobs[i], offset=jobs[i].steps) for i in indices]
@@ -247,8 +275,7 @@ def _refine_batch(jobs: list[Job]) -> list:
 
         version = upscaler or first.model_version
         with engines.engine_cache.use(version, width=first.width, height=first.height, batch=len(indices)) as e:
-            call = e.upscale if upscaler else e.refine
-            result = call(
+            common: dict[str, Any] = dict(
                 prompts=[jobs[i].prompt for i in indices],
                 images=[images[i] for i in indices],
                 seeds=[jobs[i].seed for i in indices],
@@ -257,6 +284,10 @@ def _refine_batch(jobs: list[Job]) -> list:
                 guidance=first.guidance,
                 on_step=on_step,
             )
+            if version.spec.upscale:
+                result = e.upscale(**common)
+            else:  # the draft's own img2img pass (with its adapters), or an SDXL refiner (without)
+                result = e.refine(**common, adapters=[] if upscaler else lora_refs(first))
         share = len(indices)
         return [
             (image, result.run_seconds, result.gpu_seconds / share, result.peak_memory_bytes) for image in result.images

@@ -29,7 +29,7 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.db.models import F
 
-from . import yamlfile
+from . import families, yamlfile
 from .changes import save_lane
 from .control import unreachable_intents
 from .models import AuditEvent, Lane, ModelVersion, Priority, Route
@@ -275,8 +275,12 @@ def apply(text: str, by=None, based_on: str | None = None) -> dict[str, int]:
             values.setdefault("cascade", False)
             lane = existing.get(name) or Lane(name=name)
             before[name] = export_lane(lane) if lane.pk else None
-            # Keys left out of the file take their defaults, so the file alone describes the lane.
-            for field, default in defaults.items():
+            # Keys left out of the file take their defaults, so the file alone describes the lane:
+            # the model family's (steps, guidance, sizes) where it has them, else Laneway's.
+            version = values["active_version"]
+            family_defaults = families.lane_defaults(version.family, version.distilled)
+            lane_defaults = {**defaults, **(family_defaults.as_lane_fields() if family_defaults else {})}
+            for field, default in lane_defaults.items():
                 if field not in NOT_IN_POLICY and field not in values:
                     setattr(lane, field, default)
             for field, value in values.items():

@@ -7,80 +7,172 @@ jobs. Only a validated version may serve a lane (see rollout).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import time
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
+from django.core.validators import URLValidator, validate_slug
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image
+from safetensors import safe_open
 
-from . import dispatch, engines
+from . import dispatch, families, lifecycle
 from .changes import ControlError, acting_user
-from .models import AuditEvent, CheckpointError, Lane, ModelVersion, hash_checkpoint, resolve_checkpoint
+from .engines import LoraRef
+from .models import Adapter, AuditEvent, CheckpointError, Lane, ModelVersion, hash_checkpoint, resolve_checkpoint
 
 SMOKE_PROMPT = "Laneway smoke test: a red square on a white background"
 SMOKE_SEED = 1234
 SMOKE_SIZE = 64
 SMOKE_STEPS = 2
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def register_version(
-    by, *, name: str, location: str, family: str = ModelVersion.Family.STABLE_DIFFUSION,
-    config_location: str = "", dtype: str = ModelVersion.DType.FLOAT32, validate: bool = True,
+    by, *, name: str, location: str = "", family: str = "", config_location: str = "",
+    dtype: str = ModelVersion.DType.FLOAT32, distilled: bool | None = None, base_url: str = "",
+    remote_model: str = "", api_key_env: str = "", timeout_seconds: float = 60.0, max_concurrency: int = 4,
+    price_per_image: float = 0.0, validate: bool = True,
 ) -> ModelVersion:  # fmt: skip
-    """Record a checkpoint under MODELS_ROOT as a staged version and queue its validation.
+    """Record a checkpoint under MODELS_ROOT (or a hosted engine) as a staged version and queue its validation.
 
-    Raises ControlError with per-field `errors` for bad input; stores nothing then.
+    A blank `family` is detected from the checkpoint's model_index.json (a single file's from
+    its config folder). Raises ControlError with per-field `errors` for bad input; stores nothing then.
     """
     errors: dict[str, str] = {}
     name = (name or "").strip()
+    family = (family or "").strip()
     try:
         validate_slug(name)
     except ValidationError:
         errors["name"] = "Use letters, digits, hyphens and underscores only."
     if name and ModelVersion.objects.filter(name=name).exists():
         errors["name"] = f"A version named {name!r} is already registered."
-    if family not in ModelVersion.Family.values:
-        errors["family"] = f"Unknown pipeline family {family!r}."
+    if family and family not in ModelVersion.Family.values:
+        errors["family"] = f"Unknown pipeline family {family!r}; one of: {', '.join(ModelVersion.Family.values)}."
     if dtype not in ModelVersion.DType.values:
         errors["dtype"] = f"Unknown dtype {dtype!r}."
-    path = None
-    try:
-        path = resolve_checkpoint((location or "").strip())
-    except CheckpointError as exc:
-        errors["location"] = str(exc)
-    if path is not None and path.is_file():
-        if not config_location:
-            errors["config_location"] = "A single-file checkpoint needs a config folder (configs cannot be downloaded)."
-        else:
-            try:
-                resolve_checkpoint(config_location.strip())
-            except CheckpointError as exc:
-                errors["config_location"] = str(exc)
-    if errors or path is None:  # path is None only when resolve_checkpoint failed, which is in errors
+    fields: dict = {}
+    if family == ModelVersion.Family.HTTP:
+        fields = _hosted_fields(errors, base_url, remote_model, api_key_env, timeout_seconds, max_concurrency)
+        fields["price_per_image"] = price_per_image
+        if price_per_image is None or price_per_image < 0:
+            errors["price_per_image"] = "The price per image cannot be negative."
+        digest = hashlib.sha256(json.dumps([fields["base_url"], fields["remote_model"]]).encode()).hexdigest()
+        location = config_location = ""
+    elif "family" not in errors:
+        detected, distilled_detected, digest = _checkpoint_family(errors, location, config_location)
+        if detected and family and detected != family:
+            errors["family"] = (
+                f"{location.strip()} is a {families.get(detected).label} checkpoint, not {families.get(family).label}."
+            )
+        family = family or detected
+        if distilled is None:
+            distilled = distilled_detected
+    if errors:
         raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
-    digest = hash_checkpoint(path)
     with transaction.atomic():
         version = ModelVersion.objects.create(
             name=name,
             family=family,
-            location=location.strip(),
+            location=(location or "").strip(),
             config_location=(config_location or "").strip(),
             dtype=dtype,
+            distilled=bool(distilled),
             content_hash=digest,
             status=ModelVersion.Status.STAGED,
             registered_by=acting_user(by),
+            **fields,
         )
         AuditEvent.record(
             by, "version.register", version=version,
-            after={"location": version.location, "family": family, "content_hash": digest},
+            after={"location": version.location or version.base_url, "family": family, "content_hash": digest},
         )  # fmt: skip
         if validate:
             transaction.on_commit(lambda: dispatch.validate_version(version))
     return version
+
+
+def _checkpoint_family(errors: dict[str, str], location: str, config_location: str) -> tuple[str, bool, str]:
+    """(family, distilled, content hash) of a checkpoint under MODELS_ROOT; problems go to `errors`."""
+    try:
+        path = resolve_checkpoint((location or "").strip())
+    except CheckpointError as exc:
+        errors["location"] = str(exc)
+        return "", False, ""
+    folder = path
+    if path.is_file():
+        if not (config_location or "").strip():
+            errors["config_location"] = (
+                f"The single-file checkpoint {location.strip()} needs a config folder: a diffusers folder "
+                "of the same family under MODELS_ROOT (configs cannot be downloaded)."
+            )
+            return "", False, ""
+        try:
+            folder = resolve_checkpoint(config_location.strip())
+        except CheckpointError as exc:
+            errors["config_location"] = str(exc)
+            return "", False, ""
+        if not folder.is_dir():
+            errors["config_location"] = f"{config_location.strip()} is a file; the config must be a diffusers folder."
+            return "", False, ""
+    try:
+        family = families.detect_family(folder)
+    except families.UnknownFamily as exc:
+        errors["config_location" if path.is_file() else "location"] = str(exc)
+        return "", False, ""
+    if path.is_file():
+        # diffusers loads a single file as whatever class it is asked for: a file of another family
+        # would fail halfway through loading (or, worse, load). Its tensor names tell its family.
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                marked = families.file_families(handle.keys())
+        except Exception as exc:  # safetensors' own SafetensorError for a bad header
+            errors["location"] = f"{path.name} is not a readable .safetensors file ({type(exc).__name__}: {exc})."
+            return "", False, ""
+        if marked and family not in marked:
+            # An SDXL base and its refiner share their tensor names: call it SDXL.
+            named = marked - {families.SDXL_REFINER.value} or marked
+            names = " or ".join(sorted(families.get(f).label for f in named))
+            errors["config_location"] = (
+                f"{path.name} is a {names} checkpoint, but its config folder {config_location.strip()} "
+                f"is {families.get(family).label}."
+            )
+            return "", False, ""
+    return family, families.detect_distilled(folder, family), hash_checkpoint(path)
+
+
+def _hosted_fields(errors, base_url, remote_model, api_key_env, timeout_seconds, max_concurrency) -> dict:
+    base_url = (base_url or "").strip().rstrip("/")
+    try:
+        URLValidator(schemes=["http", "https"])(base_url)
+    except ValidationError:
+        errors["base_url"] = "A hosted engine needs the API's base URL (http or https), e.g. https://api.openai.com/v1."
+    remote_model = (remote_model or "").strip()
+    if not remote_model:
+        errors["remote_model"] = "Name the model the API renders with."
+    api_key_env = (api_key_env or "").strip()
+    if not ENV_NAME.fullmatch(api_key_env):
+        errors["api_key_env"] = "Name the environment variable that holds the API key (e.g. OPENAI_API_KEY)."
+    elif not os.environ.get(api_key_env):
+        errors["api_key_env"] = f"The environment variable {api_key_env} is not set (the key is read from it)."
+    if not timeout_seconds or timeout_seconds <= 0:
+        errors["timeout_seconds"] = "The timeout must be a positive number of seconds."
+    if not max_concurrency or max_concurrency < 1:
+        errors["max_concurrency"] = "At least one request at a time."
+    return {
+        "base_url": base_url,
+        "remote_model": remote_model,
+        "api_key_env": api_key_env,
+        "timeout_seconds": timeout_seconds,
+        "max_concurrency": max_concurrency,
+    }
 
 
 def request_validation(version: ModelVersion, by) -> None:
@@ -94,24 +186,30 @@ def request_validation(version: ModelVersion, by) -> None:
         transaction.on_commit(lambda: dispatch.validate_version(version))
 
 
-def smoke_render(version: ModelVersion):
+def smoke_render(version: ModelVersion, adapters: list | tuple = ()):
     """Load the version the way jobs load it and render the fixed smoke image; returns (image, seconds)."""
     started = time.perf_counter()
-    with engines.engine_cache.use(version, width=SMOKE_SIZE, height=SMOKE_SIZE) as engine:
-        if version.family == ModelVersion.Family.LATENT_UPSCALER_X2:
-            source = Image.new("RGB", (SMOKE_SIZE // 2, SMOKE_SIZE // 2), (200, 40, 40))
+    # A hosted API is asked for its smallest usual size; a local checkpoint renders tiny.
+    size = version.spec.defaults.min_size if version.is_hosted and version.spec.defaults else SMOKE_SIZE
+    source = Image.new("RGB", (size, size), (200, 40, 40))
+    with lifecycle.use_engine(version, width=size, height=size) as engine:
+        if version.spec.upscale:
+            small = source.resize((size // 2, size // 2))
             result = engine.upscale(
-                prompts=[SMOKE_PROMPT], images=[source], seeds=[SMOKE_SEED], steps=SMOKE_STEPS,
+                prompts=[SMOKE_PROMPT], images=[small], seeds=[SMOKE_SEED], steps=SMOKE_STEPS,
                 strength=1.0, guidance=0.0,
             )  # fmt: skip
-            image = result.images[0]
+        elif not version.spec.text2img:  # a refiner: img2img over a plain source image
+            result = engine.refine(
+                prompts=[SMOKE_PROMPT], images=[source], seeds=[SMOKE_SEED], steps=SMOKE_STEPS,
+                strength=0.5, guidance=5.0, adapters=adapters,
+            )  # fmt: skip
         else:
             result = engine.run(
-                prompt=SMOKE_PROMPT, seed=SMOKE_SEED, width=SMOKE_SIZE, height=SMOKE_SIZE,
-                steps=SMOKE_STEPS, guidance=7.5,
+                prompt=SMOKE_PROMPT, seed=SMOKE_SEED, width=size, height=size,
+                steps=SMOKE_STEPS, guidance=7.5, adapters=adapters,
             )  # fmt: skip
-            image = result.image
-    return image, time.perf_counter() - started
+    return result.images[0], time.perf_counter() - started
 
 
 def record_smoke(version: ModelVersion, worker: str = "") -> str | None:
@@ -188,3 +286,23 @@ def retire_version(version: ModelVersion, by) -> None:
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
         version.status = ModelVersion.Status.RETIRED
         AuditEvent.record(by, "version.retire", version=version, before={"status": before}, after={"status": "retired"})
+
+
+def validate_adapter(adapter_id: int) -> str:
+    """A worker's smoke render of the adapter on its version: validated, or invalid with the reason."""
+    adapter = Adapter.objects.select_related("version").filter(pk=adapter_id).first()
+    if adapter is None:
+        return "missing"
+    error = None
+    try:
+        path = adapter.file_path()
+        if hash_checkpoint(path) != adapter.content_hash:
+            error = f"{path.name} changed since registration: register it again as a new adapter."
+        else:
+            ref = LoraRef(adapter.lora_name, path, adapter.default_weight)
+            smoke_render(adapter.version, adapters=[ref])
+    except Exception as exc:  # the adapter's verdict, never the worker's crash
+        error = f"{type(exc).__name__}: {exc}"[:4000]
+    status = Adapter.Status.INVALID if error else Adapter.Status.VALIDATED
+    Adapter.objects.filter(pk=adapter.pk).update(status=status, validation_error=error or "")
+    return str(status)

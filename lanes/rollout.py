@@ -39,7 +39,7 @@ def _versions_state(lane: Lane) -> dict:
 
 
 def _check_deployable(version: ModelVersion) -> None:
-    if version.family != ModelVersion.Family.STABLE_DIFFUSION:
+    if not version.spec.text2img:
         raise ControlError(f"{version.name} cannot render from a prompt, so it cannot serve a lane.")
     if not version.is_deployable:
         # Keyed by str: `status` is the field's value, not a Status member.

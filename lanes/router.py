@@ -34,11 +34,21 @@ class Routed:
 
 def route_intent(intent: str) -> Routed:
     try:
-        route = Route.objects.select_related("lane__active_version", "lane__fallback").get(intent=intent)
+        route = Route.objects.select_related("lane__active_version", "lane__canary_version", "lane__fallback").get(
+            intent=intent
+        )
     except Route.DoesNotExist:
         raise RoutingError(f"Unknown intent {intent!r}.") from None
     # A disabled lane is not an error here: admission sends the brief down its fallback chain.
     return Routed(route=route, lane=route.lane)
+
+
+def size_multiple(lane: Lane) -> int:
+    """Width and height steps on the lane: 8, or the family's grid (16 for SD3 and Flux), times a
+    cascade's scale (its draft is 1/scale of the size)."""
+    versions = [lane.active_version, lane.canary_version if lane.canary_version_id else None]
+    grid = max([8, *(v.spec.size_multiple for v in versions if v is not None)])
+    return grid * (lane.refine_scale if lane.cascade else 1)
 
 
 def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int) -> Parameters:
@@ -47,7 +57,7 @@ def clamp_to(lane: Lane, *, steps: int, guidance: float, width: int, height: int
     def clamp(value, low, high):
         return min(max(value, low), high)
 
-    multiple = 8 * (lane.refine_scale if lane.cascade else 1)
+    multiple = size_multiple(lane)
 
     def size(value: int) -> int:
         value = clamp(value, lane.min_size, lane.max_size)
@@ -94,8 +104,7 @@ def check_parameters(lane: Lane, *, steps: int, guidance: float, width: int, hei
         errors["guidance"] = (
             f"Guidance must be between {lane.min_guidance:g} and {lane.max_guidance:g} on lane {lane.name}."
         )
-    # A cascade drafts at 1/scale of the size, which must itself be a multiple of 8.
-    multiple = 8 * (lane.refine_scale if lane.cascade else 1)
+    multiple = size_multiple(lane)
     for field, value in (("width", width), ("height", height)):
         if value % multiple:
             errors[field] = f"{field.capitalize()} must be a multiple of {multiple} (got {value})."

@@ -96,14 +96,16 @@ def price_per_hour(gpu_name: str) -> float:
 
 
 def _cost_expression():
-    """price_per_hour, in SQL: GPU-seconds × the job's accelerator price, summed."""
+    """What the jobs cost, in SQL: GPU-seconds × the job's accelerator price (price_per_hour), plus what
+    a hosted engine charged, summed."""
     prices = settings.GPU_HOURLY_PRICES
     per_hour = Case(
         *(When(gpu_name=name, then=Value(price)) for name, price in prices.items() if name != "default"),
         default=Value(prices["default"]),
         output_field=FloatField(),
     )
-    return Sum(Coalesce(F("gpu_seconds"), Value(0.0)) * per_hour / Value(3600.0), output_field=FloatField())
+    gpu = Coalesce(F("gpu_seconds"), Value(0.0)) * per_hour / Value(3600.0)
+    return Sum(gpu + F("api_cost"), output_field=FloatField())
 
 
 class PercentileDisc(Aggregate):

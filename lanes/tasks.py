@@ -33,6 +33,11 @@ def validate_version(version_id: int) -> str:
     return registry.validate(version_id, worker_ident())
 
 
+@shared_task(name="lanes.tasks.validate_adapter", acks_late=True, ignore_result=True)
+def validate_adapter(adapter_id: int) -> str:
+    return registry.validate_adapter(adapter_id)
+
+
 @shared_task(name="lanes.tasks.release_deferred_jobs", ignore_result=True)
 def release_deferred_jobs() -> int:
     """Beat: release deferred work, oldest first, on every lane with room."""

@@ -112,7 +112,7 @@ def running_worker(concurrency: int = 8, queues: list[str] | None = None):
     if queues is None:
         lanes = list(Lane.objects.all())
         queues = sorted({lane.queue for lane in lanes} | {lane.refine_queue for lane in lanes})
-        queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.VERIFY_QUEUE]
+        queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.VERIFY_QUEUE, settings.HOSTED_QUEUE]
     with start_worker(
         app, pool="threads", concurrency=concurrency, perform_ping_check=False, queues=queues, shutdown_timeout=60
     ) as controller:
@@ -164,3 +164,20 @@ def session_headers(client, user) -> list[tuple[bytes, bytes]]:
     client.force_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     return [(b"origin", b"http://localhost"), (b"cookie", cookie.encode())]
+
+
+@pytest.fixture
+def images_api():
+    """A scripted OpenAI Images API on 127.0.0.1 (tests/lanes/images_api.py): a hosted engine's far end."""
+    from tests.lanes.images_api import ImagesAPI, serving
+
+    with serving(ImagesAPI()) as server:
+        yield server
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    from tests.lanes.images_api import KEY, KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY

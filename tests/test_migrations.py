@@ -94,6 +94,7 @@ def test_a_database_from_before_the_move_keeps_every_row():
     assert set(Job.objects.values_list("team__name", flat=True)) == {"studio"}
     assert Job.objects.count() == 4 and Lane.objects.get().routes.get().intent == "draft"
     assert ModelVersion.objects.get().registered_by.username == "ada"
+    assert ModelVersion.objects.get().family == "sd15"  # every version before families was SD 1.x
     assert LaneRelease.objects.count() == 1 and Artifact.objects.count() == 1
     assert Verification.objects.awaiting_review().count() == 1
     assert AuditEvent.objects.get().action == "lane.activate"

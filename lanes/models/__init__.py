@@ -2,24 +2,30 @@
 
 from .audit import AuditEvent
 from .fleet import (
+    Adapter,
     CheckpointError,
     Lane,
+    LaneAdapter,
     LaneRelease,
     ModelVersion,
     Priority,
     Route,
     hash_checkpoint,
+    refine_partners,
+    resolve_adapter,
     resolve_checkpoint,
 )
 from .jobs import Artifact, Job, Worker, with_live_counts
 from .review import Verification
 
 __all__ = [
+    "Adapter",
     "Artifact",
     "AuditEvent",
     "CheckpointError",
     "Job",
     "Lane",
+    "LaneAdapter",
     "LaneRelease",
     "ModelVersion",
     "Priority",
@@ -27,6 +33,8 @@ __all__ = [
     "Verification",
     "Worker",
     "hash_checkpoint",
+    "refine_partners",
+    "resolve_adapter",
     "resolve_checkpoint",
     "with_live_counts",
 ]

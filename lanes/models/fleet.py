@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from .. import families
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used: outside MODELS_ROOT, missing or corrupt."""
@@ -24,9 +26,15 @@ class Priority(models.TextChoices):
 
 
 class ModelVersion(models.Model):
+    # What each family can do and how it loads: lanes/families.py (keyed by these values).
     class Family(models.TextChoices):
-        STABLE_DIFFUSION = "stable-diffusion", "Stable Diffusion (txt2img, img2img)"
+        SD15 = "sd15", "Stable Diffusion 1.x / 2.x"
+        SDXL = "sdxl", "Stable Diffusion XL"
+        SDXL_REFINER = "sdxl-refiner", "SDXL refiner (img2img)"
+        SD3 = "sd3", "Stable Diffusion 3"
+        FLUX = "flux", "Flux"
         LATENT_UPSCALER_X2 = "latent-upscaler-x2", "Stable Diffusion latent upscaler (x2)"
+        HTTP = "http", "Hosted engine (OpenAI Images API)"
 
     class Status(models.TextChoices):
         STAGED = "staged"
@@ -45,10 +53,11 @@ class ModelVersion(models.Model):
         BFLOAT16 = "bfloat16"
 
     name = models.SlugField(max_length=100, unique=True)
-    family = models.CharField(max_length=40, choices=Family.choices, default=Family.STABLE_DIFFUSION)
+    family = models.CharField(max_length=40, choices=Family.choices, default=Family.SD15)
     location = models.CharField(
         max_length=500,
-        help_text="A diffusers folder or a .safetensors file, relative to MODELS_ROOT.",
+        blank=True,
+        help_text="A diffusers folder or a .safetensors file, relative to MODELS_ROOT (none for a hosted engine).",
     )
     config_location = models.CharField(
         max_length=500,
@@ -57,6 +66,20 @@ class ModelVersion(models.Model):
     )
     content_hash = models.CharField(max_length=64, blank=True)
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.FLOAT32)
+    distilled = models.BooleanField(
+        default=False, help_text="Timestep-distilled (turbo, lightning, schnell): few steps, little or no guidance."
+    )
+    # A hosted engine (family "http"): an image API that renders instead of a local GPU.
+    base_url = models.URLField(blank=True, help_text="The API's base URL, e.g. https://api.openai.com/v1.")
+    remote_model = models.CharField(max_length=200, blank=True, help_text="The model name the API is asked for.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="The environment variable holding the API key (never stored here)."
+    )
+    timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
+    max_concurrency = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1)], help_text="Requests in flight at once, per worker."
+    )
+    price_per_image = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
     registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now)
@@ -93,6 +116,14 @@ class ModelVersion(models.Model):
         ModelVersion.objects.filter(pk=self.pk, status=self.status).update(status=target)
         self.status = target
 
+    @property
+    def spec(self) -> families.Family:
+        return families.get(self.family)
+
+    @property
+    def is_hosted(self) -> bool:
+        return not self.spec.local
+
     def checkpoint_path(self) -> Path:
         return resolve_checkpoint(self.location)
 
@@ -100,7 +131,44 @@ class ModelVersion(models.Model):
         return resolve_checkpoint(self.config_location) if self.config_location else None
 
     def compute_hash(self) -> str:
+        if self.is_hosted:  # no files: the hash names its endpoint and model, fixed at registration
+            return self.content_hash
         return hash_checkpoint(self.checkpoint_path())
+
+
+class Adapter(models.Model):
+    """A LoRA adapter for one model version: a .safetensors file under MODELS_ROOT, hashed like checkpoints."""
+
+    class Status(models.TextChoices):
+        STAGED = "staged"
+        VALIDATED = "validated"
+        INVALID = "invalid", "failed validation"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="adapters")
+    name = models.SlugField(max_length=100)
+    location = models.CharField(max_length=500, help_text="A LoRA .safetensors file (or its folder) in MODELS_ROOT.")
+    content_hash = models.CharField(max_length=64)
+    default_weight = models.FloatField(default=1.0, validators=[MinValueValidator(-4.0), MaxValueValidator(4.0)])
+    description = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
+    validation_error = models.TextField(blank=True)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["version__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["version", "name"], name="one_adapter_name_per_version")]
+
+    def __str__(self) -> str:
+        return f"{self.version.name}+{self.name}"
+
+    def file_path(self) -> Path:
+        return resolve_adapter(self.location)
+
+    @property
+    def lora_name(self) -> str:
+        """Its name inside a loaded pipeline: one per adapter file version."""
+        return f"a{self.pk}_{self.content_hash[:12]}"
 
 
 def resolve_checkpoint(location: str) -> Path:
@@ -118,6 +186,26 @@ def resolve_checkpoint(location: str) -> Path:
             raise CheckpointError(f"Checkpoint folder {location!r} has no model_index.json: not a diffusers pipeline.")
     elif path.suffix != ".safetensors":
         raise CheckpointError(f"Checkpoint file {location!r} is not a .safetensors file.")
+    return path
+
+
+def resolve_adapter(location: str) -> Path:
+    """The absolute path of a LoRA weights file, refusing anything outside MODELS_ROOT."""
+    root = Path(settings.MODELS_ROOT).resolve()
+    if not location or not location.strip():
+        raise CheckpointError("No adapter location given.")
+    path = (root / location.strip()).resolve()
+    if not path.is_relative_to(root):
+        raise CheckpointError(f"Adapter {location!r} is outside MODELS_ROOT ({root}).")
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise CheckpointError(f"Adapter folder {location!r} must hold exactly one .safetensors file.")
+        path = files[0]
+    if not path.is_file():
+        raise CheckpointError(f"Adapter {location!r} does not exist under MODELS_ROOT ({root}).")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"Adapter file {location!r} is not a .safetensors file.")
     return path
 
 
@@ -251,14 +339,37 @@ class Lane(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
-        upscaler = self.refine_version
-        if upscaler is not None and upscaler.family == ModelVersion.Family.LATENT_UPSCALER_X2:
-            if self.refine_scale != 2:
-                raise ValidationError({"refine_scale": "A latent x2 upscaler refines at scale 2."})
-        if upscaler is not None and upscaler.family != ModelVersion.Family.LATENT_UPSCALER_X2:
-            raise ValidationError({"refine_version": f"{upscaler.name} is not an upscaler."})
-        if self.active_version_id and self.active_version.family != ModelVersion.Family.STABLE_DIFFUSION:
-            raise ValidationError({"active_version": f"{self.active_version.name} cannot render from a prompt."})
+        errors: dict[str, str] = {}
+        active = self.active_version if self.active_version_id else None
+        if active is not None and not active.spec.text2img:
+            errors["active_version"] = f"{active.name} ({active.spec.label}) cannot render from a prompt."
+        refiner = self.refine_version
+        if refiner is not None:
+            if refiner.spec.upscale:
+                if self.refine_scale != 2:
+                    errors["refine_scale"] = "A latent x2 upscaler refines at scale 2."
+            elif not refiner.spec.img2img:
+                errors["refine_version"] = f"{refiner.name} ({refiner.spec.label}) can neither upscale nor refine."
+            elif active is not None and refiner.family not in refine_partners(active.family):
+                errors["refine_version"] = (
+                    f"{refiner.name} ({refiner.spec.label}) cannot refine {active.spec.label} drafts."
+                )
+        if self.cascade and active is not None:
+            if active.is_hosted:
+                errors["cascade"] = "A hosted engine's images cannot be refined locally as a cascade's draft."
+            elif refiner is None and not active.spec.img2img:
+                errors["cascade"] = f"{active.spec.label} has no img2img pass: pick a refine version."
+        if active is not None:
+            multiple = active.spec.size_multiple
+            for name in ("default_width", "default_height"):
+                if getattr(self, name) % multiple:
+                    errors[name] = f"{active.spec.label} renders sizes in multiples of {multiple} pixels."
+        if errors:
+            raise ValidationError(errors)
+
+    def allowed_adapters(self, version: ModelVersion) -> list[LaneAdapter]:
+        """The lane's adapters for a version (pinned ones always apply; the rest a brief may pick)."""
+        return [link for link in self.adapter_links.all() if link.adapter.version_id == version.pk]
 
     def clear_canary(self) -> list[str]:
         """Forget the canary (every new job goes to the active version); returns the fields to save."""
@@ -278,6 +389,28 @@ class Lane(models.Model):
     @property
     def queues(self) -> list[str]:
         return [self.queue, self.refine_queue] if self.cascade else [self.queue]
+
+
+def refine_partners(family: str) -> tuple[str, ...]:
+    """Families whose img2img pass may refine a draft of `family` (its own, and SDXL's refiner for SDXL)."""
+    partners = (family, ModelVersion.Family.SDXL_REFINER) if family == ModelVersion.Family.SDXL else (family,)
+    return tuple(str(p) for p in partners)
+
+
+class LaneAdapter(models.Model):
+    """A LoRA adapter a lane serves: pinned ones apply to every job, the others when a brief picks them."""
+
+    lane = models.ForeignKey(Lane, on_delete=models.CASCADE, related_name="adapter_links")
+    adapter = models.ForeignKey(Adapter, on_delete=models.PROTECT, related_name="lane_links")
+    weight = models.FloatField(default=1.0, validators=[MinValueValidator(-4.0), MaxValueValidator(4.0)])
+    pinned = models.BooleanField(default=False, help_text="Applied to every job (a house style).")
+
+    class Meta:
+        ordering = ["lane__name", "-pinned", "adapter__name"]
+        constraints = [models.UniqueConstraint(fields=["lane", "adapter"], name="one_link_per_lane_adapter")]
+
+    def __str__(self) -> str:
+        return f"{self.lane_id}: {self.adapter_id} x{self.weight}"
 
 
 class LaneRelease(models.Model):

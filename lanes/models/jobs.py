@@ -102,6 +102,10 @@ class Job(models.Model):
     requested_lane = models.ForeignKey(
         Lane, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="The intent's lane."
     )
+    # LoRA adapters applied to the render, pinned at submission: [{"id", "name", "weight"}, ...].
+    adapters = models.JSONField(default=list, blank=True)
+    # What a hosted engine charged for the job (GPU time is priced from gpu_seconds instead).
+    api_cost = models.FloatField(default=0.0, db_default=0.0)
     stage = models.CharField(max_length=14, choices=Stage.choices, default=Stage.DRAFT)
     refine_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
     oom_count = models.PositiveSmallIntegerField(default=0)
@@ -277,7 +281,13 @@ class Job(models.Model):
         Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(progress_step=step)
 
     def mark_succeeded(
-        self, *, run_seconds: float, gpu_seconds: float, peak_memory_bytes: int, refine_batch_size: int | None = None
+        self,
+        *,
+        run_seconds: float,
+        gpu_seconds: float,
+        peak_memory_bytes: int,
+        refine_batch_size: int | None = None,
+        api_cost: float = 0.0,
     ) -> bool:
         now = timezone.now()
         done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
@@ -288,9 +298,11 @@ class Job(models.Model):
             run_seconds=run_seconds,
             gpu_seconds=gpu_seconds,
             peak_memory_bytes=peak_memory_bytes,
+            api_cost=api_cost,
         )
         if done:
             self.state, self.finished_at, self.progress_step = self.State.SUCCEEDED, now, self.total_steps
+            self.api_cost = api_cost
             self.run_seconds, self.gpu_seconds, self.peak_memory_bytes = run_seconds, gpu_seconds, peak_memory_bytes
             self.refine_batch_size = refine_batch_size
         return bool(done)

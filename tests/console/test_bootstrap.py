@@ -22,9 +22,14 @@ def test_first_run_creates_a_login_per_role_in_one_team_and_a_validated_second_v
         "admin": Role.ADMIN, "ops": Role.OPS, "casey": Role.CREATIVE,
     }  # fmt: skip
     assert len({team_of(user) for user in users.values()}) == 1
-    assert Lane.objects.count() == 5
+    # The mixed stack: a lane for every family that renders from a prompt, and a hosted engine.
+    families = set(Lane.objects.values_list("active_version__family", flat=True))
+    assert families == {"sd15", "sdxl", "sd3", "flux", "http"}
+    assert Lane.objects.get(name="sdxl-hires").refine_version.family == "sdxl-refiner"
     assert ModelVersion.objects.get(name="demo-tiny-sd-v2").status == ModelVersion.Status.VALIDATED
-    assert ModelVersion.objects.get(name="demo-tiny-sd-v1").smoke_image
+    # Every local demo version was smoke-rendered through its family's pipeline.
+    for version in ModelVersion.objects.exclude(family="http").exclude(name="demo-tiny-sd-v2"):
+        assert version.smoke_image, version.name
 
     again = io.StringIO()
     call_command("bootstrap", stdout=again)

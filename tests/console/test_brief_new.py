@@ -98,3 +98,33 @@ def test_a_disabled_lane_with_no_enabled_fallback_refuses_briefs(submit):
     assert response.status_code == 400
     assert "Lane &#x27;fast-draft&#x27; is disabled and no enabled fallback lane can take its briefs." in response.text
     assert Job.objects.count() == 0
+
+
+def test_a_brief_picks_a_lora_its_lane_offers_and_a_wrong_pick_is_named(submit, creative_client):
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from lanes import adapters, registry
+    from lanes.checkpoints import build_demo_lora
+    from lanes.models import ModelVersion
+    from tests.conftest import make_user
+
+    target = Path(settings.MODELS_ROOT) / "loras" / "sd15"
+    if not (target / "pytorch_lora_weights.safetensors").exists():
+        build_demo_lora(Path(settings.MODELS_ROOT) / "demo-tiny-sd", target)
+    admin = make_user("ada", "admin")
+    version = ModelVersion.objects.get(name="demo-tiny-sd-v1")
+    adapter = adapters.register_adapter(
+        admin, version=version, name="neon", location="loras/sd15/pytorch_lora_weights.safetensors", validate=False
+    )
+    registry.validate_adapter(adapter.pk)
+    adapter.refresh_from_db()
+    adapters.link(Lane.objects.get(name="fast-draft"), adapter, admin, weight=0.6)
+
+    page = creative_client.get(URL)
+    assert 'value="neon"' in page.text and "neon (on fast-draft)" in page.text
+    refused = submit(intent="preview", adapters=["neon"])
+    assert refused.status_code == 400 and "Lane preview does not offer the LoRA adapter(s) neon." in refused.text
+    assert submit(intent="draft", adapters=["neon"]).status_code == 302
+    assert Job.objects.get().adapters == [{"id": adapter.pk, "name": "neon", "weight": 0.6}]

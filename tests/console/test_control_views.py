@@ -82,13 +82,13 @@ def test_registering_a_version_in_the_browser_reports_field_errors(client, demo_
     client.force_login(make_user("ada", "admin"))
     response = client.post(
         reverse("version-new"),
-        {"name": "x1", "family": "stable-diffusion", "location": "../../etc", "dtype": "float32"},
+        {"name": "x1", "family": "sd15", "location": "../../etc", "dtype": "float32"},
     )
     assert response.status_code == 400 and "outside MODELS_ROOT" in response.text
     assert not ModelVersion.objects.filter(name="x1").exists()
     response = client.post(
         reverse("version-new"),
-        {"name": "x1", "family": "stable-diffusion", "location": DEMO_CHECKPOINT, "dtype": "float32"},
+        {"name": "x1", "family": "sd15", "location": DEMO_CHECKPOINT, "dtype": "float32"},
     )
     assert response.status_code == 302
     version = ModelVersion.objects.get(name="x1")
@@ -122,3 +122,64 @@ def test_dismissing_a_notice_returns_to_the_page_but_never_off_site(client, demo
     assert AuditEvent.objects.get(action="lane.dismiss-notice").before["notice"].startswith("Canary x")
     Lane.objects.filter(name="preview").update(notice="again")
     assert client.post(url, {"next": "/jobs/"})["Location"] == "/jobs/"
+
+
+def test_a_version_registered_in_the_browser_gets_its_family_from_its_files(client, demo_lanes):
+    client.force_login(make_user("ada", "admin"))
+    form = {"name": "my-sdxl", "family": "", "location": "demo-tiny-sdxl", "dtype": "float16"}
+    assert client.post(reverse("version-new"), form).status_code == 302
+    version = ModelVersion.objects.get(name="my-sdxl")
+    assert (version.family, version.dtype) == ("sdxl", "float16")
+    page = client.get(reverse("version-list"))
+    assert 'id="families"' in page.text and "Stable Diffusion XL" in page.text
+    # A hosted engine needs its API fields; an unset key variable is named, and nothing is stored.
+    hosted = {
+        "name": "api",
+        "family": "http",
+        "dtype": "float32",
+        "base_url": "not a url",
+        "api_key_env": "NO_SUCH_KEY",
+    }
+    response = client.post(reverse("version-new"), hosted)
+    assert response.status_code == 400
+    assert "base URL" in response.text and "Name the model" in response.text
+    assert "The environment variable NO_SUCH_KEY is not set" in response.text
+    assert not ModelVersion.objects.filter(name="api").exists()
+    # A checkpoint needs a location.
+    response = client.post(reverse("version-new"), {"name": "empty", "family": "", "dtype": "float32"})
+    assert response.status_code == 400 and "folder or file under MODELS_ROOT" in response.text
+
+
+def test_an_admin_registers_a_lora_and_ops_serve_it_on_a_lane(client, demo_lanes):
+    from lanes import registry
+    from lanes.checkpoints import build_demo_lora
+    from lanes.models import Adapter, LaneAdapter
+
+    target = Path(settings.MODELS_ROOT) / "loras" / "sd15"
+    if not (target / "pytorch_lora_weights.safetensors").exists():
+        build_demo_lora(Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT, target)
+    client.force_login(make_user("ada", "admin"))
+    url = reverse("version-adapter-new", args=["demo-tiny-sd-v1"])
+    bad = client.post(url, {"name": "house", "location": "loras/none.safetensors", "default_weight": 1})
+    assert bad.status_code == 400 and "does not exist under MODELS_ROOT" in bad.text
+    location = "loras/sd15/pytorch_lora_weights.safetensors"
+    assert client.post(url, {"name": "house", "location": location, "default_weight": 0.7}).status_code == 302
+    adapter = Adapter.objects.get(name="house")
+    assert registry.validate_adapter(adapter.pk) == "validated"  # what the worker's task runs
+
+    client.force_login(make_user("olive", "ops"))
+    lane = Lane.objects.get(name="fast-draft")
+    page = client.get(reverse("lane-detail", args=["fast-draft"]))
+    assert 'id="lane-adapter-form"' in page.text
+    form = {"revision": lane.revision, "adapter": adapter.pk, "weight": "", "pinned": "on"}
+    assert client.post(reverse("lane-adapter-link", args=["fast-draft"]), form).status_code == 302
+    link = LaneAdapter.objects.get(lane=lane)
+    assert (link.weight, link.pinned) == (0.7, True)
+    assert AuditEvent.objects.filter(action="lane.adapter", lane=lane).exists()
+    # A stale page is refused; the current one removes it.
+    stale = client.post(reverse("lane-adapter-unlink", args=["fast-draft", adapter.pk]), {"revision": lane.revision})
+    assert stale.status_code == 409 and LaneAdapter.objects.filter(lane=lane).exists()
+    lane.refresh_from_db()
+    fresh = {"revision": lane.revision}
+    assert client.post(reverse("lane-adapter-unlink", args=["fast-draft", adapter.pk]), fresh).status_code == 302
+    assert not LaneAdapter.objects.filter(lane=lane).exists()

@@ -42,7 +42,7 @@ def test_ops_see_lanes_and_intents_but_cannot_apply(ops_client):
 def test_an_admin_applies_a_policy_from_the_console(admin_client, demo_lanes):
     text = export().replace("max_concurrency: 2", "max_concurrency: 3", 1)
     response = admin_client.post(reverse("policy"), form(text), follow=True)
-    assert "Policy applied: 5 lanes, 5 intents" in response.text
+    assert "Policy applied: 10 lanes, 10 intents" in response.text
     assert Lane.objects.get(name="fallback").max_concurrency == 3
 
 

@@ -21,6 +21,7 @@ GOOD = textwrap.dedent(
         sample_steps: 50
         width: 128
         height: 128
+        min_size: 64
         cascade: {scale: 2, steps: 4, strength: 0.5, batch_size: 8, max_wait_ms: 40}
     intents:
       draft: fast_draft
@@ -59,7 +60,7 @@ def test_a_policy_piped_to_apply_policy_is_applied(demo_lanes):
 
 def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creative):
     message = apply(tmp_path, GOOD)
-    assert "2 lanes, 2 intents, 5 lanes not in the file disabled" in message
+    assert "2 lanes, 2 intents, 10 lanes not in the file disabled" in message
     fast = Lane.objects.get(name="fast_draft")
     assert (fast.max_concurrency, fast.default_steps, fast.fallback.name, fast.queue) == (
         2,
@@ -94,7 +95,7 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
         ),
         (
             GOOD.replace("draft: fast_draft", "draft: slow_draft"),
-            ["line 15: intent 'draft': unknown lane 'slow_draft'"],
+            ["line 16: intent 'draft': unknown lane 'slow_draft'"],
         ),
         (
             GOOD.replace("    width: 128\n", "    fallback: fast_draft\n    width: 128\n"),
@@ -112,8 +113,8 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
             ["line 9: max_concurrency must be at least 1, not -3"],
         ),
         (GOOD.replace("sample_steps: 12", "sample_steps: 12\n    turbo: true"), ["line 6: unknown route key 'turbo'"]),
-        (GOOD.replace("intents:", "extras: 1\nintents:"), ["line 14: unknown key 'extras' (expected routes, intents)"]),
-        (GOOD.replace("strength: 0.5", "strength: 0.5, sharpen: 2"), ["line 13: unknown cascade key 'sharpen'"]),
+        (GOOD.replace("intents:", "extras: 1\nintents:"), ["line 15: unknown key 'extras' (expected routes, intents)"]),
+        (GOOD.replace("strength: 0.5", "strength: 0.5, sharpen: 2"), ["line 14: unknown cascade key 'sharpen'"]),
         (GOOD.replace("sample_steps: 50", "sample_steps: fifty"), ["line 10: sample_steps must be int, not 'fifty'"]),
         (
             GOOD.replace("name: final_render", "name: fast_draft").replace(
@@ -132,8 +133,8 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
             ["line 7: route 'final_render': unknown upscaler 'nope'"],
         ),
         (
-            GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sd-v1}"),
-            ["demo-tiny-sd-v1 is not an upscaler"],
+            GOOD.replace("max_wait_ms: 40}", "max_wait_ms: 40, upscaler: demo-tiny-sdxl-v1}"),
+            ["cannot refine Stable Diffusion 1.x / 2.x drafts"],
         ),
         (
             GOOD.replace("scale: 2, steps: 4", "scale: 4, steps: 4").replace(
@@ -178,3 +179,25 @@ def test_a_policy_may_only_point_lanes_at_validated_versions_and_records_the_swi
     assert ModelVersion.objects.get(name="checked-v").status == ModelVersion.Status.ACTIVE
     event = AuditEvent.objects.filter(action="policy.lane", lane_name="fast_draft").first()
     assert (event.before["model"], event.after["model"]) == ("demo-tiny-sd-v1", "checked-v")
+
+
+def test_keys_left_out_take_the_model_familys_lane_defaults(demo_lanes, tmp_path):
+    from lanes.models import ModelVersion
+
+    # Every demo lane, then two more with only a model each.
+    text = export()
+    ModelVersion.objects.filter(name="demo-tiny-flux-v1").update(distilled=False)
+    text = text.replace(
+        "intents:",
+        "- name: flux-defaults\n  model: demo-tiny-flux-v1\n- name: sdxl-defaults\n  model: demo-tiny-sdxl-v1\nintents:",
+        1,
+    )
+    apply(tmp_path, text)
+    flux, sdxl = Lane.objects.get(name="flux-defaults"), Lane.objects.get(name="sdxl-defaults")
+    assert (flux.default_steps, flux.default_guidance, flux.default_width, flux.max_guidance) == (28, 3.5, 1024, 10.0)
+    assert (sdxl.default_steps, sdxl.default_guidance, sdxl.default_width, sdxl.min_size) == (30, 5.0, 1024, 512)
+    # A distilled Flux (schnell) gets few steps and no guidance.
+    ModelVersion.objects.filter(name="demo-tiny-flux-v1").update(distilled=True)
+    apply(tmp_path, text)
+    flux.refresh_from_db()
+    assert (flux.default_steps, flux.default_guidance, flux.max_steps) == (4, 0.0, 8)

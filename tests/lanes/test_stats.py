@@ -59,3 +59,13 @@ def test_lane_stats_have_the_known_percentiles_rates_and_cost(constructed, djang
 def test_wider_windows_take_older_jobs_in(constructed):
     (stats,) = lane_stats("24h")
     assert stats.succeeded == 101
+
+
+def test_a_hosted_engines_price_per_image_counts_in_the_cost(constructed):
+    # Ten of the succeeded jobs went to an image API instead: no GPU time, 4 cents each.
+    ten = list(Job.objects.filter(prompt="p", state="succeeded").values_list("id", flat=True)[:10])
+    Job.objects.filter(id__in=ten).update(gpu_seconds=0.0, api_cost=0.04, gpu_name="")
+    (stats,) = lane_stats("5m")
+    h100 = Job.objects.filter(prompt="p", gpu_name="NVIDIA H100 80GB HBM3").count()
+    gpu = (h100 * 2 * 3.6 + (90 - h100) * 2 * 1.8) / 3600
+    assert stats.cost_per_image == pytest.approx((gpu + 10 * 0.04) / 100)
