@@ -138,6 +138,13 @@ class VersionForm(forms.Form):
         help_text="Single-file checkpoints only: a diffusers folder of the same family holding its configs.",
     )
     dtype = forms.ChoiceField(choices=ModelVersion.DType.choices, help_text="On a CPU worker, float32 always.")
+    distilled = forms.TypedChoiceField(
+        required=False,
+        choices=[("", "Detect (Flux schnell is)"), ("yes", "Yes"), ("no", "No")],
+        coerce=lambda value: value == "yes",
+        empty_value=None,
+        help_text="Timestep-distilled (turbo, lightning, schnell): its lanes default to few steps, little guidance.",
+    )
     base_url = forms.CharField(
         max_length=200,
         required=False,

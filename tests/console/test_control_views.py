@@ -183,3 +183,13 @@ def test_an_admin_registers_a_lora_and_ops_serve_it_on_a_lane(client, demo_lanes
     fresh = {"revision": lane.revision}
     assert client.post(reverse("lane-adapter-unlink", args=["fast-draft", adapter.pk]), fresh).status_code == 302
     assert not LaneAdapter.objects.filter(lane=lane).exists()
+
+
+def test_an_admin_marks_a_turbo_checkpoint_as_distilled(client, demo_lanes):
+    client.force_login(make_user("ada", "admin"))
+    form = {"name": "my-turbo", "location": "demo-tiny-sdxl", "dtype": "float16", "distilled": "yes"}
+    assert client.post(reverse("version-new"), form).status_code == 302
+    assert ModelVersion.objects.get(name="my-turbo").distilled is True
+    form = {"name": "my-base", "location": "demo-tiny-sdxl", "dtype": "float16", "distilled": ""}
+    assert client.post(reverse("version-new"), form).status_code == 302
+    assert ModelVersion.objects.get(name="my-base").distilled is False  # detected: not a Flux schnell
