@@ -53,7 +53,8 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="laneway-gpu-path-"))
     os.environ["LANEWAY_VAR_DIR"] = str(scratch / "var")
-    os.environ["MODELS_ROOT"] = str(scratch / "models")
+    # Checkpoints anywhere (a --model folder, or the scratch demos): locations are absolute paths under /.
+    os.environ["MODELS_ROOT"] = "/"
     os.environ.pop("DATABASE_URL", None)
     harness.setup_django()
     from django.conf import settings
@@ -93,14 +94,12 @@ def measure(family: str, path: str | None, owner, args) -> dict:
     from lanes.checkpoints import build_demo_checkpoint
     from lanes.models import Job, Lane, ModelVersion, hash_checkpoint
 
-    folder = Path(settings.MODELS_ROOT) / family
     if path:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        folder.symlink_to(Path(path).resolve())
+        folder = Path(path).resolve()
     else:
-        build_demo_checkpoint(folder, family=family)
+        folder = build_demo_checkpoint(Path(settings.VAR_DIR).parent / "models" / family, family=family)
     version = ModelVersion.objects.create(
-        name=f"bench-{family}", family=family, location=family, dtype=args.dtype,
+        name=f"bench-{family}", family=family, location=str(folder).lstrip("/"), dtype=args.dtype,
         content_hash=hash_checkpoint(folder), status=ModelVersion.Status.ACTIVE,
     )  # fmt: skip
     lane = Lane.objects.create(

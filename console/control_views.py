@@ -284,7 +284,9 @@ def workers_reload(request):
 @require_GET
 def version_list(request):
     versions = ModelVersion.objects.select_related("registered_by").annotate(
-        lanes_active=Count("lanes", distinct=True), lanes_canary=Count("canary_lanes", distinct=True)
+        lanes_active=Count("lanes", distinct=True),
+        lanes_canary=Count("canary_lanes", distinct=True),
+        lanes_refining=Count("refining_lanes", distinct=True),
     )
     context = {"versions": versions, "form": VersionForm(), "families": families.table()}
     return render(request, "console/versions.html", context)

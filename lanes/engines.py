@@ -145,18 +145,34 @@ class Engine:
         # LoRA: adapters loaded into the pipeline, the set applied now, and the jobs running with it.
         self._lora_cond = threading.Condition()
         self._lora_loaded: set[str] = set()
-        self._lora_active: tuple[tuple[str, float], ...] = ()
+        self._lora_active: tuple[tuple[str, float], ...] | None = ()  # None: unknown, apply again
         self._lora_users = 0
+        self._lora_switchers = 0  # calls waiting to switch to another set
 
     @contextmanager
     def adapters(self, refs: list[LoraRef] | tuple = (), wait_timeout: float = 600.0) -> Iterator[None]:
-        """Apply exactly these adapters (none: the base model) for one call; waits while another set runs."""
+        """Apply exactly these adapters (none: the base model) for one call; waits while another set runs.
+
+        Calls with the set in use share the pipeline; a call wanting another set waits until they end,
+        and while it waits no new call joins the set in use (so it cannot be starved).
+        """
         wanted = tuple(sorted((ref.name, float(ref.weight)) for ref in refs))
         deadline = time.monotonic() + wait_timeout
         with self._lora_cond:
-            while self._lora_users and self._lora_active != wanted:
+            switching = False
+            while True:
+                same = self._lora_active == wanted
+                # Join the set in use unless someone waits to switch (then they go first); switch when idle.
+                if (same and (switching or not self._lora_switchers)) or (not same and self._lora_users == 0):
+                    break
+                if not same and not switching:
+                    switching = True
+                    self._lora_switchers += 1
                 if not self._lora_cond.wait(max(0.0, deadline - time.monotonic())):
+                    self._lora_switchers -= int(switching)
+                    self._lora_cond.notify_all()
                     raise MemoryBudgetError(f"Waited {wait_timeout:.0f} s for other LoRA jobs on {self.key[0]}.")
+            self._lora_switchers -= int(switching)
             if self._lora_active != wanted:
                 self._apply_adapters(refs, wanted)
             self._lora_users += 1
@@ -168,23 +184,32 @@ class Engine:
                 self._lora_cond.notify_all()
 
     def _apply_adapters(self, refs, wanted) -> None:
-        for ref in refs:
-            if ref.name not in self._lora_loaded:
-                try:
-                    self.pipe.load_lora_weights(str(ref.path), adapter_name=ref.name)
-                except Exception as exc:  # peft/diffusers raise ValueError, KeyError, RuntimeError (shapes)
-                    self._forget_adapter(ref.name)
-                    raise CheckpointError(
-                        f"LoRA adapter {ref.path.name} does not fit this model: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self._lora_loaded.add(ref.name)
-                self.storages = tensor_storages(self.pipe)
-                self.weights_bytes = sum(self.storages.values())
-        if wanted:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([name for name, _ in wanted], adapter_weights=[weight for _, weight in wanted])
-        elif self._lora_loaded:
-            self.pipe.disable_lora()
+        # Until it is known again, the next call re-applies its set (a failure below may leave any state).
+        self._lora_active = None
+        try:
+            for ref in refs:
+                if ref.name not in self._lora_loaded:
+                    try:
+                        self.pipe.load_lora_weights(str(ref.path), adapter_name=ref.name)
+                    except Exception as exc:  # peft/diffusers raise ValueError, KeyError, RuntimeError (shapes)
+                        self._forget_adapter(ref.name)
+                        if is_oom(exc):
+                            raise
+                        raise CheckpointError(
+                            f"LoRA adapter {ref.path.name} does not fit this model: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    self._lora_loaded.add(ref.name)
+                    self.storages = tensor_storages(self.pipe)
+                    self.weights_bytes = sum(self.storages.values())
+            if wanted:
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([name for name, _ in wanted], adapter_weights=[w for _, w in wanted])
+            elif self._lora_loaded:
+                self.pipe.disable_lora()
+        except BaseException:
+            if self._lora_loaded:  # never leave a half-applied set switched on in the shared pipeline
+                self.pipe.disable_lora()
+            raise
         self._lora_active = wanted
 
     def _forget_adapter(self, name: str) -> None:

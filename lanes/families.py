@@ -90,7 +90,7 @@ SDXL = Family(
 )  # fmt: skip
 SDXL_REFINER = Family(
     "sdxl-refiner", "SDXL refiner (img2img)", "StableDiffusionXLImg2ImgPipeline",
-    img2img=True, single_file=True,
+    img2img=True,
     index_classes=(),  # an SDXL img2img folder without the first text encoder (see detect_family)
     file_markers=("conditioner.embedders.",),
     defaults=LaneDefaults(steps=15, guidance=5.0, size=1024, min_size=512, max_size=2048),
@@ -166,7 +166,7 @@ def detect_family(folder: Path) -> str:
     if name == "StableDiffusionXLImg2ImgPipeline":
         # The refiner ships without the first (CLIP-L) text encoder; an SDXL base saved as img2img has it.
         encoder = index.get("text_encoder")
-        return SDXL.value if isinstance(encoder, list) and encoder[0] else SDXL_REFINER.value
+        return SDXL.value if isinstance(encoder, list) and encoder and encoder[0] else SDXL_REFINER.value
     for family in FAMILIES.values():
         if name in family.index_classes:
             return family.value
@@ -194,7 +194,7 @@ def detect_distilled(folder: Path, family: str) -> bool:
         config = json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return config.get("guidance_embeds") is False
+    return isinstance(config, dict) and config.get("guidance_embeds") is False
 
 
 def lane_defaults(family: str, distilled: bool = False) -> LaneDefaults | None:

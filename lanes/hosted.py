@@ -131,7 +131,8 @@ class HostedEngine:
                     if len(answer) > MAX_BODY_BYTES:
                         raise self._too_large(" (reading stopped there)")
                     return answer
-                detail = error_detail(read_capped(response, ERROR_BODY_BYTES, deadline))
+                # Some servers echo the request: the key must not reach a job's error, which users see.
+                detail = error_detail(read_capped(response, ERROR_BODY_BYTES, deadline)).replace(key, "[API key]")
         except httpx.TimeoutException:
             raise _Retry(f"no answer within {timeout:g}s") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:

@@ -286,8 +286,9 @@ def _refine_batch(jobs: list[Job]) -> list:
             )
             if version.spec.upscale:
                 result = e.upscale(**common)
-            else:  # the draft's own img2img pass (with its adapters), or an SDXL refiner (without)
-                result = e.refine(**common, adapters=[] if upscaler else lora_refs(first))
+            else:  # img2img: the job's own version keeps its adapters; another (a refiner) was not fitted to them
+                own = version.pk == first.model_version_id
+                result = e.refine(**common, adapters=lora_refs(first) if own else [])
         share = len(indices)
         return [
             (image, result.run_seconds, result.gpu_seconds / share, result.peak_memory_bytes) for image in result.images

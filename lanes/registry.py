@@ -13,6 +13,7 @@ import os
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -31,7 +32,7 @@ SMOKE_PROMPT = "Laneway smoke test: a red square on a white background"
 SMOKE_SEED = 1234
 SMOKE_SIZE = 64
 SMOKE_STEPS = 2
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*_(KEY|TOKEN)")
 
 
 def register_version(
@@ -154,12 +155,20 @@ def _hosted_fields(errors, base_url, remote_model, api_key_env, timeout_seconds,
         URLValidator(schemes=["http", "https"])(base_url)
     except ValidationError:
         errors["base_url"] = "A hosted engine needs the API's base URL (http or https), e.g. https://api.openai.com/v1."
+    else:
+        parts = urlsplit(base_url)
+        if parts.username or parts.password or parts.query or parts.fragment:
+            # It is shown on pages and in job errors: a key must live in the environment variable only.
+            errors["base_url"] = "The base URL may not carry credentials or a query: put the key in its variable."
     remote_model = (remote_model or "").strip()
     if not remote_model:
         errors["remote_model"] = "Name the model the API renders with."
     api_key_env = (api_key_env or "").strip()
     if not ENV_NAME.fullmatch(api_key_env):
-        errors["api_key_env"] = "Name the environment variable that holds the API key (e.g. OPENAI_API_KEY)."
+        # Only a variable meant for a key: its value is sent to the URL above.
+        errors["api_key_env"] = (
+            "Name the environment variable that holds the API key, ending in _KEY or _TOKEN (e.g. OPENAI_API_KEY)."
+        )
     elif not os.environ.get(api_key_env):
         errors["api_key_env"] = f"The environment variable {api_key_env} is not set (the key is read from it)."
     if not timeout_seconds or timeout_seconds <= 0:
@@ -189,8 +198,8 @@ def request_validation(version: ModelVersion, by) -> None:
 def smoke_render(version: ModelVersion, adapters: list | tuple = ()):
     """Load the version the way jobs load it and render the fixed smoke image; returns (image, seconds)."""
     started = time.perf_counter()
-    # A hosted API is asked for its smallest usual size; a local checkpoint renders tiny.
-    size = version.spec.defaults.min_size if version.is_hosted and version.spec.defaults else SMOKE_SIZE
+    # A hosted API is asked for 1024x1024, the one size every OpenAI image model takes; a checkpoint renders tiny.
+    size = version.spec.defaults.size if version.is_hosted and version.spec.defaults else SMOKE_SIZE
     source = Image.new("RGB", (size, size), (200, 40, 40))
     with lifecycle.use_engine(version, width=size, height=size) as engine:
         if version.spec.upscale:

@@ -123,7 +123,10 @@ def rerender(verification: Verification, by, intent: str) -> Job:
     job = verification.job
     with transaction.atomic():
         _decide(verification, Verification.Decision.RERENDERED, by)
-        new = submit_brief(job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent)
+        new = submit_brief(
+            job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent,
+            adapters=[entry["name"] for entry in job.adapters],
+        )  # fmt: skip
         Job.objects.filter(pk=new.pk).update(rerender_of=job)
         new.rerender_of = job
     return new

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -51,6 +52,15 @@ def _check_deployable(version: ModelVersion) -> None:
         }
         hint = hints.get(version.status, version.status)
         raise ControlError(f"{version.name} cannot serve a lane: {hint}.")
+
+
+def _check_fits(lane: Lane) -> None:
+    """The lane with its new versions must still be a valid lane (family, refine stage, size grid)."""
+    try:
+        lane.clean()
+    except ValidationError as exc:
+        problems = " ".join(message for messages in exc.message_dict.values() for message in messages)
+        raise ControlError(f"Lane {lane.name} cannot serve that: {problems}") from None
 
 
 def _switch_active(lane: Lane, version: ModelVersion, by, how: str, outcome: str) -> ModelVersion:
@@ -98,6 +108,7 @@ def activate(lane: Lane, version: ModelVersion, by, expected_revision: int | Non
         old = _switch_active(lane, version, by, "activated", LaneRelease.Outcome.SUPERSEDED)
         if lane.canary_version_id == version.pk:  # activating the canary is promoting it
             lane.clear_canary()
+        _check_fits(lane)
         record_change(
             lane, ["active_version", *Lane.CANARY_FIELDS], by, "lane.activate", version=version,
             before=before, after=_versions_state(lane),
@@ -121,6 +132,7 @@ def start_canary(lane: Lane, version: ModelVersion, percent: int, by, expected_r
         lane.canary_version, lane.canary_percent = version, percent
         if restart:
             lane.canary_started_at = timezone.now()
+        _check_fits(lane)
         record_change(
             lane, list(Lane.CANARY_FIELDS), by, "canary.start" if restart else "canary.percent", version=version,
             before=before, after=_versions_state(lane),

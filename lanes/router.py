@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+from . import adapters as lora
 from .models import Job, Lane, Route
 from .rollout import pick_version
 
@@ -83,11 +84,16 @@ def cascade_fields(lane: Lane) -> dict:
 
 
 def rerouted_fields(job, lane: Lane, reason: str) -> dict:
-    """The fields that send a job to another lane: the lane, a version routed there, its cascade, and the
-    job's parameters moved inside that lane's bounds."""
+    """The fields that send a job to another lane: the lane, a version routed there, its cascade, the job's
+    LoRA adapters where that lane serves them for that version, and its parameters inside the lane's bounds."""
+    version = pick_version(lane)
+    adapters, missing = lora.for_job(lane, version, [entry["name"] for entry in job.adapters])
+    if missing:
+        reason = f"{reason} (without LoRA {', '.join(missing)}: not on lane {lane.name})"
     return {
         "lane": lane,
-        "model_version": pick_version(lane),
+        "model_version": version,
+        "adapters": adapters,
         "admission": Job.Admission.REROUTED,
         "admission_reason": reason[:300],
         **cascade_fields(lane),

@@ -146,7 +146,9 @@ class Adapter(models.Model):
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="adapters")
     name = models.SlugField(max_length=100)
-    location = models.CharField(max_length=500, help_text="A LoRA .safetensors file (or its folder) in MODELS_ROOT.")
+    location = models.CharField(
+        max_length=500, help_text="A LoRA .safetensors file (or its folder), under MODELS_ROOT."
+    )
     content_hash = models.CharField(max_length=64)
     default_weight = models.FloatField(default=1.0, validators=[MinValueValidator(-4.0), MaxValueValidator(4.0)])
     description = models.CharField(max_length=200, blank=True)
@@ -201,7 +203,9 @@ def resolve_adapter(location: str) -> Path:
         files = sorted(path.glob("*.safetensors"))
         if len(files) != 1:
             raise CheckpointError(f"Adapter folder {location!r} must hold exactly one .safetensors file.")
-        path = files[0]
+        path = files[0].resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"Adapter {location!r} links outside MODELS_ROOT ({root}).")
     if not path.is_file():
         raise CheckpointError(f"Adapter {location!r} does not exist under MODELS_ROOT ({root}).")
     if path.suffix != ".safetensors":
@@ -339,37 +343,33 @@ class Lane(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
+        """The lane's versions, refine stage and sizes fit together (checked for the canary too)."""
         errors: dict[str, str] = {}
         active = self.active_version if self.active_version_id else None
-        if active is not None and not active.spec.text2img:
-            errors["active_version"] = f"{active.name} ({active.spec.label}) cannot render from a prompt."
+        canary = self.canary_version if self.canary_version_id else None
         refiner = self.refine_version
+        for field, version in (("active_version", active), ("canary_version", canary)):
+            if version is None:
+                continue
+            spec = version.spec
+            if not spec.text2img:
+                errors[field] = f"{version.name} ({spec.label}) cannot render from a prompt."
+            elif self.cascade and version.is_hosted:
+                errors[field] = f"{version.name} is a hosted engine: its images cannot be a cascade's draft."
+            elif self.cascade and refiner is None and not spec.img2img:
+                errors[field] = f"{spec.label} has no img2img pass: pick a refine version."
+            elif self.cascade and refiner is not None and refiner.family not in refine_partners(version.family):
+                errors[field] = f"{refiner.name} ({refiner.spec.label}) cannot refine {spec.label} drafts."
+            for size in ("default_width", "default_height"):
+                if getattr(self, size) % spec.size_multiple:
+                    errors[size] = f"{spec.label} renders sizes in multiples of {spec.size_multiple} pixels."
         if refiner is not None:
-            if refiner.spec.upscale:
-                if self.refine_scale != 2:
-                    errors["refine_scale"] = "A latent x2 upscaler refines at scale 2."
-            elif not refiner.spec.img2img:
+            if refiner.spec.upscale and self.refine_scale != 2:
+                errors["refine_scale"] = "A latent x2 upscaler refines at scale 2."
+            elif not (refiner.spec.upscale or refiner.spec.img2img):
                 errors["refine_version"] = f"{refiner.name} ({refiner.spec.label}) can neither upscale nor refine."
-            elif active is not None and refiner.family not in refine_partners(active.family):
-                errors["refine_version"] = (
-                    f"{refiner.name} ({refiner.spec.label}) cannot refine {active.spec.label} drafts."
-                )
-        if self.cascade and active is not None:
-            if active.is_hosted:
-                errors["cascade"] = "A hosted engine's images cannot be refined locally as a cascade's draft."
-            elif refiner is None and not active.spec.img2img:
-                errors["cascade"] = f"{active.spec.label} has no img2img pass: pick a refine version."
-        if active is not None:
-            multiple = active.spec.size_multiple
-            for name in ("default_width", "default_height"):
-                if getattr(self, name) % multiple:
-                    errors[name] = f"{active.spec.label} renders sizes in multiples of {multiple} pixels."
         if errors:
             raise ValidationError(errors)
-
-    def allowed_adapters(self, version: ModelVersion) -> list[LaneAdapter]:
-        """The lane's adapters for a version (pinned ones always apply; the rest a brief may pick)."""
-        return [link for link in self.adapter_links.all() if link.adapter.version_id == version.pk]
 
     def clear_canary(self) -> list[str]:
         """Forget the canary (every new job goes to the active version); returns the fields to save."""
@@ -392,9 +392,13 @@ class Lane(models.Model):
 
 
 def refine_partners(family: str) -> tuple[str, ...]:
-    """Families whose img2img pass may refine a draft of `family` (its own, and SDXL's refiner for SDXL)."""
-    partners = (family, ModelVersion.Family.SDXL_REFINER) if family == ModelVersion.Family.SDXL else (family,)
-    return tuple(str(p) for p in partners)
+    """Families whose pass may refine a draft of `family`: its own img2img, SDXL's refiner for SDXL, the
+    latent x2 upscaler for SD 1.x (its VAE and text encoder are SD 1.x's)."""
+    extra: dict[str, tuple[str, ...]] = {
+        ModelVersion.Family.SDXL: (ModelVersion.Family.SDXL_REFINER,),
+        ModelVersion.Family.SD15: (ModelVersion.Family.LATENT_UPSCALER_X2,),
+    }
+    return tuple(str(p) for p in (family, *extra.get(family, ())))
 
 
 class LaneAdapter(models.Model):

@@ -159,3 +159,70 @@ def test_validation_smoke_renders_with_the_adapter_and_refuses_a_corrupt_one(lor
         adapters.link(Lane.objects.get(name="sdxl"), adapter, admin)
     with pytest.raises(ControlError, match="which lane fast-draft does not serve"):
         adapters.link(Lane.objects.get(name="fast-draft"), good, admin)
+
+
+@pytest.mark.django_db
+def test_a_failed_adapter_load_leaves_no_adapter_switched_on(lora_files, admin):
+    good = adapters.register_adapter(admin, version=sd15(), name="good", location=lora_files["sd15"], validate=False)
+    ref = engines.LoraRef(good.lora_name, good.file_path(), 1.0)
+    # A LoRA of another model, loaded after a good one in the same set: the load fails halfway.
+    wrong = engines.LoraRef("wrong", Path(settings.MODELS_ROOT) / lora_files["sdxl"], 1.0)
+    cache = engines.EngineCache(budget_bytes=None)
+    call = dict(prompt="A red kite", seed=11, width=64, height=64, steps=3, guidance=7.5)
+    with cache.use(sd15(), width=64, height=64) as engine:
+        base = pixels(engine.run(**call).image)
+        with pytest.raises(Exception, match="does not fit this model"):
+            engine.run(**call, adapters=[ref, wrong])
+        assert np.array_equal(pixels(engine.run(**call).image), base)  # "good" did not stay on
+        assert np.abs(pixels(engine.run(**call, adapters=[ref]).image) - base).max() > 10
+
+
+@pytest.mark.django_db
+def test_a_job_wanting_another_adapter_set_is_not_starved_by_a_stream_of_the_set_in_use(lora_files, admin):
+    import threading
+    import time
+
+    adapter = adapters.register_adapter(admin, version=sd15(), name="house", location=lora_files["sd15"])
+    ref = engines.LoraRef(adapter.lora_name, adapter.file_path(), 1.0)
+    cache = engines.EngineCache(budget_bytes=None)
+    with cache.use(sd15(), width=64, height=64) as engine:
+        order: list[str] = []
+        stop = threading.Event()
+
+        def base_stream():  # back-to-back calls with no adapter, overlapping each other
+            while not stop.is_set():
+                with engine.adapters([]):
+                    order.append("base")
+                    time.sleep(0.02)
+
+        streams = [threading.Thread(target=base_stream, daemon=True) for _ in range(3)]
+        for thread in streams:
+            thread.start()
+        try:
+            time.sleep(0.1)
+            started = time.monotonic()
+            with engine.adapters([ref], wait_timeout=5):
+                waited = time.monotonic() - started
+                order.append("house")
+        finally:
+            stop.set()
+            for thread in streams:
+                thread.join()
+    assert "house" in order and waited < 1.0
+
+
+@pytest.mark.django_db
+def test_a_rerouted_job_keeps_only_the_adapters_its_new_lane_serves(lora_files, admin, creative):
+    from lanes.router import rerouted_fields
+
+    adapter = validated(
+        adapters.register_adapter(admin, version=sd15(), name="house", location=lora_files["sd15"], validate=False)
+    )
+    adapters.link(Lane.objects.get(name="fast-draft"), adapter, admin, weight=0.5, pinned=True)
+    job = submit_brief(creative, prompt="Kite", intent="draft")
+    assert [a["name"] for a in job.adapters] == ["house"]
+    to_sdxl = rerouted_fields(job, Lane.objects.get(name="sdxl"), "out of memory")
+    assert to_sdxl["adapters"] == [] and "without LoRA house: not on lane sdxl" in to_sdxl["admission_reason"]
+    adapters.link(Lane.objects.get(name="fallback"), adapter, admin, weight=0.9)
+    to_fallback = rerouted_fields(job, Lane.objects.get(name="fallback"), "out of memory")
+    assert to_fallback["adapters"] == [{"id": adapter.pk, "name": "house", "weight": 0.9}]

@@ -160,3 +160,41 @@ def test_every_family_builds_offline_and_reloads_with_autopipeline(tmp_path):
     build_demo_checkpoint(tmp_path / "refiner", family="sdxl-refiner")
     assert families.detect_family(tmp_path / "refiner") == "sdxl-refiner"
     assert type(AutoPipelineForImage2Image.from_pretrained(tmp_path / "refiner")).__name__ == PIPELINES["sdxl-refiner"]
+
+
+@pytest.mark.django_db
+def test_a_version_that_does_not_fit_a_lane_is_refused_as_its_active_or_canary_version(demo_lanes, admin):
+    from lanes import rollout
+
+    hosted = ModelVersion.objects.get(name="demo-hosted-images-api")
+    flux = ModelVersion.objects.get(name="demo-tiny-flux-v1")
+    ModelVersion.objects.filter(pk__in=[hosted.pk, flux.pk]).update(status=ModelVersion.Status.VALIDATED)
+    hires = Lane.objects.get(name="sdxl-hires")
+    with pytest.raises(ControlError, match="hosted engine: its images cannot be a cascade's draft"):
+        rollout.start_canary(hires, hosted, 10, admin)
+    with pytest.raises(ControlError, match="cannot refine Flux drafts"):
+        rollout.activate(hires, flux, admin)
+    hires.refresh_from_db()
+    assert hires.active_version.name == "demo-tiny-sdxl-v1" and hires.canary_version is None
+    # A plain SDXL lane takes Flux: both render 64x64.
+    assert rollout.activate(Lane.objects.get(name="sdxl"), flux, admin).active_version == flux
+
+
+@pytest.mark.django_db
+def test_a_hosted_version_refuses_a_key_in_its_url_and_any_variable_but_a_key(demo_lanes, admin, monkeypatch):
+    monkeypatch.setenv("PARTNER_API_KEY", "k")
+    common = dict(name="api", family="http", remote_model="m", validate=False)
+    with pytest.raises(ControlError) as exc:
+        registry.register_version(admin, base_url="https://u:secret@api.example/v1", api_key_env="PARTNER_API_KEY",
+                                  **common)  # fmt: skip
+    assert "may not carry credentials" in exc.value.errors["base_url"]
+    with pytest.raises(ControlError) as exc:
+        registry.register_version(admin, base_url="https://api.example/v1?key=s", api_key_env="PARTNER_API_KEY",
+                                  **common)  # fmt: skip
+    assert "may not carry credentials or a query" in exc.value.errors["base_url"]
+    with pytest.raises(ControlError) as exc:
+        registry.register_version(admin, base_url="https://api.example/v1", api_key_env="DATABASE_URL", **common)
+    assert "ending in _KEY or _TOKEN" in exc.value.errors["api_key_env"]
+    version = registry.register_version(admin, base_url="https://api.example/v1", api_key_env="PARTNER_API_KEY",
+                                        **common)  # fmt: skip
+    assert version.is_hosted and version.api_key_env == "PARTNER_API_KEY" and "k" not in version.base_url

@@ -240,10 +240,10 @@ def test_validation_smoke_renders_through_the_api_and_validates_the_version(vers
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.VALIDATED and version.validation_error == ""
     with Image.open(Path(media_root) / version.smoke_image) as smoke:
-        assert smoke.size == (256, 256)
+        assert smoke.size == (1024, 1024)
         assert smoke.convert("RGB").getpixel((0, 0)) == prompt_colour(registry.SMOKE_PROMPT)
     (request,) = images_api.received
-    assert request.json["size"] == "256x256" and request.json["prompt"] == registry.SMOKE_PROMPT
+    assert request.json["size"] == "1024x1024" and request.json["prompt"] == registry.SMOKE_PROMPT
 
 
 def test_validation_fails_the_version_when_its_key_variable_is_unset_on_the_worker(version, images_api, monkeypatch):
@@ -326,4 +326,4 @@ def test_a_registered_hosted_engine_is_validated_on_the_hosted_queue(hosted_work
     wait_until(settled, 30, "the hosted version's validation")
     assert version.status == ModelVersion.Status.VALIDATED, version.validation_error
     assert version.smoke_image and version.validated_on
-    assert [r.json["size"] for r in images_api.received] == ["256x256"]
+    assert [r.json["size"] for r in images_api.received] == ["1024x1024"]

@@ -16,15 +16,25 @@ class Command(BaseCommand):
         data_dir = settings.VAR_DIR / "valkey"
         # port=0: no TCP listener at all, only the unix socket.
         server = ValkeyServer(port=0, data_dir=data_dir, persist=True, unix_socket_path=settings.VALKEY_SOCKET)
-        server.start()
-        self.stdout.write(f"Embedded Valkey listening on {settings.VALKEY_SOCKET}")
-        self.stdout.flush()
+        stopping = False
 
         def stop(signum, frame):
-            server.stop()
-            sys.exit(0)
+            # Only ask Valkey to exit: the main thread below is waiting on the process and reaps it
+            # (waiting on it here too would block until a timeout).
+            nonlocal stopping
+            stopping = True
+            if server._process is not None:
+                server._process.terminate()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        server.start()
+        self.stdout.write(f"Embedded Valkey listening on {settings.VALKEY_SOCKET}")
+        self.stdout.flush()
+        if stopping:  # asked to stop while it was starting
+            server._process.terminate()
         server._process.wait()
+        if stopping:
+            server.stop()  # the process is gone: this only tidies up
+            sys.exit(0)
         raise CommandError(f"Valkey exited unexpectedly; see {server.log_path}")

@@ -33,12 +33,9 @@ class Command(BaseCommand):
             missing = set(wanted) - set(qs.values_list("name", flat=True))
             if missing:
                 raise CommandError(f"Unknown lanes: {', '.join(sorted(missing))}")
-        # A lane served only by hosted engines has its jobs on the hosted workers' queue (see dispatch).
-        lanes_served = [
-            lane
-            for lane in qs.select_related("active_version", "canary_version")
-            if not (lane.active_version.is_hosted and (lane.canary_version is None or lane.canary_version.is_hosted))
-        ]
+        # Every lane, hosted ones too: their hosted jobs go to the hosted queue (see dispatch), but a local
+        # version activated there later must find a worker on the lane's queue.
+        lanes_served = list(qs)
         queues = sorted(
             {lane.queue for lane in lanes_served} | {lane.refine_queue for lane in lanes_served if lane.cascade}
         )
