@@ -21,23 +21,21 @@ from django.db import transaction
 
 from . import dispatch
 from .changes import ControlError, acting_user, locked_lane, record_change
-from .models import Adapter, AuditEvent, CheckpointError, Lane, LaneAdapter, ModelVersion, resolve_adapter
+from .models import (
+    Adapter,
+    AuditEvent,
+    CheckpointError,
+    Lane,
+    LaneAdapter,
+    ModelVersion,
+    resolve_adapter,
+    tensor_shapes,
+)
 from .models import hash_checkpoint as hash_file
 
 # Which part of a pipeline a LoRA tensor patches, by its name's first segment (diffusers/peft format).
 COMPONENT_PREFIXES = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.")
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight")
-
-
-def _shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        with safe_open(str(file), framework="numpy") as handle:
-            for key in handle.keys():
-                shapes[key] = tuple(handle.get_slice(key).get_shape())
-    return shapes
 
 
 def _base_folder(version: ModelVersion) -> Path | None:
@@ -52,9 +50,9 @@ def check_lora_file(version: ModelVersion, path: Path) -> str | None:
     if not spec.lora:
         return f"{version.name} is {spec.label}, which takes no LoRA adapters."
     try:
-        lora = _shapes([path])
-    except Exception as exc:  # safetensors' own SafetensorError for a bad header
-        return f"{path.name} is not a readable .safetensors file ({type(exc).__name__}: {exc})."
+        lora = tensor_shapes(path)
+    except CheckpointError as exc:
+        return str(exc)
     if not lora:
         return f"{path.name} holds no tensors."
     diffusers_format = [k for k in lora if k.startswith(COMPONENT_PREFIXES)]
@@ -76,7 +74,7 @@ def check_lora_file(version: ModelVersion, path: Path) -> str | None:
             continue
         if component not in base_shapes:
             files = sorted((base / component).glob("*.safetensors"))
-            base_shapes[component] = _shapes(files) if files else {}
+            base_shapes[component] = {key: shape for file in files for key, shape in tensor_shapes(file).items()}
         if not base_shapes[component]:
             continue
         module = rest[: -len(suffix)]

@@ -8,7 +8,6 @@ tried at once.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from django.conf import settings
@@ -16,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .checkpoints import build_demo_checkpoint, build_demo_upscaler
-from .models import Lane, ModelVersion, Priority, Route, hash_checkpoint
+from .models import Lane, ModelVersion, Priority, Route, endpoint_hash, hash_checkpoint
 from .rollout import record_release
 
 DEMO_CHECKPOINT = "demo-tiny-sd"
@@ -105,6 +104,7 @@ FAMILY_DEMOS = [
     ("flux", "demo-tiny-flux", "demo-tiny-flux-v1"),
 ]
 DEMO_HOSTED_VERSION = "demo-hosted-images-api"
+DEMO_HOSTED_MODEL = "laneway-poster-1"
 TINY = dict(default_width=64, default_height=64, min_size=32, max_size=256, max_concurrency=2)
 # Lane name → (version name, lane fields).
 FAMILY_LANES = {
@@ -207,12 +207,12 @@ def seed_family_versions(registered_by=None) -> dict[str, ModelVersion]:
         defaults=dict(
             family=ModelVersion.Family.HTTP,
             base_url=settings.DEMO_IMAGES_API_URL,
-            remote_model="laneway-poster-1",
+            remote_model=DEMO_HOSTED_MODEL,
             api_key_env="LANEWAY_DEMO_API_KEY",
             timeout_seconds=30.0,
             max_concurrency=4,
             price_per_image=0.04,
-            content_hash=hashlib.sha256(settings.DEMO_IMAGES_API_URL.encode()).hexdigest(),
+            content_hash=endpoint_hash(settings.DEMO_IMAGES_API_URL, DEMO_HOSTED_MODEL),
             status=ModelVersion.Status.ACTIVE,
             registered_by=registered_by,
             validated_at=timezone.now(),

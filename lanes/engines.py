@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from . import families
-from .models import CheckpointError, ModelVersion
+from .models import CheckpointError, ModelVersion, tensor_shapes
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -425,14 +425,6 @@ def load_pipeline(version: ModelVersion, device: Device):
     return pipe.to(device.torch_device) if device.kind != "cpu" else pipe
 
 
-def _tensor_elements(file: Path) -> int:
-    """Parameters stored in a .safetensors file, read from its header (no tensor is loaded)."""
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="numpy") as handle:
-        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
-
-
 def _weight_files(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]
@@ -450,13 +442,9 @@ def estimate_weights_bytes(version: ModelVersion, device_kind: str = "cuda") -> 
     for file in _weight_files(root):
         if file.suffix == ".safetensors":
             try:
-                total += _tensor_elements(file) * itemsize
-            except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
-                name = file.relative_to(root) if root.is_dir() else file.name
-                raise CheckpointError(
-                    f"Checkpoint {version.location!r} could not be loaded: {name} is not a readable .safetensors "
-                    f"file ({type(exc).__name__}: {exc})."
-                ) from exc
+                total += sum(math.prod(shape) for shape in tensor_shapes(file).values()) * itemsize
+            except CheckpointError as exc:
+                raise CheckpointError(f"Checkpoint {version.location!r} could not be loaded: {exc}") from exc
         else:  # a pickled .bin: its size, assuming fp32 on disk
             total += file.stat().st_size * itemsize // 4
     return total

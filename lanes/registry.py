@@ -7,8 +7,6 @@ jobs. Only a validated version may serve a lane (see rollout).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
@@ -21,12 +19,21 @@ from django.core.validators import URLValidator, validate_slug
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image
-from safetensors import safe_open
 
 from . import dispatch, families, lifecycle
 from .changes import ControlError, acting_user
 from .engines import LoraRef
-from .models import Adapter, AuditEvent, CheckpointError, Lane, ModelVersion, hash_checkpoint, resolve_checkpoint
+from .models import (
+    Adapter,
+    AuditEvent,
+    CheckpointError,
+    Lane,
+    ModelVersion,
+    endpoint_hash,
+    hash_checkpoint,
+    resolve_checkpoint,
+    tensor_shapes,
+)
 
 SMOKE_PROMPT = "Laneway smoke test: a red square on a white background"
 SMOKE_SEED = 1234
@@ -65,7 +72,7 @@ def register_version(
         fields["price_per_image"] = price_per_image
         if price_per_image is None or price_per_image < 0:
             errors["price_per_image"] = "The price per image cannot be negative."
-        digest = hashlib.sha256(json.dumps([fields["base_url"], fields["remote_model"]]).encode()).hexdigest()
+        digest = endpoint_hash(fields["base_url"], fields["remote_model"])
         location = config_location = ""
     elif "family" not in errors:
         detected, distilled_detected, digest = _checkpoint_family(errors, location, config_location)
@@ -132,10 +139,9 @@ def _checkpoint_family(errors: dict[str, str], location: str, config_location: s
         # diffusers loads a single file as whatever class it is asked for: a file of another family
         # would fail halfway through loading (or, worse, load). Its tensor names tell its family.
         try:
-            with safe_open(str(path), framework="numpy") as handle:
-                marked = families.file_families(handle.keys())
-        except Exception as exc:  # safetensors' own SafetensorError for a bad header
-            errors["location"] = f"{path.name} is not a readable .safetensors file ({type(exc).__name__}: {exc})."
+            marked = families.file_families(tensor_shapes(path))
+        except CheckpointError as exc:
+            errors["location"] = str(exc)
             return "", False, ""
         if marked and family not in marked:
             # An SDXL base and its refiner share their tensor names: call it SDXL.

@@ -10,10 +10,12 @@ from .fleet import (
     ModelVersion,
     Priority,
     Route,
+    endpoint_hash,
     hash_checkpoint,
     refine_partners,
     resolve_adapter,
     resolve_checkpoint,
+    tensor_shapes,
 )
 from .jobs import Artifact, Job, Worker, with_live_counts
 from .review import Verification
@@ -30,11 +32,13 @@ __all__ = [
     "ModelVersion",
     "Priority",
     "Route",
+    "endpoint_hash",
     "Verification",
     "Worker",
     "hash_checkpoint",
     "refine_partners",
     "resolve_adapter",
     "resolve_checkpoint",
+    "tensor_shapes",
     "with_live_counts",
 ]

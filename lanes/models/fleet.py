@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
+from safetensors import safe_open
 
 from .. import families
 
@@ -211,6 +213,22 @@ def resolve_adapter(location: str) -> Path:
     if path.suffix != ".safetensors":
         raise CheckpointError(f"Adapter file {location!r} is not a .safetensors file.")
     return path
+
+
+def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a .safetensors file, read from its header (no tensor is loaded)."""
+    try:
+        with safe_open(str(file), framework="numpy") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+        raise CheckpointError(
+            f"{file.name} is not a readable .safetensors file ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def endpoint_hash(base_url: str, remote_model: str) -> str:
+    """A hosted engine's content hash: it has no files, so its endpoint and model name identify it."""
+    return hashlib.sha256(json.dumps([base_url, remote_model]).encode()).hexdigest()
 
 
 def hash_checkpoint(path: Path) -> str:
