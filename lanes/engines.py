@@ -450,10 +450,6 @@ def estimate_weights_bytes(version: ModelVersion, device_kind: str = "cuda") -> 
     return total
 
 
-def checkpoint_bytes_on_disk(version: ModelVersion) -> int:
-    return sum(f.stat().st_size for f in _weight_files(version.checkpoint_path()))
-
-
 def default_budget_bytes() -> int | None:
     if settings.GPU_MEMORY_BUDGET_MB:
         return settings.GPU_MEMORY_BUDGET_MB * MiB
