@@ -234,3 +234,11 @@ class ExperimentCanaryForm(forms.Form):
     arm = forms.CharField(max_length=50)
     lane = forms.ModelChoiceField(queryset=Lane.objects.all(), to_field_name="name")
     percent = forms.IntegerField(min_value=1, max_value=99, initial=10)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. “CMS export” or “deploy pipeline”.")
+    read_only = forms.BooleanField(required=False, help_text="It may read, never change anything.")
+    expires_in_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, help_text="Leave blank for a token that does not expire."
+    )

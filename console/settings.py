@@ -93,6 +93,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "channels",
+    # Serves the API docs page's Swagger UI from the wheel (no CDN).
+    "ninja",
     "console",
     "accounts",
     "telemetry",
@@ -289,6 +291,12 @@ EXPERIMENT_MAX_OUTSTANDING = envint("EXPERIMENT_MAX_OUTSTANDING", 8, 1)
 EXPECTED_TEXT_MAX_LENGTH = envint("EXPECTED_TEXT_MAX_LENGTH", 200, 1)
 # Progress is pushed every step; the database copy (read on reconnect) at most this often.
 PROGRESS_DB_EVERY_SECONDS = envfloat("PROGRESS_DB_EVERY_SECONDS", 1.0, 0.0)
+
+# The HTTP API: requests per token (or signed-in user) per window, counted in the shared cache.
+API_RATE_LIMIT = envint("API_RATE_LIMIT", 600, 1)
+API_RATE_WINDOW_SECONDS = envint("API_RATE_WINDOW_SECONDS", 60, 1)
+# Request bodies past this many bytes are refused (413) before they are parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, 1024)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

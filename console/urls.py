@@ -4,7 +4,8 @@ from django.urls import path
 
 from . import control_views as control
 from . import experiment_views as experiments
-from . import metrics_views, views
+from . import metrics_views, token_views, views
+from .api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -57,6 +58,9 @@ urlpatterns = [
         experiments.experiment_control,
         name="experiment-control",
     ),
+    path("account/tokens/", token_views.token_list, name="token-list"),
+    path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("metrics", metrics_views.metrics, name="metrics"),
+    path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
 ]

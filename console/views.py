@@ -112,7 +112,11 @@ def job_cancel(request, job_id: int):
 @login_required
 @require_GET
 def job_image(request, job_id: int, stage: str):
-    job = get_job_for_user(request, job_id)
+    return png_response(get_job_for_user(request, job_id), stage)
+
+
+def png_response(job: Job, stage: str) -> HttpResponse:
+    """A stage's PNG of a job the caller may see (the console's image and the API's)."""
     artifact = next((a for a in job.artifacts.all() if a.stage == stage), None)
     if artifact is None or stage not in Artifact.Stage.values:
         raise Http404("No such image.")

@@ -140,3 +140,15 @@ def cancel_job(job: Job) -> bool:
     if cancelled:
         transaction.on_commit(lambda: push.job_state(job))
     return cancelled
+
+
+def rerender_job(job: Job, by, intent: str | None = None) -> Job:
+    """A new job for the same brief with a new seed, on the lane `intent` (default: the job's own) routes to."""
+    with transaction.atomic():
+        new = submit_brief(
+            job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent or job.intent,
+            adapters=[entry["name"] for entry in job.adapters],
+        )  # fmt: skip
+        Job.objects.filter(pk=new.pk).update(rerender_of=job)
+        new.rerender_of = job
+    return new

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.shortcuts import resolve_url
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from accounts.models import Team
+from accounts.models import ApiToken, Team
 from experiments import definition as definitions
 from experiments import runner
 from lanes.actions import submit_brief
@@ -61,6 +61,8 @@ MATRIX = {
     "experiment-new": ("GET", "admin"),
     "experiment-control": ("POST", "admin"),
     "experiment-canary": ("POST", "admin"),
+    "token-list": ("GET", "creative"),
+    "token-revoke": ("POST", "creative"),
 }
 # Django's own views: the login form, logout, and the admin site (which admits admins only).
 NOT_IN_MATRIX = {"login", "logout"}
@@ -71,7 +73,7 @@ def named_urls(patterns=None, prefix="") -> set[str]:
     names = set()
     for entry in patterns if patterns is not None else get_resolver().url_patterns:
         if isinstance(entry, URLResolver):
-            if entry.namespace == "admin":
+            if entry.namespace in ("admin", "api-v1"):  # the API has its own matrix: tests/api/test_access_matrix.py
                 continue
             names |= named_urls(entry.url_patterns)
         elif isinstance(entry, URLPattern) and entry.name:
@@ -118,6 +120,7 @@ def world(demo_lanes, media_root):
         "experiment-export": {"name": experiment.name, "fmt": "csv"},
         "experiment-control": {"name": experiment.name, "action": "pause"},
         "experiment-canary": {"name": experiment.name},
+        "token-revoke": {"token_id": ApiToken.issue(users["creative"], "matrix")[0].pk},
     }
     for name in MATRIX:
         if name.startswith("lane-") and name not in ("lane-list",):

@@ -1,0 +1,56 @@
+"""`Idempotency-Key` on create requests: the first answer is stored with the change it made, in
+the same transaction, and replayed to every repeat within a day; concurrent repeats wait on the
+key's unique index and get the same answer, so a retried submit never makes a second job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import IdempotencyKey
+
+from .core import ProblemError
+
+KEEP_FOR = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+
+def fingerprint(request) -> str:
+    return hashlib.sha256(b"\n".join([request.method.encode(), request.path.encode(), request.body])).hexdigest()
+
+
+def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool]:
+    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers are kept."""
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
+        return (*make(), False)
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ProblemError(400, f"Idempotency-Key must be at most {MAX_KEY_LENGTH} printable characters.")
+    digest = fingerprint(request)
+    IdempotencyKey.objects.filter(user=request.user, created_at__lt=timezone.now() - KEEP_FOR).delete()
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                record = IdempotencyKey.objects.create(user=request.user, key=key, fingerprint=digest)
+        except IntegrityError:
+            # Another request holds (or held) the key; its row is committed by the time the insert fails.
+            record = IdempotencyKey.objects.get(user=request.user, key=key)
+            if record.fingerprint != digest:
+                raise ProblemError(
+                    422, "This Idempotency-Key was used with a different request body or path within 24 h."
+                ) from None
+            if not record.status_code:
+                raise ProblemError(409, "A request with this Idempotency-Key is still in progress.") from None
+            return record.status_code, record.response, True
+        status, body = make()
+        if 200 <= status < 300:
+            record.status_code, record.response = status, json.loads(json.dumps(body, default=str))
+            record.save(update_fields=["status_code", "response"])
+        else:
+            record.delete()  # a refusal (429, 409…) may be retried with the same key
+    return status, body, False
