@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, re_path
 
 from . import control_views as control
 from . import experiment_views as experiments
 from . import metrics_views, token_views, views
 from .api import api
+from .api.core import not_found as api_not_found
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -62,5 +63,6 @@ urlpatterns = [
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("metrics", metrics_views.metrics, name="metrics"),
     path("api/v1/", api.urls),
+    re_path(r"^api/v1/(?P<path>.*)$", api_not_found),
     path("admin/", admin.site.urls),
 ]

@@ -6,21 +6,24 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse
-from ninja import NinjaAPI, Schema
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from ninja import Field, NinjaAPI, Path, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 from ninja.throttling import BaseThrottle
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 
 from accounts.models import ApiToken
 
 PROBLEM = "application/problem+json"
+# Text the API accepts never holds NUL (no database stores it); the pattern puts that in the document.
+NO_NUL = r"^[^\x00]*$"
+SLUG = r"^[-a-zA-Z0-9_]+$"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -45,6 +48,25 @@ class Input(Schema):
         if isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value):
             raise ValueError("must not contain NUL characters")
         return value
+
+
+Name = Annotated[str, StringConstraints(pattern=NO_NUL, min_length=1, max_length=100)]
+
+
+def text(default: Any = ..., *, max_length: int, **kwargs: Any) -> Any:
+    """A text field: bounded, and without NUL characters."""
+    return Field(default, max_length=max_length, **{"pattern": NO_NUL, **kwargs})
+
+
+# A name in the URL (lane, version, experiment) and an object id in the URL.
+SlugPath = Annotated[str, Path(pattern=SLUG, max_length=100)]
+IdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class BodyIn(Input):
+    """A JSON body: unknown fields are refused, and no value changes type (`false` is not 0.0)."""
+
+    model_config = {"extra": "forbid", "strict": True}
 
 
 class ProblemError(Exception):
@@ -154,6 +176,12 @@ TITLES = {
     400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found", 409: "Conflict",
     412: "Precondition failed", 413: "Request body too large", 422: "Invalid request", 429: "Too many requests",
 }  # fmt: skip
+
+
+def not_found(request, path: str = "") -> HttpResponse:
+    """Any other URL under /api/v1/: a problem document, not the site's HTML 404."""
+    body = {"type": "about:blank", "title": TITLES[404], "status": 404, "detail": "No such API endpoint."}
+    return JsonResponse(body, status=404, content_type=PROBLEM)
 
 
 def install_error_handlers(api: NinjaAPI) -> None:

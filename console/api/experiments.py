@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.http import HttpResponse
-from ninja import Field, Router, Schema
+from ninja import Query, Router, Schema
 
 from accounts.access import require_role
 from accounts.models import Role
@@ -19,7 +19,7 @@ from lanes.models import Job
 
 from ..access import get_experiment_for_user
 from . import idempotency
-from .core import Input, ProblemError, errors
+from .core import SLUG, BodyIn, ProblemError, SlugPath, errors, text
 
 router = Router(tags=["experiments"])
 
@@ -54,9 +54,8 @@ class ResultsOut(Schema):
     cells: list[dict[str, Any]]
 
 
-class ExperimentIn(Input):
-    definition: str = Field(..., max_length=1_000_000, description="The experiment's YAML.")
-    model_config = {"extra": "forbid"}
+class ExperimentIn(BodyIn):
+    definition: str = text(..., max_length=1_000_000, description="The experiment's YAML.")
 
 
 def _finite(value: Any) -> Any:
@@ -110,13 +109,13 @@ def create(request, body: ExperimentIn, response: HttpResponse):
     return status, data
 
 
-@router.get("/experiments/{slug:name}", response={200: ExperimentOut, **errors()})
-def get_experiment(request, name: str):
+@router.get("/experiments/{name}", response={200: ExperimentOut, **errors()})
+def get_experiment(request, name: SlugPath):
     return experiment_out(get_experiment_for_user(request, name))
 
 
-@router.get("/experiments/{slug:name}/results", response={200: ResultsOut, **errors()})
-def get_results(request, name: str, baseline: str | None = None):
+@router.get("/experiments/{name}/results", response={200: ResultsOut, **errors()})
+def get_results(request, name: SlugPath, baseline: str | None = Query(None, pattern=SLUG, max_length=50)):
     """Per-arm summary, paired comparisons against the baseline arm (default: the first), and every cell."""
     experiment = get_experiment_for_user(request, name)
     names = [arm.name for arm in experiment.arms.all()]
@@ -137,8 +136,8 @@ def get_results(request, name: str, baseline: str | None = None):
     })  # fmt: skip
 
 
-@router.post("/experiments/{slug:name}/{action}", response={200: ExperimentOut, **errors(409)})
-def control(request, name: str, action: Literal["pause", "resume", "cancel"]):
+@router.post("/experiments/{name}/{action}", response={200: ExperimentOut, **errors(409)})
+def control(request, name: SlugPath, action: Literal["pause", "resume", "cancel"]):
     """Pause (no new jobs), resume, or cancel (and its waiting jobs) an experiment (admins)."""
     experiment = get_experiment_for_user(request, name, manage=True)
     done = {"pause": runner.pause, "resume": runner.resume, "cancel": runner.cancel}[action](experiment, request.user)

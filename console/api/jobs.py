@@ -7,7 +7,10 @@ from typing import Literal
 
 from django.http import HttpResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from ninja import Field, Query, Router, Schema
+from pydantic import field_validator
 
 from accounts.access import has_role
 from accounts.models import Role
@@ -17,7 +20,7 @@ from lanes.models import Job
 from ..access import get_job_for_user
 from ..views import png_response
 from . import idempotency
-from .core import Input, ProblemError, errors
+from .core import BodyIn, IdPath, Input, Name, ProblemError, errors, text
 
 router = Router(tags=["jobs"])
 
@@ -25,19 +28,17 @@ SEED_MAX = 2**63 - 1
 PAGE_MAX = 100
 
 
-class BriefIn(Input):
-    prompt: str = Field(..., max_length=100_000, description="What to render.")
-    intent: str = Field(..., max_length=50, description="Routes the brief to a lane (see GET /lanes).")
-    expected_text: str = Field("", max_length=10_000, description="Text the image must show; checked by OCR.")
+class BriefIn(BodyIn):
+    prompt: str = text(..., min_length=1, max_length=100_000, description="What to render.")
+    intent: str = text(..., min_length=1, max_length=50, description="Routes the brief to a lane (see GET /lanes).")
+    expected_text: str = text("", max_length=10_000, description="Text the image must show; checked by OCR.")
     priority: Literal["critical", "standard", "background"] | None = None
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     steps: int | None = Field(None, ge=1, le=1000, description="Within the lane's bounds.")
     guidance: float | None = Field(None, ge=0, le=100)
     width: int | None = Field(None, ge=8, le=8192)
     height: int | None = Field(None, ge=8, le=8192)
-    adapters: list[str] = Field([], max_length=16, description="LoRA adapters the lane offers, by name.")
-
-    model_config = {"extra": "forbid"}
+    adapters: list[Name] = Field([], max_length=16, description="LoRA adapters the lane offers, by name.")
 
 
 class Admission(Schema):
@@ -116,18 +117,25 @@ class JobPage(Schema):
 
 class JobFilters(Input):
     state: Literal["queued", "deferred", "running", "succeeded", "failed", "cancelled", "rejected"] | None = None
-    lane: str | None = Field(None, max_length=50)
-    intent: str | None = Field(None, max_length=50)
-    team: str | None = Field(None, max_length=100, description="Team name (ops and admins).")
-    since: datetime | None = Field(None, description="Submitted at or after (ISO 8601).")
-    cursor: str | None = Field(None, max_length=20, pattern=r"^[0-9]+$")
+    lane: str | None = text(None, max_length=50)
+    intent: str | None = text(None, max_length=50)
+    team: str | None = text(None, max_length=100, description="Team name (ops and admins).")
+    since: str | None = text(
+        None, max_length=40, description="Submitted at or after (ISO 8601).", json_schema_extra={"format": "date-time"}
+    )
+    cursor: str | None = text(None, max_length=20, pattern=r"^[0-9]+$")
     limit: int = Field(25, ge=1, le=PAGE_MAX)
 
+    @field_validator("since")
+    @classmethod
+    def _iso_8601(cls, value: str | None) -> str | None:
+        if value is not None and parse_datetime(value) is None:
+            raise ValueError("must be an ISO 8601 date and time, e.g. 2026-11-30T09:00:00Z")
+        return value
 
-class RerenderIn(Input):
-    intent: str | None = Field(None, max_length=50, description="Default: the job's own intent.")
 
-    model_config = {"extra": "forbid"}
+class RerenderIn(BodyIn):
+    intent: str | None = text(None, max_length=50, description="Default: the job's own intent.")
 
 
 def job_out(job: Job) -> dict:
@@ -252,7 +260,8 @@ def list_jobs(request, filters: Query[JobFilters]):
             raise ProblemError(403, "Only ops and admins filter by team: you see your own team's jobs.")
         jobs = jobs.filter(team__name=filters.team)
     if filters.since:
-        jobs = jobs.filter(submitted_at__gte=filters.since)
+        since = parse_datetime(filters.since)
+        jobs = jobs.filter(submitted_at__gte=since if timezone.is_aware(since) else timezone.make_aware(since))
     if filters.cursor:
         if int(filters.cursor) > SEED_MAX:
             raise ProblemError(422, "The cursor is not one this API gave out.")
@@ -263,13 +272,13 @@ def list_jobs(request, filters: Query[JobFilters]):
     return {"items": [job_out(j) for j in page], "next_cursor": str(page[-1].pk) if more else None}
 
 
-@router.get("/jobs/{int:job_id}", response={200: JobOut, **errors()}, url_name="get_job")
-def get_job(request, job_id: int):
+@router.get("/jobs/{job_id}", response={200: JobOut, **errors()}, url_name="get_job")
+def get_job(request, job_id: IdPath):
     return job_out(get_job_for_user(request, job_id))
 
 
-@router.post("/jobs/{int:job_id}/cancel", response={200: JobOut, **errors(409)}, url_name="cancel_job")
-def cancel(request, job_id: int):
+@router.post("/jobs/{job_id}/cancel", response={200: JobOut, **errors(409)}, url_name="cancel_job")
+def cancel(request, job_id: IdPath):
     """Cancel a job that has not started (queued or deferred); 409 otherwise."""
     job = get_job_for_user(request, job_id)
     if not cancel_job(job):
@@ -277,8 +286,8 @@ def cancel(request, job_id: int):
     return job_out(get_job_for_user(request, job_id))
 
 
-@router.post("/jobs/{int:job_id}/rerender", response={202: JobOut, **errors(409)}, url_name="rerender_job")
-def rerender(request, job_id: int, response: HttpResponse, body: RerenderIn | None = None):
+@router.post("/jobs/{job_id}/rerender", response={202: JobOut, **errors(409)}, url_name="rerender_job")
+def rerender(request, job_id: IdPath, response: HttpResponse, body: RerenderIn | None = None):
     """The same brief again with a new seed, as a new job (linked by `rerender_of`)."""
     job = get_job_for_user(request, job_id)
     intent = body.intent if body and body.intent else job.intent
@@ -294,11 +303,11 @@ def rerender(request, job_id: int, response: HttpResponse, body: RerenderIn | No
 
 
 @router.get(
-    "/jobs/{int:job_id}/images/{stage}.png",
+    "/jobs/{job_id}/images/{stage}.png",
     response={200: None, **errors()},
     url_name="get_job_image",
     openapi_extra={"responses": {200: {"description": "The PNG", "content": {"image/png": {}}}}},
 )
-def image(request, job_id: int, stage: str):
+def image(request, job_id: IdPath, stage: Literal["draft", "final", "fixed"]):
     """A stage's PNG: draft, final, or fixed (text overlaid after review)."""
     return png_response(get_job_for_user(request, job_id), stage)

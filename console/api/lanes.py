@@ -16,7 +16,7 @@ from lanes.models import Lane, ModelVersion, with_live_counts
 from lanes.stats import WINDOWS, lane_stats
 
 from ..access import get_lane_for_user
-from .core import Input, ProblemError, errors
+from .core import BodyIn, Input, ProblemError, SlugPath, errors, text
 
 router = Router(tags=["lanes"])
 
@@ -68,12 +68,11 @@ class StatsQuery(Input):
     window: Window = "5m"
 
 
-class ModeIn(Input):
+class ModeIn(BodyIn):
     mode: Literal["enabled", "draining", "disabled"]
-    model_config = {"extra": "forbid"}
 
 
-class LimitsIn(Input):
+class LimitsIn(BodyIn):
     max_concurrency: int | None = Field(None, ge=1, le=1000)
     defer_depth: int | None = Field(None, ge=1, le=1_000_000)
     hard_cap: int | None = Field(None, ge=1, le=1_000_000)
@@ -83,18 +82,15 @@ class LimitsIn(Input):
     canary_max_error_rate_increase: float | None = Field(None, ge=0, le=1)
     canary_max_p95_ratio: float | None = Field(None, ge=1, le=100)
     canary_max_flag_rate_increase: float | None = Field(None, ge=0, le=1)
-    model_config = {"extra": "forbid"}
 
 
-class VersionIn(Input):
-    version: str = Field(..., max_length=100)
-    model_config = {"extra": "forbid"}
+class LaneVersionIn(BodyIn):
+    version: str = text(..., max_length=100)
 
 
-class CanaryIn(Input):
-    version: str = Field(..., max_length=100)
+class CanaryIn(BodyIn):
+    version: str = text(..., max_length=100)
     percent: int = Field(..., ge=1, le=99)
-    model_config = {"extra": "forbid"}
 
 
 class ModeOut(Schema):
@@ -184,22 +180,22 @@ def list_lanes(request, query: Query[StatsQuery]):
     return [lane_out(lane, stats) for lane in lanes]
 
 
-@router.get("/lanes/{slug:name}", response={200: LaneOut, **errors()})
-def get_lane(request, name: str, query: Query[StatsQuery], response: HttpResponse):
+@router.get("/lanes/{name}", response={200: LaneOut, **errors()})
+def get_lane(request, name: SlugPath, query: Query[StatsQuery], response: HttpResponse):
     lane = get_lane_for_user(request, name)
     return _with_etag(response, lane, lane_out(lane, lane_stats(query.window)))
 
 
-@router.post("/lanes/{slug:name}/mode", response={200: ModeOut, **errors(409, 412)})
-def set_mode(request, name: str, body: ModeIn, response: HttpResponse):
+@router.post("/lanes/{name}/mode", response={200: ModeOut, **errors(409, 412)})
+def set_mode(request, name: SlugPath, body: ModeIn, response: HttpResponse):
     """Enable, drain or disable a lane; disabling moves its waiting jobs down the fallback chain."""
     lane = get_lane_for_user(request, name)
     lane, moved = _change(request, lane, lambda lane, rev: control.set_mode(lane, body.mode, request.user, rev))
     return _with_etag(response, lane, {"lane": lane_out(lane, lane_stats("5m")), "jobs_moved": moved})
 
 
-@router.patch("/lanes/{slug:name}/limits", response={200: LaneOut, **errors(409, 412)})
-def update_limits(request, name: str, body: LimitsIn, response: HttpResponse):
+@router.patch("/lanes/{name}/limits", response={200: LaneOut, **errors(409, 412)})
+def update_limits(request, name: SlugPath, body: LimitsIn, response: HttpResponse):
     """Change concurrency, admission thresholds or canary guards; fields left out stay as they are."""
     lane = get_lane_for_user(request, name)
     values = body.model_dump(exclude_none=True)
@@ -209,8 +205,8 @@ def update_limits(request, name: str, body: LimitsIn, response: HttpResponse):
     return _answer(request, response, name)
 
 
-@router.post("/lanes/{slug:name}/activate", response={200: LaneOut, **errors(409, 412)})
-def activate(request, name: str, body: VersionIn, response: HttpResponse):
+@router.post("/lanes/{name}/activate", response={200: LaneOut, **errors(409, 412)})
+def activate(request, name: SlugPath, body: LaneVersionIn, response: HttpResponse):
     """Serve a validated version on the lane (admins)."""
     lane = get_lane_for_user(request, name, deploy=True)
     version = _version(body.version)
@@ -218,8 +214,8 @@ def activate(request, name: str, body: VersionIn, response: HttpResponse):
     return _answer(request, response, name)
 
 
-@router.post("/lanes/{slug:name}/canary", response={200: LaneOut, **errors(409, 412)})
-def start_canary(request, name: str, body: CanaryIn, response: HttpResponse):
+@router.post("/lanes/{name}/canary", response={200: LaneOut, **errors(409, 412)})
+def start_canary(request, name: SlugPath, body: CanaryIn, response: HttpResponse):
     """Send `percent` of the lane's new jobs to a version; beat judges it against the active one (admins)."""
     lane = get_lane_for_user(request, name, deploy=True)
     version = _version(body.version)
@@ -227,8 +223,8 @@ def start_canary(request, name: str, body: CanaryIn, response: HttpResponse):
     return _answer(request, response, name)
 
 
-@router.post("/lanes/{slug:name}/canary/end", response={200: LaneOut, **errors(409, 412)})
-def end_canary(request, name: str, response: HttpResponse):
+@router.post("/lanes/{name}/canary/end", response={200: LaneOut, **errors(409, 412)})
+def end_canary(request, name: SlugPath, response: HttpResponse):
     lane = get_lane_for_user(request, name, deploy=True)
     _change(
         request, lane, lambda lane, rev: rollout.end_canary(lane, request.user, rev, reason="ended through the API")
@@ -236,16 +232,16 @@ def end_canary(request, name: str, response: HttpResponse):
     return _answer(request, response, name)
 
 
-@router.post("/lanes/{slug:name}/promote", response={200: LaneOut, **errors(409, 412)})
-def promote(request, name: str, response: HttpResponse):
+@router.post("/lanes/{name}/promote", response={200: LaneOut, **errors(409, 412)})
+def promote(request, name: SlugPath, response: HttpResponse):
     """Make the canary the active version (admins)."""
     lane = get_lane_for_user(request, name, deploy=True)
     _change(request, lane, lambda lane, rev: rollout.promote(lane, request.user, rev))
     return _answer(request, response, name)
 
 
-@router.post("/lanes/{slug:name}/rollback", response={200: LaneOut, **errors(409, 412)})
-def rollback(request, name: str, response: HttpResponse):
+@router.post("/lanes/{name}/rollback", response={200: LaneOut, **errors(409, 412)})
+def rollback(request, name: SlugPath, response: HttpResponse):
     """Back to the version the lane served before (admins)."""
     lane = get_lane_for_user(request, name, deploy=True)
     _change(request, lane, lambda lane, rev: rollout.rollback(lane, request.user, rev))

@@ -12,7 +12,7 @@ from lanes.models import Verification
 from lanes.review import ReviewError, approve, autofix, reject, rerender
 
 from ..access import get_verification_for_user
-from .core import Input, ProblemError, errors
+from .core import BodyIn, IdPath, Input, ProblemError, errors, text
 from .jobs import PAGE_MAX
 
 router = Router(tags=["review"])
@@ -32,15 +32,13 @@ class FlaggedOut(Schema):
 
 
 class FlaggedFilters(Input):
-    lane: str | None = Field(None, max_length=50)
-    version: str | None = Field(None, max_length=100)
+    lane: str | None = text(None, max_length=50)
+    version: str | None = text(None, max_length=100)
     limit: int = Field(50, ge=1, le=PAGE_MAX)
 
 
-class DecisionIn(Input):
-    intent: str | None = Field(None, max_length=50, description="rerender only: the intent to render with.")
-
-    model_config = {"extra": "forbid"}
+class DecisionIn(BodyIn):
+    intent: str | None = text(None, max_length=50, description="rerender only: the intent to render with.")
 
 
 class DecisionOut(Schema):
@@ -82,11 +80,11 @@ def list_flagged(request, filters: Query[FlaggedFilters]):
 
 
 @router.post(
-    "/review/{int:verification_id}/{action}",
+    "/review/{verification_id}/{action}",
     response={200: DecisionOut, 202: DecisionOut, **errors(409)},
 )
 def decide(
-    request, verification_id: int, action: Literal["approve", "reject", "autofix", "rerender"],
+    request, verification_id: IdPath, action: Literal["approve", "reject", "autofix", "rerender"],
     body: DecisionIn | None = None,
 ):  # fmt: skip
     """Approve, reject, auto-fix (overlay the expected text, then verify again) or re-render a flagged image."""

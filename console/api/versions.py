@@ -17,7 +17,7 @@ from lanes.models import ModelVersion
 
 from ..access import get_version_for_user
 from . import idempotency
-from .core import Input, ProblemError, errors
+from .core import BodyIn, ProblemError, SlugPath, errors, text
 
 router = Router(tags=["versions"])
 
@@ -45,22 +45,21 @@ class VersionOut(Schema):
     lanes: list[str]
 
 
-class VersionIn(Input):
-    name: str = Field(..., max_length=100)
+class RegisterVersionIn(BodyIn):
+    name: str = text(..., max_length=100)
     family: Family | Literal[""] = Field("", description="Blank: detected from the checkpoint's files.")
-    location: str = Field(
+    location: str = text(
         "", max_length=500, description="Under MODELS_ROOT: a diffusers folder or a .safetensors file."
     )
-    config_location: str = Field("", max_length=500, description="A single file's diffusers config folder.")
+    config_location: str = text("", max_length=500, description="A single file's diffusers config folder.")
     dtype: DType = "float32"
     distilled: bool | None = None
-    base_url: str = Field("", max_length=500, description="Hosted engines (family http): the API's base URL.")
-    remote_model: str = Field("", max_length=200)
-    api_key_env: str = Field("", max_length=100)
+    base_url: str = text("", max_length=500, description="Hosted engines (family http): the API's base URL.")
+    remote_model: str = text("", max_length=200)
+    api_key_env: str = text("", max_length=100)
     timeout_seconds: float = Field(60.0, ge=0.1, le=3600)
     max_concurrency: int = Field(4, ge=1, le=1000)
     price_per_image: float = Field(0.0, ge=0, le=1_000_000)
-    model_config = {"extra": "forbid"}
 
 
 class PolicyOut(Schema):
@@ -68,10 +67,9 @@ class PolicyOut(Schema):
     digest: str = Field(..., description="Send back as `based_on` so a policy changed meanwhile is not overwritten.")
 
 
-class PolicyIn(Input):
-    yaml: str = Field(..., max_length=1_000_000)
-    based_on: str | None = Field(None, max_length=64)
-    model_config = {"extra": "forbid"}
+class PolicyIn(BodyIn):
+    yaml: str = text(..., max_length=1_000_000)
+    based_on: str | None = text(None, max_length=64)
 
 
 class PolicyApplied(Schema):
@@ -99,13 +97,13 @@ def list_versions(request):
     return [version_out(v) for v in _versions()]
 
 
-@router.get("/versions/{slug:name}", response={200: VersionOut, **errors()})
-def get_version(request, name: str):
+@router.get("/versions/{name}", response={200: VersionOut, **errors()})
+def get_version(request, name: SlugPath):
     return version_out(get_version_for_user(request, name))
 
 
 @router.post("/versions", response={201: VersionOut, **errors(409)})
-def register(request, body: VersionIn, response: HttpResponse):
+def register(request, body: RegisterVersionIn, response: HttpResponse):
     """Register a checkpoint under MODELS_ROOT (or a hosted engine) as a staged version; a worker validates it."""
     require_role(request.user, Role.ADMIN, "Model versions are managed by admins.")
 
@@ -122,8 +120,8 @@ def register(request, body: VersionIn, response: HttpResponse):
     return status, data
 
 
-@router.post("/versions/{slug:name}/validate", response={202: VersionOut, **errors(409)})
-def validate(request, name: str):
+@router.post("/versions/{name}/validate", response={202: VersionOut, **errors(409)})
+def validate(request, name: SlugPath):
     """Smoke-render the version again on a worker (its result lands in `validated_at` / `validation_error`)."""
     version = get_version_for_user(request, name)
     try:
@@ -133,8 +131,8 @@ def validate(request, name: str):
     return 202, version_out(get_version_for_user(request, name))
 
 
-@router.post("/versions/{slug:name}/retire", response={200: VersionOut, **errors(409)})
-def retire(request, name: str):
+@router.post("/versions/{name}/retire", response={200: VersionOut, **errors(409)})
+def retire(request, name: SlugPath):
     """Retire a version no lane serves."""
     version = get_version_for_user(request, name)
     try:

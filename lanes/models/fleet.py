@@ -177,6 +177,13 @@ class Adapter(models.Model):
 
 def resolve_checkpoint(location: str) -> Path:
     """The absolute path of a checkpoint, refusing anything outside MODELS_ROOT."""
+    try:
+        return _resolve_checkpoint(location)
+    except (OSError, ValueError) as exc:  # a name too long, a link loop, a NUL byte: not a checkpoint
+        raise CheckpointError(f"Checkpoint {location[:200]!r} cannot be read: {exc.__class__.__name__}.") from None
+
+
+def _resolve_checkpoint(location: str) -> Path:
     root = Path(settings.MODELS_ROOT).resolve()
     if not location or not location.strip():
         raise CheckpointError("No checkpoint location given.")
@@ -195,6 +202,13 @@ def resolve_checkpoint(location: str) -> Path:
 
 def resolve_adapter(location: str) -> Path:
     """The absolute path of a LoRA weights file, refusing anything outside MODELS_ROOT."""
+    try:
+        return _resolve_adapter(location)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"Adapter {location[:200]!r} cannot be read: {exc.__class__.__name__}.") from None
+
+
+def _resolve_adapter(location: str) -> Path:
     root = Path(settings.MODELS_ROOT).resolve()
     if not location or not location.strip():
         raise CheckpointError("No adapter location given.")

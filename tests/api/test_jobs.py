@@ -37,7 +37,9 @@ def test_a_brief_is_submitted_and_answered_with_its_job_and_admission(demo_lanes
 
 def test_overrides_are_held_to_the_lanes_bounds(demo_lanes, callers):
     lane = Lane.objects.get(name="fast-draft")
-    body = problem(callers["creative"].post("/jobs", {"prompt": "p", "intent": "draft", "steps": lane.max_steps + 1}), 422)
+    body = problem(
+        callers["creative"].post("/jobs", {"prompt": "p", "intent": "draft", "steps": lane.max_steps + 1}), 422
+    )
     assert "steps" in body["errors"]
     ok = callers["creative"].post("/jobs", {"prompt": "p", "intent": "draft", "steps": lane.min_steps, "seed": 7})
     assert ok.status_code == 202 and ok.json()["steps"] == lane.min_steps and ok.json()["seed"] == 7
@@ -99,7 +101,7 @@ def test_another_teams_job_does_not_exist_for_a_creative(demo_lanes, callers):
     other = submit_brief(make_user("sam", team=agency), prompt="their poster", intent="draft")
     assert problem(callers["creative"].get(f"/jobs/{other.pk}"), 404)
     assert problem(callers["creative"].post(f"/jobs/{other.pk}/cancel"), 404)
-    assert problem(callers["creative"].get(f"/jobs/{2**70}"), 404)  # huge ids are just not found
+    assert problem(callers["creative"].get(f"/jobs/{2**70}"), 422)  # past any id there can be
     assert callers["creative"].get("/jobs").json()["items"] == []
     assert [j["id"] for j in callers["ops"].get("/jobs").json()["items"]] == [other.pk]
 
