@@ -5,6 +5,7 @@ from django.urls import path
 from . import control_views as control
 from . import experiment_views as experiments
 from . import metrics_views, views
+from . import webhook_views as webhooks
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -57,6 +58,13 @@ urlpatterns = [
         experiments.experiment_control,
         name="experiment-control",
     ),
+    path("webhooks/", webhooks.webhook_list, name="webhook-list"),
+    path("webhooks/new/", webhooks.webhook_new, name="webhook-new"),
+    path("webhooks/<int:endpoint_id>/", webhooks.webhook_detail, name="webhook-detail"),
+    path("webhooks/<int:endpoint_id>/rotate/", webhooks.webhook_rotate, name="webhook-rotate"),
+    path("webhooks/<int:endpoint_id>/enabled/", webhooks.webhook_enabled, name="webhook-enabled"),
+    path("webhooks/<int:endpoint_id>/delete/", webhooks.webhook_delete, name="webhook-delete"),
+    path("webhooks/deliveries/<int:delivery_id>/redeliver/", webhooks.webhook_redeliver, name="webhook-redeliver"),
     path("metrics", metrics_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

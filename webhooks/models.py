@@ -12,7 +12,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Team
+from accounts.access import has_role, team_of
+from accounts.models import Role, Team
 
 SECRET_PREFIX = "whsec_"
 
@@ -30,6 +31,15 @@ def new_msg_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
+class EndpointQuerySet(models.QuerySet):
+    def visible_to(self, user) -> EndpointQuerySet:
+        """Every endpoint for an admin; an ops member's team's; none for anyone else."""
+        if has_role(user, Role.ADMIN):
+            return self
+        team_id = team_of(user)
+        return self.filter(team_id=team_id) if team_id and has_role(user, Role.OPS) else self.none()
+
+
 class Endpoint(models.Model):
     """A team's receiver: the URL, the events it wants, and the secret its deliveries are signed with."""
 
@@ -45,6 +55,8 @@ class Endpoint(models.Model):
     failing_since = models.DateTimeField(null=True, blank=True, help_text="First failure since the last success.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = EndpointQuerySet.as_manager()
 
     class Meta:
         ordering = ["team", "created_at", "id"]

@@ -13,6 +13,7 @@ from experiments import runner
 from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Lane, ModelVersion, Verification, Worker
 from tests.conftest import make_user
+from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +62,13 @@ MATRIX = {
     "experiment-new": ("GET", "admin"),
     "experiment-control": ("POST", "admin"),
     "experiment-canary": ("POST", "admin"),
+    "webhook-list": ("GET", "ops"),
+    "webhook-new": ("GET", "ops"),
+    "webhook-detail": ("GET", "ops"),
+    "webhook-rotate": ("POST", "ops"),
+    "webhook-enabled": ("POST", "ops"),
+    "webhook-redeliver": ("POST", "ops"),
+    "webhook-delete": ("POST", "ops"),  # last: it deletes the endpoint the others name
 }
 # Django's own views: the login form, logout, and the admin site (which admits admins only).
 NOT_IN_MATRIX = {"login", "logout"}
@@ -85,7 +93,7 @@ def world(demo_lanes, media_root):
     team = Team.objects.create(name="studio")
     users = {
         "creative": make_user("casey", "creative", team),
-        "ops": make_user("olive", "ops"),
+        "ops": make_user("olive", "ops", team),  # webhooks are managed by ops of their own team
         "admin": make_user("ada", "admin", team),
     }
 
@@ -106,6 +114,8 @@ def world(demo_lanes, media_root):
     version = ModelVersion.objects.get(name="demo-tiny-sd-v1")
     ModelVersion.objects.filter(pk=version.pk).update(smoke_image="artifacts/m.png")
     worker = Worker.objects.create(ident="h:1", hostname="h", pid=1)  # no node name: control refuses at once
+    endpoint = Endpoint.objects.create(team=team, url="https://hooks.example.com/in", events=["job.succeeded"])
+    delivery = Delivery.objects.create(endpoint=endpoint, event="job.succeeded", payload={}, max_attempts=1)
     kwargs = {
         "job-detail": {"job_id": job.pk},
         "job-card": {"job_id": job.pk},
@@ -118,6 +128,11 @@ def world(demo_lanes, media_root):
         "experiment-export": {"name": experiment.name, "fmt": "csv"},
         "experiment-control": {"name": experiment.name, "action": "pause"},
         "experiment-canary": {"name": experiment.name},
+        "webhook-detail": {"endpoint_id": endpoint.pk},
+        "webhook-rotate": {"endpoint_id": endpoint.pk},
+        "webhook-enabled": {"endpoint_id": endpoint.pk},
+        "webhook-delete": {"endpoint_id": endpoint.pk},
+        "webhook-redeliver": {"delivery_id": delivery.pk},
     }
     for name in MATRIX:
         if name.startswith("lane-") and name not in ("lane-list",):
