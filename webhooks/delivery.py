@@ -66,8 +66,10 @@ def deliver(delivery_id: int) -> str:
     delivery = Delivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
     if delivery is None:
         return "missing"
-    if delivery.state != Delivery.State.PENDING or not delivery.endpoint.enabled:
+    if delivery.state != Delivery.State.PENDING:
         return f"skipped: {delivery.state}"
+    if not delivery.endpoint.enabled:
+        return "skipped: the endpoint is disabled"  # kept pending: sent if it is enabled again
     if not claim(delivery, timezone.now()):
         return "skipped: not due or claimed elsewhere"
     started = time.monotonic()

@@ -61,11 +61,14 @@ def rotate_secret(endpoint: Endpoint, by) -> str:
 
 
 def set_enabled(endpoint: Endpoint, enabled: bool, by) -> None:
-    """Enable (which forgets past failures and the automatic disable's reason) or disable an endpoint."""
+    """Enable (which forgets past failures and the automatic disable's reason) or disable an endpoint.
+    Deliveries still pending wait while it is disabled, and are sent when it is enabled again."""
     endpoint.enabled = enabled
     endpoint.disabled_reason = ""
     endpoint.failing_since = None
     endpoint.save(update_fields=["enabled", "disabled_reason", "failing_since"])
+    if enabled:  # beat sends what waited at its next sweep
+        endpoint.deliveries.filter(state=Delivery.State.PENDING).update(queued_at=None)
 
 
 def delete_endpoint(endpoint: Endpoint, by) -> None:
