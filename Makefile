@@ -38,7 +38,7 @@ test: $(VENV)/.installed-dev
 	elif [ -n "$$CI" ]; then echo "CI: PostgreSQL and Redis must be running" >&2; exit 1; \
 	else echo "Skipped the PostgreSQL + Redis pass: no server at $(PG_TEST_URL) / $(REDIS_TEST_URL)"; fi
 
-# ruff (lint and format) on everything; mypy with django-stubs on accounts, lanes, telemetry, experiments.
+# ruff (lint and format) on everything; mypy with django-stubs on accounts, lanes, telemetry, webhooks, experiments.
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

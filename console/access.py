@@ -10,6 +10,7 @@ from accounts.access import require_role
 from accounts.models import Role
 from experiments.models import Experiment
 from lanes.models import Job, Lane, ModelVersion, Verification, Worker
+from webhooks.models import Delivery, Endpoint
 
 
 def get_job_for_user(request, job_id: int) -> Job:
@@ -49,6 +50,21 @@ def get_experiment_for_user(request, name: str, manage: bool = False):
     if manage:
         require_role(request.user, Role.ADMIN, "Experiments are run by admins.")
     return get_object_or_404(Experiment.objects.visible_to(request.user).select_related("created_by"), name=name)
+
+
+def get_endpoint_for_user(request, endpoint_id: int) -> Endpoint:
+    """A webhook endpoint for ops and admins of its team (admins: any team's); 404 for another team's."""
+    require_role(request.user, Role.OPS, "Webhooks are managed by ops and admins.")
+    return get_object_or_404(Endpoint.objects.visible_to(request.user).select_related("team"), pk=endpoint_id)
+
+
+def get_delivery_for_user(request, delivery_id: int) -> Delivery:
+    """A delivery of an endpoint the user may manage; 404 otherwise."""
+    require_role(request.user, Role.OPS, "Webhooks are managed by ops and admins.")
+    endpoints = Endpoint.objects.visible_to(request.user)
+    return get_object_or_404(
+        Delivery.objects.select_related("endpoint__team").filter(endpoint__in=endpoints), pk=delivery_id
+    )
 
 
 def next_url(request, default: str) -> str:

@@ -2,12 +2,14 @@ from django import forms
 from django.conf import settings
 
 from accounts.access import has_role
-from accounts.models import Role
+from accounts.models import Role, Team
 from experiments.definition import parse_prompt_lines
 from lanes import families
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
 from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route
+from webhooks import endpoints, outbox
+from webhooks.models import WebhookError
 
 
 class BriefForm(forms.Form):
@@ -242,3 +244,27 @@ class TokenForm(forms.Form):
     expires_in_days = forms.IntegerField(
         required=False, min_value=1, max_value=3650, help_text="Leave blank for a token that does not expire."
     )
+
+
+class EndpointForm(forms.Form):
+    """A webhook endpoint: admins choose its team, ops register for their own."""
+
+    team = forms.ModelChoiceField(queryset=Team.objects.all(), help_text="Whose events it receives.")
+    url = forms.CharField(
+        label="URL", max_length=endpoints.URL_MAX_LENGTH, widget=forms.URLInput(attrs={"placeholder": "https://"})
+    )
+    events = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, choices=[(name, f"{name}: {text}") for name, text in outbox.EVENTS]
+    )
+    description = forms.CharField(required=False, max_length=200)
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not has_role(user, Role.ADMIN):
+            del self.fields["team"]
+
+    def clean_url(self) -> str:
+        try:
+            return endpoints.clean_url(self.cleaned_data["url"])
+        except WebhookError as exc:
+            raise forms.ValidationError(str(exc)) from None

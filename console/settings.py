@@ -6,6 +6,7 @@ REDIS_URL (optionally CELERY_BROKER_URL) point the same code at PostgreSQL and a
 external Redis/Valkey.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -98,6 +99,7 @@ INSTALLED_APPS = [
     "console",
     "accounts",
     "telemetry",
+    "webhooks",
     "lanes",
     "experiments",
 ]
@@ -214,6 +216,43 @@ DEMO_IMAGES_API_URL = _env("DEMO_IMAGES_API_URL", "http://127.0.0.1:8765/v1")
 HOSTED_QUEUE = _env("HOSTED_QUEUE", "hosted")
 VERIFY_MAX_PIXELS = envint("VERIFY_MAX_PIXELS", 40_000_000, 1)
 
+
+def envseconds(name: str, default: str) -> tuple[float, ...]:
+    """'5,300,1800': a non-empty list of delays in seconds."""
+    raw = _env(name, default)
+    try:
+        delays = tuple(float(item) for item in raw.split(","))
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a comma-separated list of seconds") from None
+    if any(delay < 0 for delay in delays):
+        raise ImproperlyConfigured(f"{name}={raw!r}: delays cannot be negative")
+    return delays
+
+
+def envhosts(name: str) -> tuple[str, ...]:
+    """'hooks.internal,10.0.0.0/8,127.0.0.1': hostnames, IP addresses or networks."""
+    hosts = tuple(item.strip().lower().strip("[]") for item in os.environ.get(name, "").split(",") if item.strip())
+    for host in hosts:
+        if "/" in host:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ImproperlyConfigured(f"{name}: {host!r} is not a network (like 10.0.0.0/8)") from None
+    return hosts
+
+
+# Webhooks: sent by CPU workers on their own queue (the Procfile's `hosted` process consumes it).
+WEBHOOK_QUEUE = _env("WEBHOOK_QUEUE", "webhooks")
+WEBHOOK_TIMEOUT_SECONDS = envfloat("WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1)
+# The delay before each retry (Standard Webhooks' recommendation, ≈27.5 h); after the last, a delivery fails.
+WEBHOOK_RETRY_SCHEDULE = envseconds("WEBHOOK_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")
+# An endpoint whose deliveries have all failed for this long is disabled.
+WEBHOOK_DISABLE_AFTER_SECONDS = envint("WEBHOOK_DISABLE_AFTER_SECONDS", 86400, 1)
+# How often beat sends deliveries that are due (retries, and those a lost worker or message left behind).
+WEBHOOK_SWEEP_SECONDS = envfloat("WEBHOOK_SWEEP_SECONDS", 5.0, 0.1)
+# Private, loopback and link-local addresses are refused unless named here (hostnames, IPs or CIDRs).
+WEBHOOK_ALLOWED_HOSTS = envhosts("WEBHOOK_ALLOWED_HOSTS")
+
 # Celery. Jobs are acked late so a worker crash redelivers them; the visibility timeout
 # must exceed the longest job, and beat re-dispatches what the database says is stuck.
 JOB_TIME_LIMIT = envint("JOB_TIME_LIMIT", 900, 10)
@@ -235,6 +274,8 @@ CELERY_TASK_ROUTES = {
     "lanes.tasks.release_deferred_jobs": {"queue": "control"},
     "telemetry.tasks.prune_samples": {"queue": "control"},
     "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
+    "webhooks.tasks.deliver": {"queue": WEBHOOK_QUEUE},
+    "webhooks.tasks.send_due_deliveries": {"queue": WEBHOOK_QUEUE},
 }
 CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "lanes.tasks.reconcile_jobs", "schedule": envfloat("RECONCILE_EVERY", 15.0, 1.0)},
@@ -242,6 +283,7 @@ CELERY_BEAT_SCHEDULE = {
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "pump-experiments": {"task": "experiments.tasks.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "check-canaries": {"task": "lanes.tasks.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
+    "send-due-webhooks": {"task": "webhooks.tasks.send_due_deliveries", "schedule": WEBHOOK_SWEEP_SECONDS},
 }
 
 # Admission control (per-lane thresholds live on the lane). Off: every brief is queued FIFO.

@@ -5,6 +5,7 @@ from django.urls import path, re_path
 from . import control_views as control
 from . import experiment_views as experiments
 from . import metrics_views, token_views, views
+from . import webhook_views as webhooks
 from .api import api
 from .api.core import not_found as api_not_found
 
@@ -61,6 +62,13 @@ urlpatterns = [
     ),
     path("account/tokens/", token_views.token_list, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
+    path("webhooks/", webhooks.webhook_list, name="webhook-list"),
+    path("webhooks/new/", webhooks.webhook_new, name="webhook-new"),
+    path("webhooks/<int:endpoint_id>/", webhooks.webhook_detail, name="webhook-detail"),
+    path("webhooks/<int:endpoint_id>/rotate/", webhooks.webhook_rotate, name="webhook-rotate"),
+    path("webhooks/<int:endpoint_id>/enabled/", webhooks.webhook_enabled, name="webhook-enabled"),
+    path("webhooks/<int:endpoint_id>/delete/", webhooks.webhook_delete, name="webhook-delete"),
+    path("webhooks/deliveries/<int:delivery_id>/redeliver/", webhooks.webhook_redeliver, name="webhook-redeliver"),
     path("metrics", metrics_views.metrics, name="metrics"),
     path("api/v1/", api.urls),
     re_path(r"^api/v1/(?P<path>.*)$", api_not_found),

@@ -48,6 +48,16 @@ class Experiment(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def webhook_data(self) -> dict:
+        """The experiment as the experiment.finished webhook describes it."""
+        return {
+            "name": self.name,
+            "arms": list(self.arms.values_list("name", flat=True)),
+            "jobs": self.cells.count(),
+            "created_at": self.created_at.isoformat(),
+            "path": f"/experiments/{self.name}/",  # the console's experiment page, relative to its address
+        }
+
 
 class Arm(models.Model):
     """One engine under test: a lane, a pinned model version, and optional parameter overrides."""

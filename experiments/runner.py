@@ -14,6 +14,7 @@ from django.utils import timezone
 from accounts.access import team_of
 from lanes.actions import BriefRejected, cancel_job, submit_brief
 from lanes.models import AuditEvent, Job, Priority
+from webhooks import outbox
 
 from .definition import OVERRIDES, Definition
 from .models import Arm, Experiment, ExperimentCell
@@ -80,9 +81,10 @@ def pump(experiment_id: int) -> int:
             ExperimentCell.objects.filter(pk=cell.pk).update(job=job)
             submitted += 1
         if not submitted and outstanding == 0 and not cells.filter(job__isnull=True).exists():
-            Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.RUNNING).update(
+            if Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.RUNNING).update(
                 state=Experiment.State.FINISHED, finished_at=timezone.now()
-            )
+            ):
+                outbox.emit("experiment.finished", experiment.webhook_data(), experiment.team_id)
     return submitted
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.contrib.auth.models import User
 
+from webhooks import outbox
+
 from .models import AuditEvent, Lane, ModelVersion
 
 
@@ -53,7 +55,23 @@ def record_change(
 ) -> AuditEvent:  # fmt: skip
     """Save a locked lane's change as its next revision and write the change's audit row with it."""
     save_lane(lane, fields)
-    return AuditEvent.record(by, action, lane=lane, version=version, before=before, after=after, note=note)
+    event = AuditEvent.record(by, action, lane=lane, version=version, before=before, after=after, note=note)
+    outbox.emit("lane.changed", lane_change_data(event, lane), None)
+    return event
+
+
+def lane_change_data(event: AuditEvent, lane: Lane) -> dict:
+    """A lane change as the lane.changed webhook describes it (sent to every team's endpoints that want it)."""
+    return {
+        "action": event.action,
+        "lane": lane.name,
+        "revision": lane.revision,
+        "version": event.model_version.name if event.model_version else None,
+        "by": event.actor_name,
+        "before": event.before,
+        "after": event.after,
+        "note": event.note,
+    }
 
 
 def acting_user(by) -> User | None:

@@ -22,6 +22,7 @@ from django.db.models import F
 from PIL import Image
 
 from telemetry import push
+from webhooks import outbox
 
 from . import artifacts, engines, hosted
 from .batching import refine_batcher
@@ -332,6 +333,8 @@ def _store_if(job: Job, image, stage: str, transition) -> bool:
             artifact = artifacts.record(job, stage, written)
             if stage == Artifact.Stage.FINAL:
                 start_verification(job, artifact)
+            if job.state == Job.State.SUCCEEDED:
+                outbox.emit("job.succeeded", job.webhook_data(), job.team_id)
             transaction.on_commit(lambda: push.job_state(job))
     if not applied:
         written.discard()

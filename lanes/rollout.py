@@ -14,6 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from webhooks import outbox
+
 from .changes import ControlError, acting_user, locked_lane, record_change
 from .models import Lane, LaneRelease, ModelVersion
 
@@ -176,6 +178,8 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
             lane, fields, by, "canary.auto-rollback" if automatic else "canary.abort", version=canary,
             before=before, after=_versions_state(lane), note=reason,
         )  # fmt: skip
+        if automatic:
+            outbox.emit("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason}, None)
         _sync(canary)
     return lane
 
@@ -210,5 +214,6 @@ def rollback(lane: Lane, by, expected_revision: int | None = None) -> Lane:
             lane, ["active_version", *lane.clear_canary()], by, "lane.rollback", version=target,
             before=before, after=_versions_state(lane),
         )  # fmt: skip
+        outbox.emit("canary.rolled_back", {"lane": lane.name, "from": old.name, "to": target.name}, None)
         _sync(old, target, canary)
     return lane

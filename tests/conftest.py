@@ -112,7 +112,12 @@ def running_worker(concurrency: int = 8, queues: list[str] | None = None):
     if queues is None:
         lanes = list(Lane.objects.all())
         queues = sorted({lane.queue for lane in lanes} | {lane.refine_queue for lane in lanes})
-        queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.VERIFY_QUEUE, settings.HOSTED_QUEUE]
+        queues += [
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            settings.VERIFY_QUEUE,
+            settings.HOSTED_QUEUE,
+            settings.WEBHOOK_QUEUE,
+        ]
     with start_worker(
         app, pool="threads", concurrency=concurrency, perform_ping_check=False, queues=queues, shutdown_timeout=60
     ) as controller:

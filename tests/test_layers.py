@@ -6,14 +6,15 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("accounts", "telemetry", "lanes", "experiments", "console")
+APPS = ("accounts", "telemetry", "webhooks", "lanes", "experiments", "console")
 # What each app may import of ours (besides itself).
 ALLOWED = {
     "accounts": set(),
     "telemetry": {"accounts"},
-    "lanes": {"accounts", "telemetry"},
-    "experiments": {"accounts", "telemetry", "lanes"},
-    "console": {"accounts", "telemetry", "lanes", "experiments"},
+    "webhooks": {"accounts"},
+    "lanes": {"accounts", "telemetry", "webhooks"},
+    "experiments": {"accounts", "telemetry", "webhooks", "lanes"},
+    "console": {"accounts", "telemetry", "webhooks", "lanes", "experiments"},
 }
 
 

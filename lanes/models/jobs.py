@@ -7,12 +7,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.access import visible_rows
 from accounts.models import Team
+from webhooks import outbox
 
 from .fleet import Lane, ModelVersion, Priority
 
@@ -236,6 +237,27 @@ class Job(models.Model):
                 return artifact
         return None
 
+    def webhook_data(self) -> dict:
+        """The job as its webhooks (job.succeeded, job.failed) describe it."""
+        stages = Artifact.objects.filter(job_id=self.pk).values_list("stage", flat=True)
+        moments = {"submitted": self.submitted_at, "started": self.started_at, "finished": self.finished_at}
+        return {
+            "id": self.pk,
+            "state": self.state,
+            "lane": self.lane.name,
+            "intent": self.intent,
+            "version": self.model_version.name,
+            "error": self.error,
+            # The console's job-image URL (console.urls), relative to the console's address.
+            "images": {stage: f"/jobs/{self.pk}/{stage}.png" for stage in stages},
+            "timings": {
+                **{f"{name}_at": moment.isoformat() if moment else None for name, moment in moments.items()},
+                "queue_seconds": self.queue_seconds,
+                "run_seconds": self.run_seconds,
+                "gpu_seconds": self.gpu_seconds,
+            },
+        }
+
     # State transitions. Each is a conditional UPDATE: the row count says who won.
 
     def release(self) -> bool:
@@ -311,15 +333,17 @@ class Job(models.Model):
         self, error: str, *, run_seconds: float | None = None, peak_memory_bytes: int | None = None
     ) -> bool:
         now = timezone.now()
-        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
-            state=self.State.FAILED,
-            finished_at=now,
-            error=error[:4000],
-            run_seconds=run_seconds,
-            peak_memory_bytes=peak_memory_bytes,
-        )
-        if done:
-            self.refresh_from_db()
+        with transaction.atomic():
+            done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+                state=self.State.FAILED,
+                finished_at=now,
+                error=error[:4000],
+                run_seconds=run_seconds,
+                peak_memory_bytes=peak_memory_bytes,
+            )
+            if done:
+                self.refresh_from_db()
+                outbox.emit("job.failed", self.webhook_data(), self.team_id)
         return bool(done)
 
     def cancel(self) -> bool:
@@ -333,16 +357,21 @@ class Job(models.Model):
     def requeue_from(self, worker: str) -> bool:
         """Put a job back in the queue after its worker was lost; fails it past the attempt limit."""
         running = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=worker)
-        if self.attempts >= settings.JOB_MAX_ATTEMPTS:
-            done = running.update(
-                state=self.State.FAILED,
-                finished_at=timezone.now(),
-                error=f"Worker {worker} was lost; gave up after {self.attempts} attempts.",
-            )
-        else:
-            done = running.update(state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None)
-        if done:
-            self.refresh_from_db()
+        with transaction.atomic():
+            if self.attempts >= settings.JOB_MAX_ATTEMPTS:
+                done = running.update(
+                    state=self.State.FAILED,
+                    finished_at=timezone.now(),
+                    error=f"Worker {worker} was lost; gave up after {self.attempts} attempts.",
+                )
+            else:
+                done = running.update(
+                    state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None
+                )
+            if done:
+                self.refresh_from_db()
+                if self.state == self.State.FAILED:
+                    outbox.emit("job.failed", self.webhook_data(), self.team_id)
         return bool(done)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.access import visible_rows
+from webhooks import outbox
 
 from .fleet import Lane, ModelVersion
 from .jobs import Artifact, Job
@@ -79,19 +80,38 @@ class Verification(models.Model):
         return f"verification {self.pk} of job {self.job_id} ({self.status})"
 
     def finish(self, status: str, reason: str, details: dict | None = None, ocr_ms: float | None = None) -> bool:
-        done = Verification.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=status, reason=reason[:300], details=details or {}, ocr_ms=ocr_ms, finished_at=timezone.now()
-        )
-        if done:
-            self.status, self.reason, self.details, self.ocr_ms = status, reason[:300], details or {}, ocr_ms
+        with transaction.atomic():
+            done = Verification.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+                status=status, reason=reason[:300], details=details or {}, ocr_ms=ocr_ms, finished_at=timezone.now()
+            )
+            if done:
+                self.status, self.reason, self.details, self.ocr_ms = status, reason[:300], details or {}, ocr_ms
+                if status == self.Status.FLAGGED:
+                    outbox.emit("verification.flagged", self.webhook_data(), self.job.team_id)
         return bool(done)
 
     def decide(self, decision: str, by) -> bool:
         """Record a review decision once; False if someone already decided."""
         now = timezone.now()
-        done = Verification.objects.filter(pk=self.pk, decision="").update(
-            decision=decision, decided_by=by, decided_at=now
-        )
-        if done:
-            self.decision, self.decided_by, self.decided_at = decision, by, now
+        with transaction.atomic():
+            done = Verification.objects.filter(pk=self.pk, decision="").update(
+                decision=decision, decided_by=by, decided_at=now
+            )
+            if done:
+                self.decision, self.decided_by, self.decided_at = decision, by, now
+                outbox.emit("verification.reviewed", self.webhook_data(), self.job.team_id)
         return bool(done)
+
+    def webhook_data(self) -> dict:
+        """The verification as its webhooks (verification.flagged, verification.reviewed) describe it."""
+        return {
+            "id": self.pk,
+            "job": self.job_id,
+            "image": f"/jobs/{self.job_id}/{self.artifact.stage}.png",
+            "status": self.status,
+            "reason": self.reason,
+            "expected": self.expected,
+            "decision": self.decision,
+            "decided_by": self.decided_by.get_username() if self.decided_by else None,
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+        }

@@ -13,6 +13,7 @@ from experiments import runner
 from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Lane, ModelVersion, Verification, Worker
 from tests.conftest import make_user
+from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -63,6 +64,13 @@ MATRIX = {
     "experiment-canary": ("POST", "admin"),
     "token-list": ("GET", "creative"),
     "token-revoke": ("POST", "creative"),
+    "webhook-list": ("GET", "ops"),
+    "webhook-new": ("GET", "ops"),
+    "webhook-detail": ("GET", "ops"),
+    "webhook-rotate": ("POST", "ops"),
+    "webhook-enabled": ("POST", "ops"),
+    "webhook-redeliver": ("POST", "ops"),
+    "webhook-delete": ("POST", "ops"),  # last: it deletes the endpoint the others name
 }
 # Django's own views: the login form, logout, and the admin site (which admits admins only).
 NOT_IN_MATRIX = {"login", "logout"}
@@ -87,7 +95,7 @@ def world(demo_lanes, media_root):
     team = Team.objects.create(name="studio")
     users = {
         "creative": make_user("casey", "creative", team),
-        "ops": make_user("olive", "ops"),
+        "ops": make_user("olive", "ops", team),  # webhooks are managed by ops of their own team
         "admin": make_user("ada", "admin", team),
     }
 
@@ -108,6 +116,8 @@ def world(demo_lanes, media_root):
     version = ModelVersion.objects.get(name="demo-tiny-sd-v1")
     ModelVersion.objects.filter(pk=version.pk).update(smoke_image="artifacts/m.png")
     worker = Worker.objects.create(ident="h:1", hostname="h", pid=1)  # no node name: control refuses at once
+    endpoint = Endpoint.objects.create(team=team, url="https://hooks.example.com/in", events=["job.succeeded"])
+    delivery = Delivery.objects.create(endpoint=endpoint, event="job.succeeded", payload={}, max_attempts=1)
     kwargs = {
         "job-detail": {"job_id": job.pk},
         "job-card": {"job_id": job.pk},
@@ -121,6 +131,11 @@ def world(demo_lanes, media_root):
         "experiment-control": {"name": experiment.name, "action": "pause"},
         "experiment-canary": {"name": experiment.name},
         "token-revoke": {"token_id": ApiToken.issue(users["creative"], "matrix")[0].pk},
+        "webhook-detail": {"endpoint_id": endpoint.pk},
+        "webhook-rotate": {"endpoint_id": endpoint.pk},
+        "webhook-enabled": {"endpoint_id": endpoint.pk},
+        "webhook-delete": {"endpoint_id": endpoint.pk},
+        "webhook-redeliver": {"delivery_id": delivery.pk},
     }
     for name in MATRIX:
         if name.startswith("lane-") and name not in ("lane-list",):

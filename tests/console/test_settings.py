@@ -27,6 +27,13 @@ def import_settings(**env) -> subprocess.CompletedProcess:
         ({"LANEWAY_DEVICE": "tpu"}, "LANEWAY_DEVICE='tpu' must be one of auto, cpu, cuda"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),
         ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
+        (
+            {"WEBHOOK_RETRY_SCHEDULE": "5,soon"},
+            "WEBHOOK_RETRY_SCHEDULE='5,soon' is not a comma-separated list of seconds",
+        ),
+        ({"WEBHOOK_RETRY_SCHEDULE": "5,-1"}, "WEBHOOK_RETRY_SCHEDULE='5,-1': delays cannot be negative"),
+        ({"WEBHOOK_ALLOWED_HOSTS": "10.0.0.0/40"}, "WEBHOOK_ALLOWED_HOSTS: '10.0.0.0/40' is not a network"),
+        ({"WEBHOOK_TIMEOUT_SECONDS": "0"}, "WEBHOOK_TIMEOUT_SECONDS=0.0 must be at least 0.1"),
     ],
 )
 def test_a_malformed_variable_fails_start_up_naming_it(env, message, tmp_path):

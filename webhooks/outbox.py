@@ -1,0 +1,59 @@
+"""The outbox: an event becomes one Delivery row per subscribed endpoint, in the caller's transaction.
+
+`emit` is called inside the transaction that makes the change, so the deliveries commit with it
+or not at all; the delivery task is sent (by name) only after commit. A message lost on the way
+is sent again by beat (`delivery.send_due`), since the row says it is still due.
+"""
+
+from __future__ import annotations
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .models import Delivery, Endpoint
+
+EVENTS: tuple[tuple[str, str], ...] = (
+    ("job.succeeded", "A job finished with its final image."),
+    ("job.failed", "A job failed (after its retries)."),
+    ("verification.flagged", "The typography check flagged a final image for review."),
+    ("verification.reviewed", "A person (or auto-fix) decided on a flagged image."),
+    ("canary.rolled_back", "A canary was stopped automatically, or a lane was rolled back."),
+    ("lane.changed", "A lane's settings, versions or routing changed (fleet-wide)."),
+    ("experiment.finished", "An A/B experiment rendered its last job."),
+)
+EVENT_NAMES = frozenset(name for name, _ in EVENTS)
+
+
+def emit(event: str, data: dict, team_id: int | None) -> int:
+    """Write a delivery of `event` for each enabled endpoint of the team that wants it (of every team for a
+    fleet-wide event, team_id None), and send them after commit. Returns how many were written."""
+    if event not in EVENT_NAMES:
+        raise ValueError(f"unknown webhook event {event!r}")
+    endpoints = Endpoint.objects.filter(enabled=True)
+    if team_id is not None:
+        endpoints = endpoints.filter(team_id=team_id)
+    # The event list is a short JSON array: filtered here, since SQLite cannot search inside one.
+    wanted = [pk for pk, events in endpoints.values_list("pk", "events") if event in events]
+    if not wanted:
+        return 0
+    now = timezone.now()
+    payload = {"type": event, "timestamp": now.isoformat(), "data": data}
+    tries = max_attempts()
+    deliveries = Delivery.objects.bulk_create(
+        Delivery(endpoint_id=pk, event=event, payload=payload, max_attempts=tries, next_attempt_at=now, queued_at=now)
+        for pk in wanted
+    )
+    ids = [delivery.pk for delivery in deliveries]
+    transaction.on_commit(lambda: send(ids))
+    return len(ids)
+
+
+def max_attempts() -> int:
+    return 1 + len(settings.WEBHOOK_RETRY_SCHEDULE)
+
+
+def send(delivery_ids: list[int], countdown: float | None = None) -> None:
+    for pk in delivery_ids:
+        current_app.send_task("webhooks.tasks.deliver", args=(pk,), queue=settings.WEBHOOK_QUEUE, countdown=countdown)
