@@ -16,7 +16,7 @@ from PIL import Image
 from telemetry import push
 
 from . import artifacts, dispatch
-from .actions import submit_brief
+from .actions import rerender_job
 from .models import Artifact, Job, Verification
 from .verification import expected_texts, overlay_text, verify_image
 
@@ -120,13 +120,6 @@ def autofix(verification: Verification, by=None) -> Verification | None:
 
 def rerender(verification: Verification, by, intent: str) -> Job:
     """A new job for the same brief with a new seed, on the lane the chosen intent routes to."""
-    job = verification.job
     with transaction.atomic():
         _decide(verification, Verification.Decision.RERENDERED, by)
-        new = submit_brief(
-            job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent,
-            adapters=[entry["name"] for entry in job.adapters],
-        )  # fmt: skip
-        Job.objects.filter(pk=new.pk).update(rerender_of=job)
-        new.rerender_of = job
-    return new
+        return rerender_job(verification.job, by, intent)
