@@ -7,7 +7,11 @@ to /briefs/new/ and waits for the job's "succeeded" event on the websocket. Righ
 each job it times the bare pipeline call on the same inputs in this process. It prints
 p50/p95 of (end-to-end - bare pipeline) per mode, and ends with one line of JSON.
 
-    .venv/bin/python bench/overhead.py [--jobs 200] [--modes embedded,redis]
+Then the same through the HTTP API ("api"): POST /api/v1/jobs with a bearer token, and the
+end is the signed job.succeeded webhook arriving at a receiver in this process (HTTP → job
+row → broker → worker → outbox → webhook worker → receiver), minus the bare pipeline.
+
+    .venv/bin/python bench/overhead.py [--jobs 200] [--modes embedded,redis] [--via form,api]
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from harness import Stack, percentile, reset_postgres, run_child
 
@@ -108,24 +116,145 @@ def run_mode(jobs: int) -> dict:
     }
 
 
+def webhook_receiver() -> tuple[int, queue.Queue]:
+    """A local endpoint that records (job id, arrival time) of each delivery."""
+    arrivals: queue.Queue = queue.Queue()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            arrivals.put((body["type"], body["data"]["id"], time.perf_counter()))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], arrivals
+
+
+def run_mode_api(jobs: int) -> dict:
+    with Stack(worker_args=("--concurrency", "1")) as stack:
+        import httpx
+
+        from accounts.models import ApiToken, Member, Team
+        from lanes.engines import EngineCache
+        from lanes.models import Route
+        from webhooks.endpoints import create_endpoint
+
+        lane = Route.objects.get(intent=INTENT).lane
+        member = Member.objects.get(user__username="bench")
+        member.team = Team.objects.create(name="bench")
+        member.save()
+        port, arrivals = webhook_receiver()
+        create_endpoint(member.team, f"http://127.0.0.1:{port}/hook", ["job.succeeded", "job.failed"], member.user)
+        _, secret = ApiToken.issue(member.user, "bench")
+        stack.start()
+        # The webhooks queue's own worker, as `make run`'s hosted process consumes it.
+        stack.procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    "4",
+                    "--queues",
+                    "webhooks",
+                    "--hostname",
+                    "webhooks-bench@%h",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                stdout=subprocess.DEVNULL,
+                stderr=open(stack.log_dir / "webhooks.log", "w"),
+            )  # fmt: skip
+        )
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{stack.port}", headers={"Authorization": f"Bearer {secret}"}, timeout=60
+        )
+        cache = EngineCache(budget_bytes=None)
+
+        def one(seed: int) -> tuple[float, float]:
+            started = time.perf_counter()
+            response = client.post("/api/v1/jobs", json={"prompt": f"bench {seed}", "intent": INTENT, "seed": seed})
+            if response.status_code != 202:
+                raise RuntimeError(f"submit failed: {response.status_code} {response.text}")
+            job_id = response.json()["id"]
+            while True:
+                kind, delivered_id, at = arrivals.get(timeout=120)
+                if delivered_id == job_id:
+                    if kind != "job.succeeded":
+                        raise RuntimeError(f"job {job_id}: {kind}")
+                    break
+            end_to_end = at - started
+            with cache.use(lane.active_version, width=lane.default_width, height=lane.default_height) as engine:
+                bare_started = time.perf_counter()
+                engine.run(
+                    prompt=f"bench {seed}", seed=seed, width=lane.default_width, height=lane.default_height,
+                    steps=lane.default_steps, guidance=lane.default_guidance,
+                )  # fmt: skip
+                bare = time.perf_counter() - bare_started
+            return end_to_end, bare
+
+        for seed in range(5):
+            one(10_000 + seed)
+        rows = [one(seed) for seed in range(jobs)]
+        client.close()
+    overhead = [(e2e - bare) * 1000 for e2e, bare in rows]
+    return {
+        "jobs": jobs,
+        "p50_ms": round(percentile(overhead, 50), 2),
+        "p95_ms": round(percentile(overhead, 95), 2),
+        "end_to_end_p50_ms": round(percentile([r[0] * 1000 for r in rows], 50), 2),
+        "bare_pipeline_p50_ms": round(percentile([r[1] * 1000 for r in rows], 50), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--modes", default="embedded,redis")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--via", default="form,api", help="form: the console's brief form; api: /api/v1/ + webhook")
+    parser.add_argument("--child", choices=("form", "api"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_mode(args.jobs)))
+        print(json.dumps((run_mode if args.child == "form" else run_mode_api)(args.jobs)))
         return
-    results = {}
+    results, api_results = {}, {}
     for mode in args.modes.split(","):
-        env = {}
+        env = {"WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
         if mode == "redis":
-            reset_postgres(PG_URL)
-            env = {"DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL}
+            env.update({"DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL})
         elif mode != "embedded":
             raise SystemExit(f"unknown mode {mode!r}")
-        results[mode] = r = json.loads(run_child(__file__, ["--child", "--jobs", str(args.jobs)], env, mode))
+        if "api" in args.via.split(","):
+            if mode == "redis":
+                reset_postgres(PG_URL)
+            api_results[mode] = a = json.loads(
+                run_child(__file__, ["--child", "api", "--jobs", str(args.jobs)], env, mode)
+            )
+            print(
+                f"{mode:9s} API n={a['jobs']} overhead (POST /api/v1/jobs → job.succeeded webhook received - bare "
+                f"pipeline): p50 {a['p50_ms']} ms, p95 {a['p95_ms']} ms | end-to-end p50 {a['end_to_end_p50_ms']} ms, "
+                f"bare pipeline p50 {a['bare_pipeline_p50_ms']} ms",
+                file=sys.stderr,
+            )
+        if "form" not in args.via.split(","):
+            continue
+        if mode == "redis":
+            reset_postgres(PG_URL)
+        results[mode] = r = json.loads(run_child(__file__, ["--child", "form", "--jobs", str(args.jobs)], env, mode))
         print(
             f"{mode:9s} n={r['jobs']} overhead (end-to-end - bare pipeline): p50 {r['p50_ms']} ms, "
             f"p95 {r['p95_ms']} ms | end-to-end p50 {r['end_to_end_p50_ms']} ms, bare pipeline p50 "
@@ -136,6 +265,7 @@ def main() -> None:
         )
     summary = {"bench": "overhead"}
     summary.update({m: {"p50_ms": results[m]["p50_ms"], "p95_ms": results[m]["p95_ms"]} for m in results})
+    summary.update({f"{m}_api": {"p50_ms": a["p50_ms"], "p95_ms": a["p95_ms"]} for m, a in api_results.items()})
     print(json.dumps(summary))
 
 
