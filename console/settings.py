@@ -334,8 +334,10 @@ EXPECTED_TEXT_MAX_LENGTH = envint("EXPECTED_TEXT_MAX_LENGTH", 200, 1)
 # Progress is pushed every step; the database copy (read on reconnect) at most this often.
 PROGRESS_DB_EVERY_SECONDS = envfloat("PROGRESS_DB_EVERY_SECONDS", 1.0, 0.0)
 
-# The HTTP API: requests per token (or signed-in user) per window, counted in the shared cache.
+# The HTTP API: requests per token, and per user (all their tokens and their session), per window,
+# counted in the shared cache.
 API_RATE_LIMIT = envint("API_RATE_LIMIT", 600, 1)
+API_RATE_LIMIT_PER_USER = envint("API_RATE_LIMIT_PER_USER", 1200, 1)
 API_RATE_WINDOW_SECONDS = envint("API_RATE_WINDOW_SECONDS", 60, 1)
 # Request bodies past this many bytes are refused (413) before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, 1024)

@@ -19,7 +19,8 @@ from .forms import EndpointForm
 DELIVERIES_PER_PAGE = 25
 
 
-def _audit(request, action: str, endpoint: Endpoint, **fields) -> None:
+def audit_webhook(request, action: str, endpoint: Endpoint, **fields) -> None:
+    """The audit row of a change to an endpoint (the console's pages and the API write the same)."""
     AuditEvent.record(request.user, action, target=f"{endpoint.team.name}: {endpoint.url}"[:200], **fields)
 
 
@@ -54,7 +55,7 @@ def webhook_new(request):
                         team, form.cleaned_data["url"], form.cleaned_data["events"], request.user,
                         form.cleaned_data["description"],
                     )  # fmt: skip
-                    _audit(request, "webhook.create", endpoint, after={"events": endpoint.events})
+                    audit_webhook(request, "webhook.create", endpoint, after={"events": endpoint.events})
             except WebhookError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -76,7 +77,7 @@ def webhook_rotate(request, endpoint_id: int):
     endpoint = get_endpoint_for_user(request, endpoint_id)
     with transaction.atomic():
         secret = endpoints.rotate_secret(endpoint, request.user)
-        _audit(request, "webhook.rotate-secret", endpoint)
+        audit_webhook(request, "webhook.rotate-secret", endpoint)
     messages.success(request, "New secret in use from the next attempt on. Copy it now: it is shown only once.")
     return _endpoint_page(request, endpoint, secret=secret)
 
@@ -88,7 +89,7 @@ def webhook_enabled(request, endpoint_id: int):
     enabled = request.POST.get("enabled") == "on"
     with transaction.atomic():
         endpoints.set_enabled(endpoint, enabled, request.user)
-        _audit(request, "webhook.enable" if enabled else "webhook.disable", endpoint)
+        audit_webhook(request, "webhook.enable" if enabled else "webhook.disable", endpoint)
     messages.success(request, f"Endpoint {'enabled' if enabled else 'disabled'}.")
     return redirect("webhook-detail", endpoint_id=endpoint.pk)
 
@@ -98,7 +99,7 @@ def webhook_enabled(request, endpoint_id: int):
 def webhook_delete(request, endpoint_id: int):
     endpoint = get_endpoint_for_user(request, endpoint_id)
     with transaction.atomic():
-        _audit(request, "webhook.delete", endpoint, before={"events": endpoint.events})
+        audit_webhook(request, "webhook.delete", endpoint, before={"events": endpoint.events})
         endpoints.delete_endpoint(endpoint, request.user)
     messages.success(request, f"Endpoint {endpoint.url} deleted, with its delivery log.")
     return redirect("webhook-list")
@@ -111,7 +112,7 @@ def webhook_redeliver(request, delivery_id: int):
     try:
         with transaction.atomic():
             endpoints.redeliver(delivery, request.user)
-            _audit(request, "webhook.redeliver", delivery.endpoint, note=delivery.msg_id)
+            audit_webhook(request, "webhook.redeliver", delivery.endpoint, note=delivery.msg_id)
     except WebhookError as exc:
         messages.error(request, str(exc))
         return _endpoint_page(request, delivery.endpoint, status=409)

@@ -110,25 +110,34 @@ class Session(SessionAuth):
 
 
 class RateLimit(BaseThrottle):
-    """A fixed window per token (or per user signed in by session), counted with the shared cache's
-    atomic increment, so every web process sees one count."""
+    """Fixed windows per token and per user (all their tokens and their session together), counted
+    with the shared cache's atomic increment, so every web process sees one count."""
 
     def __init__(self) -> None:
         self._local = threading.local()  # one instance serves every request thread
 
-    def allow_request(self, request: HttpRequest) -> bool:
-        token = getattr(request, "api_token", None)
-        who = f"token:{token.pk}" if token else f"user:{request.user.pk}"
-        limit, window = settings.API_RATE_LIMIT, settings.API_RATE_WINDOW_SECONDS
-        now = time.time()
-        start = int(now // window * window)
-        key = f"api-rate:{who}:{start}"
+    @staticmethod
+    def _count(key: str, window: int) -> int:
         cache.add(key, 0, timeout=window + 5)
         try:
-            used = cache.incr(key)
+            return cache.incr(key)
         except ValueError:  # expired between add and incr: this request opens the window
             cache.add(key, 1, timeout=window + 5)
-            used = 1
+            return 1
+
+    def allow_request(self, request: HttpRequest) -> bool:
+        window = settings.API_RATE_WINDOW_SECONDS
+        now = time.time()
+        start = int(now // window * window)
+        limits = [(f"user:{request.user.pk}", settings.API_RATE_LIMIT_PER_USER)]
+        token = getattr(request, "api_token", None)
+        if token is not None:
+            limits.append((f"token:{token.pk}", settings.API_RATE_LIMIT))
+        # The tightest of the counts is the one the client is told about.
+        limit, used = min(
+            ((limit, self._count(f"api-rate:{who}:{start}", window)) for who, limit in limits),
+            key=lambda pair: pair[0] - pair[1],
+        )
         reset = max(1, math.ceil(start + window - now))
         request.rate_limit = (limit, max(0, limit - used), reset)  # type: ignore[attr-defined]
         self._local.wait = reset

@@ -4,13 +4,13 @@ and who must authenticate (401). Read from the OpenAPI document, so a new endpoi
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from console.api import api
 from experiments import definition as definitions
 from experiments import runner
 from lanes.actions import submit_brief
 from lanes.models import Artifact, ModelVersion, Verification
+from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +47,13 @@ MATRIX = {
     ("POST", "/versions/{name}/retire"): "admin",
     ("POST", "/experiments"): "admin",
     ("POST", "/experiments/{name}/{action}"): "admin",
+    ("GET", "/webhooks"): "ops",
+    ("POST", "/webhooks"): "ops",
+    ("GET", "/webhooks/{endpoint_id}"): "ops",
+    ("POST", "/webhooks/{endpoint_id}/rotate"): "ops",
+    ("POST", "/webhooks/{endpoint_id}/enabled"): "ops",
+    ("POST", "/webhooks/deliveries/{delivery_id}/redeliver"): "ops",
+    ("DELETE", "/webhooks/{endpoint_id}"): "ops",  # last: it deletes the endpoint the others name
 }
 RANK = {None: -1, "creative": 0, "ops": 1, "admin": 2}
 BODIES = {
@@ -57,6 +64,8 @@ BODIES = {
     ("POST", "/lanes/{name}/canary"): {"version": "demo-tiny-sd-v1", "percent": 10},
     ("PUT", "/policy"): {"yaml": "lanes: {}\n"},
     ("POST", "/versions"): {"name": "matrix-v9", "location": "nowhere"},
+    ("POST", "/webhooks"): {"url": "http://127.0.0.1:9/new", "events": ["job.failed"]},
+    ("POST", "/webhooks/{endpoint_id}/enabled"): {"enabled": False},
     ("POST", "/experiments"): {
         "definition": "name: m2\nprompts: [p]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
     },
@@ -69,7 +78,8 @@ def operations() -> set[tuple[str, str]]:
 
 
 @pytest.fixture
-def world(demo_lanes, users, media_root):
+def world(demo_lanes, users, media_root, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ("127.0.0.1",)  # registration checks the address; no DNS here
     experiment = runner.create(
         users["admin"],
         definitions.parse(
@@ -84,7 +94,10 @@ def world(demo_lanes, users, media_root):
     verification = Verification.objects.create(
         job=job, artifact=artifact, lane=job.lane, model_version=job.model_version, status="flagged"
     )
+    endpoint = Endpoint.objects.create(team=job.team, url="https://hooks.example.com/in", events=["job.succeeded"])
+    delivery = Delivery.objects.create(endpoint=endpoint, event="job.succeeded", payload={}, max_attempts=1)
     return {
+        "endpoint_id": endpoint.pk, "delivery_id": delivery.pk,
         "job_id": job.pk, "stage": "final", "verification_id": verification.pk, "action": "approve",
         "name": "fast-draft", "experiment": experiment.name, "version": ModelVersion.objects.first().name,
     }  # fmt: skip

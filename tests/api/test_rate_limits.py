@@ -39,6 +39,7 @@ def two_web_processes(transactional_db):
         "DB_POOL": "false",
         "REDIS_URL": settings.REDIS_URL,
         "API_RATE_LIMIT": "10",
+        "API_RATE_LIMIT_PER_USER": "15",
         "API_RATE_WINDOW_SECONDS": "60",
     }
     ports = [free_port(), free_port()]
@@ -93,7 +94,11 @@ def test_the_limit_is_one_count_across_two_web_processes(two_web_processes, djan
     assert refused.headers["RateLimit-Limit"] == "10" and refused.headers["RateLimit-Remaining"] == "0"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["Content-Type"] == "application/problem+json" and refused.json()["status"] == 429
-    # Another token of the same user has its own count.
+    # Another token of the same user has its own count, but the user's count (15) is shared.
     _, other = ApiToken.issue(django_user_model.objects.get(username="olive"), "other")
-    fresh = httpx.get(two_web_processes[0] + "/api/v1/fleet/workers", headers={"Authorization": f"Bearer {other}"})
-    assert fresh.status_code == 200
+    more = [
+        httpx.get(two_web_processes[i % 2] + "/api/v1/fleet/workers", headers={"Authorization": f"Bearer {other}"})
+        for i in range(4)
+    ]
+    assert [a.status_code for a in more] == [200, 200, 200, 429]
+    assert more[0].headers["RateLimit-Limit"] == "15" and more[2].headers["RateLimit-Remaining"] == "0"
