@@ -15,7 +15,8 @@ def _authorized(request) -> bool:
         return True
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    return bool(settings.METRICS_TOKEN) and hmac.compare_digest(token, settings.METRICS_TOKEN)
+    # Bytes: compare_digest refuses str with non-ASCII characters, which a header may hold.
+    return bool(settings.METRICS_TOKEN) and hmac.compare_digest(token.encode(), settings.METRICS_TOKEN.encode())
 
 
 @require_GET

@@ -1,0 +1,47 @@
+"""Bad input that used to reach the database or a library raw, and answered 500: now a 4xx."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+
+from console.asgi import application
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("url", ["/review/?lane=%00", "/review/?version=a%00b", "/audit/?lane=%00", "/jobs/?state=%00"])
+def test_a_nul_in_a_query_parameter_is_a_400(client, url):
+    client.force_login(make_user("olive", "ops"))
+    response = client.get(url)
+    assert response.status_code == 400 and "NUL" in response.text
+
+
+def test_a_nul_in_a_form_field_or_an_api_query_is_a_400(client):
+    client.force_login(make_user("olive", "ops"))
+    assert client.post("/review/bulk/", {"action": "approve", "ids": "1\x00"}).status_code == 400
+    api = client.get("/api/v1/jobs?lane=%00")
+    assert api.status_code == 400 and api["Content-Type"] == "application/problem+json"
+
+
+def test_bulk_review_ignores_ids_that_are_not_plain_digits(client):
+    client.force_login(make_user("casey"))
+    response = client.post("/review/bulk/", {"action": "approve", "ids": ["²", "9" * 40]})
+    assert response.status_code == 302
+
+
+def test_a_metrics_token_with_non_ascii_characters_is_refused_not_a_crash(client, settings):
+    settings.METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer \xe9t\xe9").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/ws/jobs/1/", "/ws/nothing/", "/"])
+def test_a_websocket_to_an_unknown_path_is_refused(path):
+    async def scenario():
+        communicator = WebsocketCommunicator(application, path, headers=[(b"origin", b"http://localhost")])
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)() is False
