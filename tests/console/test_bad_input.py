@@ -45,3 +45,15 @@ def test_a_websocket_to_an_unknown_path_is_refused(path):
         return connected
 
     assert async_to_sync(scenario)() is False
+
+
+def test_signed_in_pages_keep_working_while_the_session_cache_is_down(client, settings):
+    # A real outage: the session cache points at a port where no Redis listens.
+    settings.CACHES = {**settings.CACHES, "down": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                                   "LOCATION": "redis://127.0.0.1:1/0"}}  # fmt: skip
+    settings.SESSION_CACHE_ALIAS = "down"
+    client.force_login(make_user("casey"))
+    assert client.get("/jobs/").status_code == 200
+    assert client.get("/account/tokens/").status_code == 200
+    client.logout()
+    assert client.get("/jobs/").status_code == 302
