@@ -143,10 +143,14 @@ def cancel_job(job: Job) -> bool:
 
 
 def rerender_job(job: Job, by, intent: str | None = None) -> Job:
-    """A new job for the same brief with a new seed, on the lane `intent` (default: the job's own) routes to."""
+    """A new job for the same brief with a new seed, on the lane `intent` (default: the job's own) routes to.
+
+    It is the caller's job (their team's, on their bill), linked to the original by `rerender_of`;
+    with no caller (an automatic re-render) it stays the original owner's."""
     with transaction.atomic():
+        owner = by if by is not None and by.is_authenticated else job.owner
         new = submit_brief(
-            job.owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent or job.intent,
+            owner, prompt=job.prompt, expected_text=job.expected_text, intent=intent or job.intent,
             adapters=[entry["name"] for entry in job.adapters],
         )  # fmt: skip
         Job.objects.filter(pk=new.pk).update(rerender_of=job)

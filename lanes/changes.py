@@ -56,7 +56,7 @@ def record_change(
     """Save a locked lane's change as its next revision and write the change's audit row with it."""
     save_lane(lane, fields)
     event = AuditEvent.record(by, action, lane=lane, version=version, before=before, after=after, note=note)
-    outbox.emit("lane.changed", lane_change_data(event, lane), None)
+    outbox.emit_fleet("lane.changed", lane_change_data(event, lane))
     return event
 
 

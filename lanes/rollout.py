@@ -179,7 +179,7 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
             before=before, after=_versions_state(lane), note=reason,
         )  # fmt: skip
         if automatic:
-            outbox.emit("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason}, None)
+            outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason})
         _sync(canary)
     return lane
 
@@ -214,6 +214,6 @@ def rollback(lane: Lane, by, expected_revision: int | None = None) -> Lane:
             lane, ["active_version", *lane.clear_canary()], by, "lane.rollback", version=target,
             before=before, after=_versions_state(lane),
         )  # fmt: skip
-        outbox.emit("canary.rolled_back", {"lane": lane.name, "from": old.name, "to": target.name}, None)
+        outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "from": old.name, "to": target.name})
         _sync(old, target, canary)
     return lane

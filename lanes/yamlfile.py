@@ -18,6 +18,9 @@ class YamlError(Exception):
         self.errors = errors
 
 
+MAX_DEPTH = 64  # Laneway's documents nest a few levels; thousands is an attack on the parser
+
+
 def compose(text: str, error: type[YamlError] = YamlError) -> yaml.Node | None:
     """The document's root node (None for an empty one); `error` (a YamlError) for text that is not YAML."""
     try:
@@ -26,6 +29,17 @@ def compose(text: str, error: type[YamlError] = YamlError) -> yaml.Node | None:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise error([f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    except RecursionError:
+        raise error([f"the document nests deeper than {MAX_DEPTH} levels"]) from None
+    stack = [(root, 1)] if root is not None else []
+    while stack:  # iterative: the depth check must not recurse itself
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise error([f"line {line(node)}: the document nests deeper than {MAX_DEPTH} levels"])
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
     return root
 
 

@@ -28,8 +28,13 @@ class Target:
 
 def _kind(ip: IPAddress) -> str:
     """What makes an address unfit for a webhook ('' if nothing does)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo's client) is judged as that address.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and _kind(embedded):
+            return _kind(embedded)
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")

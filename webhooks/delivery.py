@@ -9,6 +9,7 @@ is retried on WEBHOOK_RETRY_SCHEDULE, and fails after the last retry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -97,24 +98,35 @@ def post(delivery: Delivery) -> tuple[int | None, str]:
     # Connect to the address that was checked; the host stays in the Host header and the TLS name.
     headers["host"] = urlsplit(endpoint.url).netloc
     try:
-        with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False) as client:
-            with client.stream(
-                "POST", pinned_url(target), content=body, headers=headers, extensions={"sni_hostname": target.host}
-            ) as response:
+        return asyncio.run(_exchange(pinned_url(target), body, headers, target.host))
+    except TimeoutError:
+        return None, f"no answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
+    except httpx.TimeoutException:
+        return None, f"no answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+async def _exchange(url: str, body: bytes, headers: dict, sni: str) -> tuple[int, str]:
+    """One POST, all of it (connect, headers, error text) within WEBHOOK_TIMEOUT_SECONDS: a receiver
+    that drips its answer a byte at a time cannot hold a worker past the delivery's lease."""
+    async with asyncio.timeout(settings.WEBHOOK_TIMEOUT_SECONDS):
+        async with httpx.AsyncClient(timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            request = client.build_request("POST", url, content=body, headers=headers, extensions={"sni_hostname": sni})
+            response = await client.send(request, stream=True)
+            try:
                 if response.is_success:
                     return response.status_code, ""
                 if response.is_redirect:
                     where = response.headers.get("location", "")
                     return response.status_code, f"redirected to {where}: redirects are not followed"
                 answer = b""
-                for chunk in response.iter_raw(ERROR_CHARS):
+                async for chunk in response.aiter_raw(ERROR_CHARS):
                     answer = chunk
                     break
                 return response.status_code, answer.decode(errors="replace").strip()
-    except httpx.TimeoutException:
-        return None, f"no answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+            finally:
+                await response.aclose()
 
 
 def record(delivery: Delivery, status_code: int | None, error: str, duration_ms: int) -> str:
@@ -153,11 +165,11 @@ def record(delivery: Delivery, status_code: int | None, error: str, duration_ms:
         if succeeded:
             endpoint.mark_succeeded()
         elif endpoint.mark_failing(now):
-            log.warning("webhook endpoint %s (%s) disabled: %s", endpoint.pk, endpoint.url, endpoint.disabled_reason)
+            log.warning("webhook endpoint %s (%s) disabled: %s", endpoint.pk, endpoint.host, endpoint.disabled_reason)
         if countdown:
-            transaction.on_commit(lambda: outbox.send([delivery.pk], countdown=retry_in))
+            transaction.on_commit(lambda: outbox.send([delivery.pk], countdown=retry_in), robust=True)
     if not succeeded:
-        log.info("webhook %s attempt %s to %s failed: %s %s", delivery.msg_id, delivery.attempts, endpoint.url,
+        log.info("webhook %s attempt %s to %s failed: %s %s", delivery.msg_id, delivery.attempts, endpoint.host,
                  status_code, error)  # fmt: skip
     return state
 

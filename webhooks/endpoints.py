@@ -90,6 +90,6 @@ def redeliver(delivery: Delivery, by) -> Delivery:
             if delivery.state == Delivery.State.PENDING
             else F("attempts") + 1,
         )
-        transaction.on_commit(lambda: outbox.send([delivery.pk]))
+        transaction.on_commit(lambda: outbox.send([delivery.pk]), robust=True)
     delivery.refresh_from_db()
     return delivery

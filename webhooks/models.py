@@ -6,6 +6,7 @@ import base64
 import secrets
 import uuid
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
@@ -53,6 +54,7 @@ class Endpoint(models.Model):
     # Set when Laneway disabled it (deliveries failing for a day); its owners see a banner until it is enabled.
     disabled_reason = models.CharField(max_length=300, blank=True)
     failing_since = models.DateTimeField(null=True, blank=True, help_text="First failure since the last success.")
+    last_failure_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -64,6 +66,11 @@ class Endpoint(models.Model):
     def __str__(self) -> str:
         return self.url
 
+    @property
+    def host(self) -> str:
+        """The URL's host alone, for logs and audit rows (the path and query may hold a secret)."""
+        return urlsplit(self.url).hostname or "?"
+
     def mark_succeeded(self) -> None:
         if self.failing_since is not None:
             Endpoint.objects.filter(pk=self.pk).update(failing_since=None)
@@ -72,8 +79,15 @@ class Endpoint(models.Model):
     def mark_failing(self, now: datetime) -> bool:
         """Note a failed attempt; disable the endpoint once every delivery has failed for the disable window.
         True if this disabled it."""
-        Endpoint.objects.filter(pk=self.pk, failing_since__isnull=True).update(failing_since=now)
-        self.refresh_from_db(fields=["failing_since", "enabled"])
+        # A streak is broken by a success, or by a quiet spell longer than any retry gap (nothing was
+        # failing then): one failure a day apart is not "failing every delivery for a day".
+        quiet = timedelta(
+            seconds=max(settings.WEBHOOK_RETRY_SCHEDULE, default=0) + 3 * settings.WEBHOOK_TIMEOUT_SECONDS + 60
+        )
+        stale = models.Q(failing_since__isnull=True) | models.Q(last_failure_at__lt=now - quiet)
+        Endpoint.objects.filter(stale, pk=self.pk).update(failing_since=now)
+        Endpoint.objects.filter(pk=self.pk).update(last_failure_at=now)
+        self.refresh_from_db(fields=["failing_since", "enabled", "last_failure_at"])
         assert self.failing_since is not None
         failing_for = (now - self.failing_since).total_seconds()
         if not self.enabled or failing_for < settings.WEBHOOK_DISABLE_AFTER_SECONDS:

@@ -24,16 +24,30 @@ EVENTS: tuple[tuple[str, str], ...] = (
     ("experiment.finished", "An A/B experiment rendered its last job."),
 )
 EVENT_NAMES = frozenset(name for name, _ in EVENTS)
+# About the shared fleet (lanes, canaries): every team's endpoints that want them get them.
+FLEET_EVENTS = frozenset({"canary.rolled_back", "lane.changed"})
 
 
 def emit(event: str, data: dict, team_id: int | None) -> int:
-    """Write a delivery of `event` for each enabled endpoint of the team that wants it (of every team for a
-    fleet-wide event, team_id None), and send them after commit. Returns how many were written."""
-    if event not in EVENT_NAMES:
-        raise ValueError(f"unknown webhook event {event!r}")
-    endpoints = Endpoint.objects.filter(enabled=True)
-    if team_id is not None:
-        endpoints = endpoints.filter(team_id=team_id)
+    """Write a delivery of a team's `event` (a job's, a review's, an experiment's) for each enabled
+    endpoint of that team that wants it, and send them after commit. Returns how many were written.
+
+    A job of a user in no team belongs to no team's endpoints: nothing is written for it."""
+    if event not in EVENT_NAMES or event in FLEET_EVENTS:
+        raise ValueError(f"{event!r} is not a team's webhook event")
+    if team_id is None:
+        return 0
+    return _write(event, data, Endpoint.objects.filter(enabled=True, team_id=team_id))
+
+
+def emit_fleet(event: str, data: dict) -> int:
+    """Write a delivery of a fleet-wide `event` for each enabled endpoint, of any team, that wants it."""
+    if event not in FLEET_EVENTS:
+        raise ValueError(f"{event!r} is not a fleet-wide webhook event")
+    return _write(event, data, Endpoint.objects.filter(enabled=True))
+
+
+def _write(event: str, data: dict, endpoints) -> int:
     # The event list is a short JSON array: filtered here, since SQLite cannot search inside one.
     wanted = [pk for pk, events in endpoints.values_list("pk", "events") if event in events]
     if not wanted:
@@ -46,7 +60,8 @@ def emit(event: str, data: dict, team_id: int | None) -> int:
         for pk in wanted
     )
     ids = [delivery.pk for delivery in deliveries]
-    transaction.on_commit(lambda: send(ids))
+    # Robust: a broker that is down must not fail the committed change; beat sends the rows later.
+    transaction.on_commit(lambda: send(ids), robust=True)
     return len(ids)
 
 

@@ -21,11 +21,21 @@ MAX_KEY_LENGTH = 255
 
 
 def fingerprint(request) -> str:
-    return hashlib.sha256(b"\n".join([request.method.encode(), request.path.encode(), request.body])).hexdigest()
+    """The request's method, path and body; a JSON body as its canonical form (key order and spacing
+    are not a different request)."""
+    body = request.body
+    try:
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        pass
+    return hashlib.sha256(b"\n".join([request.method.encode(), request.path.encode(), body])).hexdigest()
 
 
 def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool]:
-    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers are kept."""
+    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers are kept.
+
+    A refusal `make` returns (not raises), such as admission's 429, keeps what it stored (the
+    rejected job) and frees the key for a retry; one it raises undoes everything."""
     key = request.headers.get("Idempotency-Key", "")
     if not key:
         return (*make(), False)
@@ -44,8 +54,6 @@ def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool
                 raise ProblemError(
                     422, "This Idempotency-Key was used with a different request body or path within 24 h."
                 ) from None
-            if not record.status_code:
-                raise ProblemError(409, "A request with this Idempotency-Key is still in progress.") from None
             return record.status_code, record.response, True
         status, body = make()
         if 200 <= status < 300:

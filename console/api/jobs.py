@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from django.http import HttpResponse
@@ -129,9 +129,21 @@ class JobFilters(Input):
     @field_validator("since")
     @classmethod
     def _iso_8601(cls, value: str | None) -> str | None:
-        if value is not None and parse_datetime(value) is None:
-            raise ValueError("must be an ISO 8601 date and time, e.g. 2026-11-30T09:00:00Z")
+        if value is not None:
+            try:
+                aware_utc(value)
+            except (ValueError, OverflowError):
+                raise ValueError("must be an ISO 8601 date and time, e.g. 2026-11-30T09:00:00Z") from None
         return value
+
+
+def aware_utc(text: str) -> datetime:
+    """An ISO 8601 instant in UTC (a naive one is in TIME_ZONE); ValueError or OverflowError past the calendar."""
+    parsed = parse_datetime(text)
+    if parsed is None:
+        raise ValueError(text)
+    aware = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
+    return aware.astimezone(UTC)
 
 
 class RerenderIn(BodyIn):
@@ -209,16 +221,17 @@ def _reloaded(job: Job, request) -> dict:
 
 
 def _submitted(request, job: Job) -> tuple[int, dict]:
+    """202 and the job; 429 and a problem for a brief admission refused (its REJECTED job is kept)."""
     body = _reloaded(job, request)
     if job.state == Job.State.REJECTED:
-        raise ProblemError(
-            429, f"Not accepted now: {job.admission_reason}. Retry in {job.retry_after} s.",
-            headers={"Retry-After": str(job.retry_after or 1)},
-        )  # fmt: skip
+        detail = f"Not accepted now: {job.admission_reason}. Retry in {job.retry_after} s."
+        return 429, {"detail": detail, "retry_after": job.retry_after or 1, "job": body["id"]}
     return 202, body
 
 
 def _answer(response: HttpResponse, status: int, body: dict, replayed: bool) -> tuple[int, dict]:
+    if status == 429:
+        raise ProblemError(429, body["detail"], headers={"Retry-After": str(body["retry_after"])})
     if replayed:
         response["Idempotent-Replayed"] = "true"
     response["Location"] = body["url"]
@@ -260,8 +273,7 @@ def list_jobs(request, filters: Query[JobFilters]):
             raise ProblemError(403, "Only ops and admins filter by team: you see your own team's jobs.")
         jobs = jobs.filter(team__name=filters.team)
     if filters.since:
-        since = parse_datetime(filters.since)
-        jobs = jobs.filter(submitted_at__gte=since if timezone.is_aware(since) else timezone.make_aware(since))
+        jobs = jobs.filter(submitted_at__gte=aware_utc(filters.since))
     if filters.cursor:
         if int(filters.cursor) > SEED_MAX:
             raise ProblemError(422, "The cursor is not one this API gave out.")

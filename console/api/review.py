@@ -12,6 +12,7 @@ from lanes.models import Verification
 from lanes.review import ReviewError, approve, autofix, reject, rerender
 
 from ..access import get_verification_for_user
+from . import idempotency
 from .core import BodyIn, IdPath, Input, ProblemError, errors, text
 from .jobs import PAGE_MAX
 
@@ -100,8 +101,13 @@ def decide(
                          "followup_verification": followup.pk if followup else None}  # fmt: skip
         else:
             intent = (body.intent if body else None) or verification.job.intent
-            new = rerender(verification, request.user, intent)
-            return 202, {"verification": verification.pk, "decision": "rerendered", "new_job": new.pk}
+
+            def make() -> tuple[int, dict]:
+                new = rerender(verification, request.user, intent)
+                return 202, {"verification": verification.pk, "decision": "rerendered", "new_job": new.pk}
+
+            status, data, _ = idempotency.once(request, make)
+            return status, data
     except (ReviewError, BriefRejected) as exc:
         raise ProblemError(409, str(exc)) from None
     verification.refresh_from_db()

@@ -86,3 +86,26 @@ def test_concurrent_duplicates_make_exactly_one_job(demo_lanes, callers):
     assert Job.objects.count() == 1
     job = Job.objects.get()
     assert answers == [(202, job.pk)] * 8, answers
+
+
+@pytest.mark.django_db
+def test_the_same_json_in_another_key_order_or_spacing_is_the_same_request(demo_lanes, callers):
+    key = {"HTTP_AUTHORIZATION": f"Bearer {callers['creative'].secret}", "HTTP_IDEMPOTENCY_KEY": "k"}
+    client = callers["creative"].client
+    first = client.post(
+        "/api/v1/jobs", '{"prompt": "a poster", "intent": "draft"}', content_type="application/json", **key
+    )
+    again = client.post(
+        "/api/v1/jobs", '{"intent":"draft","prompt":"a poster"}', content_type="application/json", **key
+    )
+    assert first.status_code == again.status_code == 202 and again.json()["id"] == first.json()["id"]
+
+
+@pytest.mark.django_db
+def test_a_brief_refused_by_admission_keeps_its_rejected_job_even_with_a_key(demo_lanes, callers):
+    Lane.objects.filter(name="fast-draft").update(hard_cap=1, defer_depth=1, fallback=None)
+    callers["creative"].post("/jobs", BRIEF)
+    refused = callers["creative"].post("/jobs", {**BRIEF, "seed": 12}, headers={"Idempotency-Key": "busy"})
+    assert refused.status_code == 429 and refused["Retry-After"]
+    assert Job.objects.filter(state=Job.State.REJECTED, seed=12).count() == 1
+    assert not IdempotencyKey.objects.filter(key="busy").exists()

@@ -149,3 +149,43 @@ def test_responses_are_json_documents_the_spec_describes(demo_lanes, callers):
     spec = callers["creative"].client.get("/api/v1/openapi.json").json()
     schema = spec["components"]["schemas"]["JobOut"]
     assert set(schema["required"]) <= set(job)
+
+
+def test_a_rerender_is_the_callers_job_in_the_callers_team(demo_lanes, callers, users):
+    mate = make_user("mate", team=users["creative"].member.team)
+    original = submit_brief(mate, prompt="their poster", intent="draft")
+    again = callers["creative"].post(f"/jobs/{original.pk}/rerender")
+    assert again.status_code == 202
+    new = Job.objects.get(pk=again.json()["id"])
+    assert new.owner == users["creative"] and new.rerender_of == original and new.team == original.team
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "yesterday", "0.5"])
+def test_a_since_past_the_calendar_or_not_iso_is_422(demo_lanes, callers, since):
+    assert problem(callers["creative"].get("/jobs", since=since), 422)
+
+
+def test_another_teams_review_rerender_and_experiment_do_not_exist_for_a_creative(demo_lanes, callers, media_root):
+    from experiments import definition as definitions
+    from experiments import runner
+    from lanes.models import Verification
+
+    agency = Team.objects.create(name="agency")
+    sam = make_user("sam", team=agency)
+    theirs = submit_brief(sam, prompt="their poster", intent="draft", expected_text="SALE")
+    artifact = Artifact.objects.create(job=theirs, path="a.png", width=8, height=8, sha256="0", size_bytes=1)
+    flag = Verification.objects.create(job=theirs, artifact=artifact, status="flagged")
+    experiment = runner.create(
+        make_user("boss", "admin", agency),
+        definitions.parse(
+            "name: theirs\nprompts: [p]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
+        ),
+    )
+    jobs_before = Job.objects.count()
+    assert problem(callers["creative"].post(f"/review/{flag.pk}/approve"), 404)
+    assert problem(callers["creative"].post(f"/review/{flag.pk}/rerender"), 404)
+    assert problem(callers["creative"].post(f"/jobs/{theirs.pk}/rerender"), 404)
+    assert problem(callers["creative"].get(f"/experiments/{experiment.name}/results"), 404)
+    assert callers["creative"].get("/review").json() == []
+    flag.refresh_from_db()
+    assert flag.decision == "" and Job.objects.count() == jobs_before

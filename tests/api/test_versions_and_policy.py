@@ -56,3 +56,13 @@ def test_an_experiment_is_created_from_yaml_and_its_results_read(demo_lanes, cal
     assert bad.status_code == 422 and any("line" in e for e in bad.json()["errors"].values())
     assert callers["admin"].post("/experiments/ab/pause").json()["state"] == "paused"
     assert callers["admin"].post("/experiments/ab/pause").status_code == 409
+
+
+@pytest.mark.parametrize("path, field", [("/policy", "yaml"), ("/experiments", "definition")])
+def test_a_document_nested_thousands_deep_is_a_422_not_a_crash(demo_lanes, callers, path, field):
+    deep = "x: " + "[" * 5000
+    response = callers["admin"].send("PUT" if path == "/policy" else "POST", path, {field: deep})
+    assert response.status_code == 422 and "nests deeper" in str(response.json()["errors"])
+    fifty = "lanes: " + "[" * 100 + "]" * 100 + "\n"
+    response = callers["admin"].send("PUT" if path == "/policy" else "POST", path, {field: fifty})
+    assert response.status_code == 422

@@ -39,7 +39,8 @@ def test_registering_an_endpoint_shows_its_secret_once(ops, receiver, studio):
     assert (created.team, created.url, created.events) == (studio, receiver.url, ["job.succeeded", "lane.changed"])
     assert created.secret.startswith("whsec_") and created.secret in page.text
     assert created.created_by.username == "olive"
-    assert AuditEvent.objects.get(action="webhook.create").target == f"studio: {receiver.url}"
+    endpoint_id = Endpoint.objects.get().pk
+    assert AuditEvent.objects.get(action="webhook.create").target == f"studio: webhook {endpoint_id} (127.0.0.1)"
     assert created.secret not in ops.get(reverse("webhook-detail", args=[created.pk])).text
     assert created.secret not in ops.get(reverse("webhook-list")).text
 

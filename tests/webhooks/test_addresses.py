@@ -15,6 +15,9 @@ REFUSED = [
     ("http://169.254.169.254/latest/meta-data/", "link-local"),
     ("http://[::1]:8000/hooks", "loopback"),
     ("http://[::ffff:127.0.0.1]/hooks", "loopback"),
+    ("http://[2002:7f00:1::]/hooks", "loopback"),  # 6to4 around 127.0.0.1
+    ("http://[2002:a9fe:a9fe::]/hooks", "link-local"),  # 6to4 around 169.254.169.254
+    ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hooks", "private"),  # Teredo, client 10.0.0.1
     ("http://0.0.0.0/hooks", "unspecified"),
     ("http://224.0.0.1/hooks", "multicast"),
     ("http://localhost:8000/hooks", "loopback"),  # a name that resolves to loopback

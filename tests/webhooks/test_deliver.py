@@ -1,6 +1,9 @@
 """The delivery task (webhooks.tasks.deliver) on a real Celery worker, against a local receiver."""
 
 import json
+import socket
+import threading
+import time as clock
 from datetime import timedelta
 
 import pytest
@@ -215,3 +218,50 @@ def test_the_payload_body_is_the_json_the_signature_covers(local_receivers, rece
     [got] = receiver.received
     assert json.loads(got.body)["data"] == {"text": "Grand opening — ünïcode"}
     assert got.headers["host"] == receiver.url.split("/")[2]
+
+
+def test_a_receiver_that_drips_its_answer_cannot_hold_the_attempt_past_the_timeout(local_receivers, team, settings):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 1.0
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 500 Slow\r\nX-Drip: ")
+        while not stop.wait(0.2):  # a byte every 0.2 s: each read succeeds, the whole never ends
+            try:
+                conn.sendall(b"a")
+            except OSError:
+                break
+        conn.close()
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    endpoint = Endpoint.objects.create(
+        team=team, url=f"http://127.0.0.1:{server.getsockname()[1]}/hooks", events=["job.succeeded"]
+    )
+    delivery = Delivery.objects.create(endpoint=endpoint, event="job.succeeded", payload={}, max_attempts=1)
+    started = clock.monotonic()
+    status, error = deliveries.post(delivery)
+    took = clock.monotonic() - started
+    stop.set()
+    server.close()
+    assert status is None and "no answer within 1 s" in error
+    assert took < 2.5, took
+
+
+def test_one_failure_after_a_quiet_day_starts_a_new_streak_instead_of_disabling(local_receivers, receiver, team):
+    receiver.then = 500
+    endpoint = subscribe(team, receiver)
+    purge(settings.WEBHOOK_QUEUE)
+    delivery = emit(team)
+    purge(settings.WEBHOOK_QUEUE)
+    long_ago = timezone.now() - timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_SECONDS + 1)
+    # One failure a day ago, and nothing since: that streak is over.
+    Endpoint.objects.filter(pk=endpoint.pk).update(failing_since=long_ago, last_failure_at=long_ago)
+    assert deliveries.deliver(delivery.pk) == Delivery.State.PENDING
+    endpoint.refresh_from_db()
+    assert endpoint.enabled and endpoint.failing_since > long_ago + timedelta(hours=23)

@@ -45,8 +45,20 @@ def test_a_fleet_wide_event_goes_to_every_teams_endpoints_that_want_it(team):
     endpoint(team, ["lane.changed"])
     endpoint(other, ["lane.changed"])
     endpoint(other, ["job.failed"])
-    assert outbox.emit("lane.changed", {"lane": "fast-draft"}, None) == 2
+    assert outbox.emit_fleet("lane.changed", {"lane": "fast-draft"}) == 2
     assert set(Delivery.objects.values_list("endpoint__team__name", flat=True)) == {"studio", "agency"}
+
+
+def test_a_teamless_jobs_event_goes_to_no_teams_endpoints(team):
+    other = Team.objects.create(name="agency")
+    endpoint(team, ["job.failed"])
+    endpoint(other, ["job.failed"])
+    assert outbox.emit("job.failed", {"id": 1, "error": "boom"}, None) == 0
+    assert not Delivery.objects.exists()
+    with pytest.raises(ValueError):
+        outbox.emit("lane.changed", {}, team.pk)  # fleet events go through emit_fleet
+    with pytest.raises(ValueError):
+        outbox.emit_fleet("job.failed", {})
 
 
 def test_an_unknown_event_is_a_programming_error(team):
