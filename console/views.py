@@ -66,6 +66,11 @@ def brief_new(request):
                 response = render(request, template, {"form": form}, status=429)
                 response["Retry-After"] = str(job.retry_after)
                 return response
+            if job is not None and job.queueing_down:
+                form.add_error(
+                    None, f"Queueing is down: your brief is saved as job {job.pk} and will be sent when it is back."
+                )
+                return render(request, template, {"form": form}, status=503)
             if job is not None:
                 url = reverse("job-list") + f"?new={job.pk}"
                 if request.htmx:

@@ -137,7 +137,7 @@ def register_adapter(
             after={"location": adapter.location, "content_hash": adapter.content_hash},
         )  # fmt: skip
         if validate:
-            transaction.on_commit(lambda: dispatch.validate_adapter(adapter))
+            transaction.on_commit(lambda: dispatch.validate_adapter(adapter), robust=True)
     return adapter
 
 

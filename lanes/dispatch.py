@@ -13,6 +13,8 @@ from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from telemetry import push
 
@@ -29,12 +31,26 @@ def broker_priority(priority: str) -> int | None:
     return BROKER_PRIORITY[Priority(priority)] if settings.ADMISSION_CONTROL else None
 
 
-def dispatch(job: Job) -> None:
-    """Send a committed job to its lane's queue."""
+# What a broker that is down raises when a message is sent (kombu's, redis-py's, the socket's).
+BROKER_DOWN = (OperationalError, RedisError, OSError)
+
+
+def dispatch(job: Job) -> bool:
+    """Send a committed job to its lane's queue; False (and `job.queueing_down` set) if the broker is down.
+
+    The job stays queued in the database, and reconcile sends it once the broker is back."""
     # A hosted engine's jobs wait on the network, not a GPU: they run on the hosted workers' queue.
     queue = settings.HOSTED_QUEUE if job.model_version.is_hosted else job.lane.queue
-    current_app.send_task("lanes.tasks.run_job", args=(job.pk,), queue=queue, priority=broker_priority(job.priority))
+    try:
+        current_app.send_task(
+            "lanes.tasks.run_job", args=(job.pk,), queue=queue, priority=broker_priority(job.priority)
+        )
+    except BROKER_DOWN as exc:
+        log.warning("job %s saved but not queued (broker unreachable: %s); reconcile will send it", job.pk, exc)
+        job.queueing_down = True
+        return False
     job.mark_dispatched()
+    return True
 
 
 def dispatch_after_commit(job: Job) -> None:

@@ -103,7 +103,7 @@ def register_version(
             after={"location": version.location or version.base_url, "family": family, "content_hash": digest},
         )  # fmt: skip
         if validate:
-            transaction.on_commit(lambda: dispatch.validate_version(version))
+            transaction.on_commit(lambda: dispatch.validate_version(version), robust=True)
     return version
 
 
@@ -198,7 +198,7 @@ def request_validation(version: ModelVersion, by) -> None:
             raise ControlError(f"{version.name} is {version.status}; only staged or failed versions are validated.")
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.STAGED, validation_error="")
         AuditEvent.record(by, "version.validate", version=version, before={"status": version.status})
-        transaction.on_commit(lambda: dispatch.validate_version(version))
+        transaction.on_commit(lambda: dispatch.validate_version(version), robust=True)
 
 
 def smoke_render(version: ModelVersion, adapters: list | tuple = ()):

@@ -44,7 +44,7 @@ def start_verification(job: Job, artifact: Artifact, source: Verification | None
         finished_at=None if expected else timezone.now(),
     )
     if expected:
-        transaction.on_commit(lambda: dispatch.queue_verification(verification.pk))
+        transaction.on_commit(lambda: dispatch.queue_verification(verification.pk), robust=True)
     return verification
 
 

@@ -165,7 +165,7 @@ class LanewayAPI(NinjaAPI):
             for operation in operations.values():
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
-                    if str(status).startswith("4") and "application/json" in content:
+                    if str(status)[0] in "45" and "application/json" in content:
                         content[PROBLEM] = content.pop("application/json")
         return schema
 
@@ -184,6 +184,7 @@ def problem(api: NinjaAPI, request, status: int, title: str, detail: str = "", e
 TITLES = {
     400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found", 409: "Conflict",
     412: "Precondition failed", 413: "Request body too large", 422: "Invalid request", 429: "Too many requests",
+    503: "Queueing is down",
 }  # fmt: skip
 
 

@@ -32,7 +32,8 @@ def fingerprint(request) -> str:
 
 
 def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool]:
-    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers are kept.
+    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers (and a 503 for a
+    saved job the broker could not take yet) are kept.
 
     A refusal `make` returns (not raises), such as admission's 429, keeps what it stored (the
     rejected job) and frees the key for a retry; one it raises undoes everything."""
@@ -56,9 +57,20 @@ def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool
                 ) from None
             return record.status_code, record.response, True
         status, body = make()
-        if 200 <= status < 300:
+        # 503 "saved, not yet queued" made its change (the job): a retry must find it, not make another.
+        if 200 <= status < 300 or status == 503:
             record.status_code, record.response = status, json.loads(json.dumps(body, default=str))
             record.save(update_fields=["status_code", "response"])
         else:
             record.delete()  # a refusal (429, 409…) may be retried with the same key
     return status, body, False
+
+
+def amend(request, status: int, body: dict) -> None:
+    """Replace the stored answer of this request's key: what happened after commit changed it (a job
+    saved whose message the broker could not take is a 503, and its repeats must say so too)."""
+    key = request.headers.get("Idempotency-Key", "")
+    if key:
+        IdempotencyKey.objects.filter(user=request.user, key=key).update(
+            status_code=status, response=json.loads(json.dumps(body, default=str))
+        )

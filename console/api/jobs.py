@@ -229,28 +229,40 @@ def _submitted(request, job: Job) -> tuple[int, dict]:
     return 202, body
 
 
+def _after_commit(request, made: list[Job], status: int, body: dict, replayed: bool) -> tuple[int, dict, bool]:
+    """The job is dispatched when its transaction commits: if the broker refused it, say so (503)."""
+    if made and made[0].queueing_down and status == 202:
+        job = made[0]
+        detail = f"Queueing is down: your brief is saved as job {job.pk} and will be sent when it is back."
+        status, body = 503, {"detail": detail, "retry_after": 30, "job": job.pk, "url": body["url"]}
+        idempotency.amend(request, status, body)
+    return status, body, replayed
+
+
 def _answer(response: HttpResponse, status: int, body: dict, replayed: bool) -> tuple[int, dict]:
-    if status == 429:
-        raise ProblemError(429, body["detail"], headers={"Retry-After": str(body["retry_after"])})
+    if status in (429, 503):
+        raise ProblemError(status, body["detail"], headers={"Retry-After": str(body["retry_after"])})
     if replayed:
         response["Idempotent-Replayed"] = "true"
     response["Location"] = body["url"]
     return status, body
 
 
-@router.post("/jobs", response={202: JobOut, **errors(409)}, url_name="submit_brief")
+@router.post("/jobs", response={202: JobOut, **errors(409, 503)}, url_name="submit_brief")
 def submit(request, brief: BriefIn, response: HttpResponse):
     """Submit a brief. 202 with the job and admission's decision; 429 with `Retry-After` when the
     lane is past its hard cap. Send `Idempotency-Key` to make retries safe."""
 
+    made: list[Job] = []
+
     def make() -> tuple[int, dict]:
         try:
-            job = submit_brief(request.user, **brief.model_dump(exclude_unset=True))
+            made.append(submit_brief(request.user, **brief.model_dump(exclude_unset=True)))
         except BriefRejected as exc:
             raise ProblemError(422, str(exc), exc.errors) from None
-        return _submitted(request, job)
+        return _submitted(request, made[0])
 
-    return _answer(response, *idempotency.once(request, make))
+    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make)))
 
 
 @router.get("/jobs", response={200: JobPage, **errors()}, url_name="list_jobs")
@@ -298,20 +310,22 @@ def cancel(request, job_id: IdPath):
     return job_out(get_job_for_user(request, job_id))
 
 
-@router.post("/jobs/{job_id}/rerender", response={202: JobOut, **errors(409)}, url_name="rerender_job")
+@router.post("/jobs/{job_id}/rerender", response={202: JobOut, **errors(409, 503)}, url_name="rerender_job")
 def rerender(request, job_id: IdPath, response: HttpResponse, body: RerenderIn | None = None):
     """The same brief again with a new seed, as a new job (linked by `rerender_of`)."""
     job = get_job_for_user(request, job_id)
     intent = body.intent if body and body.intent else job.intent
 
+    made: list[Job] = []
+
     def make() -> tuple[int, dict]:
         try:
-            new = rerender_job(job, request.user, intent)
+            made.append(rerender_job(job, request.user, intent))
         except BriefRejected as exc:
             raise ProblemError(422, str(exc), exc.errors) from None
-        return _submitted(request, new)
+        return _submitted(request, made[0])
 
-    return _answer(response, *idempotency.once(request, make))
+    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make)))
 
 
 @router.get(

@@ -130,6 +130,8 @@ class Job(models.Model):
 
     # Not a column: set by submit_brief on the job it returns (seconds before a retry when admission refused it).
     retry_after: int | None
+    # Not a column: set by dispatch when the broker was unreachable (the job is saved; reconcile sends it).
+    queueing_down: bool = False
 
     class Meta:
         ordering = ["-submitted_at", "-id"]
