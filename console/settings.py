@@ -270,10 +270,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "sep": ":",
 }
 CELERY_TASK_DEFAULT_QUEUE = "control"
+# Beat's periodic bookkeeping runs on any worker (every process of `make run` consumes this queue),
+# so a fleet whose only GPU worker died still marks its jobs lost and requeues them.
+HOUSEKEEPING_QUEUE = _env("HOUSEKEEPING_QUEUE", "housekeeping")
 CELERY_TASK_ROUTES = {
-    "lanes.tasks.reconcile_jobs": {"queue": "control"},
-    "lanes.tasks.release_deferred_jobs": {"queue": "control"},
-    "telemetry.tasks.prune_samples": {"queue": "control"},
+    "lanes.tasks.reconcile_jobs": {"queue": HOUSEKEEPING_QUEUE},
+    "lanes.tasks.release_deferred_jobs": {"queue": HOUSEKEEPING_QUEUE},
+    "telemetry.tasks.prune_samples": {"queue": HOUSEKEEPING_QUEUE},
+    "experiments.tasks.pump_experiments": {"queue": HOUSEKEEPING_QUEUE},
+    "lanes.tasks.check_canaries": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
     "webhooks.tasks.deliver": {"queue": WEBHOOK_QUEUE},
     "webhooks.tasks.send_due_deliveries": {"queue": WEBHOOK_QUEUE},

@@ -128,6 +128,9 @@ def set_consuming(worker: Worker, lane: Lane, consume: bool, by, timeout: float 
     """Make a running worker start or stop consuming the lane's queues, live; returns its replies."""
     if not worker.node:
         raise ControlError(f"Worker {worker.ident} has not said its Celery node name; it cannot be controlled.")
+    if not Worker.objects.alive().filter(pk=worker.pk).exists():
+        # A dead worker's node name may be a live one's now (a restart on the same host): never aim at it.
+        raise ControlError(f"Worker {worker.ident} is not heartbeating; start it again, then change its queues.")
     replies: list[str] = []
     for queue in lane.queues:
         if consume:

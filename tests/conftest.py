@@ -114,6 +114,7 @@ def running_worker(concurrency: int = 8, queues: list[str] | None = None):
         queues = sorted({lane.queue for lane in lanes} | {lane.refine_queue for lane in lanes})
         queues += [
             settings.CELERY_TASK_DEFAULT_QUEUE,
+            settings.HOUSEKEEPING_QUEUE,
             settings.VERIFY_QUEUE,
             settings.HOSTED_QUEUE,
             settings.WEBHOOK_QUEUE,

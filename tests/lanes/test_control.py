@@ -1,5 +1,10 @@
-import pytest
+from datetime import timedelta
+from pathlib import Path
 
+import pytest
+from django.utils import timezone
+
+from console.celery import app
 from lanes import control
 from lanes.actions import submit_brief
 from lanes.changes import ConflictError, ControlError
@@ -148,3 +153,22 @@ def test_audit_events_are_append_only(demo_lanes, ops):
     with pytest.raises(PermissionError):
         AuditEvent.objects.all().delete()
     assert AuditEvent.objects.get().note == ""
+
+
+def test_a_control_command_to_a_worker_that_stopped_heartbeating_is_refused(demo_lanes, ops, settings):
+    stale = timezone.now() - timedelta(
+        seconds=settings.WORKER_HEARTBEAT_SECONDS * (settings.WORKER_LOST_AFTER_BEATS + 1)
+    )
+    dead = Worker.objects.create(ident="vm:1", node="cpu-1@vm", hostname="vm", pid=1, last_seen=stale)
+    with pytest.raises(ControlError, match="not heartbeating"):
+        control.set_consuming(dead, lane("fast-draft"), False, ops)
+    assert not AuditEvent.objects.filter(action__startswith="worker.").exists()
+
+
+def test_beats_bookkeeping_goes_to_the_housekeeping_queue_any_worker_consumes(settings):
+    for task in ("lanes.tasks.reconcile_jobs", "lanes.tasks.release_deferred_jobs", "experiments.tasks.pump_experiments",
+                 "lanes.tasks.check_canaries", "telemetry.tasks.prune_samples"):  # fmt: skip
+        assert app.amqp.router.route({}, task)["queue"].name == settings.HOUSEKEEPING_QUEUE, task
+    procfile = (Path(settings.BASE_DIR) / "Procfile").read_text()
+    consumers = [line for line in procfile.splitlines() if "housekeeping" in line and not line.startswith("#")]
+    assert {line.split(":")[0] for line in consumers} == {"verifier", "hosted"}  # and every gpu_worker

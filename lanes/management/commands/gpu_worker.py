@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 lane.max_concurrency + (lane.refine_batch_size if lane.cascade else 0) for lane in lanes_served
             )
         if not no_control:
-            queues.append(settings.CELERY_TASK_DEFAULT_QUEUE)
+            queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.HOUSEKEEPING_QUEUE]
         if not queues:
             raise CommandError("No lanes to serve: run `manage.py seed_demo` or apply a policy first.")
         name = "cpu"
@@ -57,7 +57,8 @@ class Command(BaseCommand):
                 "--pool=threads",
                 f"--concurrency={concurrency}",
                 f"--queues={','.join(queues)}",
-                f"--hostname={name}@{socket.gethostname()}",
+                # One node name per process: control commands aimed at it reach this worker alone.
+                f"--hostname={name}-{os.getpid()}@{socket.gethostname()}",
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",
