@@ -331,7 +331,8 @@ WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0, 0.1)
 WORKER_LOST_AFTER_BEATS = envint("WORKER_LOST_AFTER_BEATS", 3, 1)
 # A queued job whose message has not been picked up for this long is sent again.
 REDISPATCH_AFTER_SECONDS = envint("REDISPATCH_AFTER_SECONDS", 300, 1)
-JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, 1)
+# A job is requeued when its worker is lost, until this many workers were lost under it.
+JOB_MAX_WORKER_LOSSES = envint("JOB_MAX_WORKER_LOSSES", 6, 1)
 PROMPT_MAX_LENGTH = envint("PROMPT_MAX_LENGTH", 1000, 1)
 # A/B experiments: at most this many jobs in one, and this many unfinished at a time.
 EXPERIMENT_MAX_JOBS = envint("EXPERIMENT_MAX_JOBS", 2000, 1)

@@ -111,7 +111,10 @@ class Job(models.Model):
     refine_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
     oom_count = models.PositiveSmallIntegerField(default=0)
     progress_step = models.PositiveSmallIntegerField(default=0)
-    attempts = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")
+    # Times its worker was lost under it (killed, crashed, cut off): not the job's fault, so counted apart
+    # from its own failures (an error fails it at once; an OOM is retried in place, see oom_count).
+    lost_workers = models.PositiveSmallIntegerField(default=0, db_default=0)
     submitted_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -357,19 +360,23 @@ class Job(models.Model):
         return bool(done)
 
     def requeue_from(self, worker: str) -> bool:
-        """Put a job back in the queue after its worker was lost; fails it past the attempt limit."""
+        """Put a job back in the queue after its worker was lost; fails it once workers were lost under it
+        JOB_MAX_WORKER_LOSSES times (a job that kills every worker it lands on must stop somewhere)."""
         running = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=worker)
         with transaction.atomic():
-            if self.attempts >= settings.JOB_MAX_ATTEMPTS:
+            losses = self.lost_workers + 1
+            if losses >= settings.JOB_MAX_WORKER_LOSSES:
                 done = running.update(
                     state=self.State.FAILED,
                     finished_at=timezone.now(),
-                    error=f"Worker {worker} was lost; gave up after {self.attempts} attempts.",
+                    lost_workers=losses,
+                    error=f"Worker {worker} was lost; gave up after losing {losses} workers under this job.",
                 )
             else:
                 done = running.update(
-                    state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None
-                )
+                    state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None,
+                    lost_workers=losses,
+                )  # fmt: skip
             if done:
                 self.refresh_from_db()
                 if self.state == self.State.FAILED:

@@ -67,11 +67,25 @@ def test_a_job_lost_too_often_fails_with_the_reason(creative, demo_lanes, settin
         state=Job.State.RUNNING,
         worker="gone-host:7",
         started_at=timezone.now() - timedelta(minutes=5),
-        attempts=settings.JOB_MAX_ATTEMPTS,
+        attempts=settings.JOB_MAX_WORKER_LOSSES,
+        lost_workers=settings.JOB_MAX_WORKER_LOSSES - 1,
     )
     assert reconcile_jobs()["failed"] == 1
     job.refresh_from_db()
     assert job.state == Job.State.FAILED and "gone-host:7 was lost" in job.error
+    assert job.lost_workers == settings.JOB_MAX_WORKER_LOSSES
+
+
+def test_lost_workers_are_counted_apart_from_attempts_and_allowed_more_often(creative, demo_lanes, settings):
+    lane = demo_lanes.lanes.get(name="fast-draft")
+    job = make_job(
+        creative, lane, state=Job.State.RUNNING, worker="gone-host:8",
+        started_at=timezone.now() - timedelta(minutes=5), attempts=3, lost_workers=2,
+    )  # fmt: skip
+    assert settings.JOB_MAX_WORKER_LOSSES > 3
+    assert reconcile_jobs()["requeued"] == 1
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED and job.lost_workers == 3 and job.attempts == 3
 
 
 def test_a_queued_job_whose_message_was_lost_is_sent_again(worker, creative, demo_lanes, settings):
