@@ -22,6 +22,7 @@ and cancelling immediate.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -33,11 +34,13 @@ from lanes.models import Lane, ModelVersion
 from lanes.router import check_parameters
 from lanes.yamlfile import YamlError
 
-from .models import Experiment
+from .models import Arm, Experiment
 
 OVERRIDES = ("steps", "guidance", "width", "height")
 ARM_KEYS = {"name", "lane", "version", *OVERRIDES}
 TOP_KEYS = {"name", "samples", "seed", "prompts", "arms"}
+SEED_MAX = 2**63 - 1  # the seed column is a signed 64-bit integer
+SLUG = re.compile(r"[-a-zA-Z0-9_]+")
 
 
 class ExperimentError(YamlError):
@@ -92,10 +95,14 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
 
     name = str(yamlfile.value(nodes["name"][1]) or "") if "name" in nodes else ""
     name_line = yamlfile.line(nodes["name"][1]) if "name" in nodes else 1
+    name_limit = Experiment._meta.get_field("name").max_length
     try:
         validate_slug(name)
     except Exception:
-        errors.append(f"line {name_line}: name {name!r} must be letters, digits, - and _ (and not empty)")
+        errors.append(f"line {name_line}: name {name[:60]!r} must be letters, digits, - and _ (and not empty)")
+    if len(name) > name_limit:
+        errors.append(f"line {name_line}: name is {len(name)} characters; the limit is {name_limit}")
+        name = ""
     if name and Experiment.objects.filter(name=name).exists():
         errors.append(f"line {name_line}: an experiment named {name!r} already exists")
 
@@ -110,7 +117,10 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
 
     samples = integer("samples", 1, 1)
     first_seed = integer("seed", 1, 0)
-    seeds = [first_seed + i for i in range(samples)]
+    if first_seed + samples - 1 > SEED_MAX:
+        errors.append(f"line {yamlfile.line(nodes['seed'][1])}: seeds run from seed to seed + samples - 1, "
+                      f"all at most {SEED_MAX}")  # fmt: skip
+        first_seed = 1
 
     prompts = _parse_prompts(nodes.get("prompts", (None, None))[1], list(extra_prompts or []), errors)
     arms: list[ArmSpec] = []
@@ -130,14 +140,16 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
         if len(arm_nodes.value) < 2:
             errors.append(f"line {yamlfile.line(nodes['arms'][0])}: an experiment compares two or more arms")
 
-    jobs = len(prompts) * len(seeds) * max(len(arms), 2)
+    # Counted before the seed list is built: ten million samples must not cost ten million integers.
+    jobs = len(prompts) * samples * max(len(arms), 2)
     if jobs > settings.EXPERIMENT_MAX_JOBS:
         errors.append(
-            f"{len(prompts)} prompts × {len(seeds)} seeds × {len(arms)} arms is {jobs} jobs; "
+            f"{len(prompts)} prompts × {samples} seeds × {len(arms)} arms is {jobs} jobs; "
             f"the limit is {settings.EXPERIMENT_MAX_JOBS} (EXPERIMENT_MAX_JOBS)"
         )
     if errors:
         raise ExperimentError(errors)
+    seeds = [first_seed + i for i in range(samples)]
     return Definition(name=name, prompts=prompts, seeds=seeds, arms=arms, text=text)
 
 
@@ -164,6 +176,12 @@ def _parse_prompts(node, prompts: list[dict], errors: list[str]) -> list[dict]:
             errors.append(f"prompt {index + 1} is empty")
         elif len(prompt["prompt"]) > settings.PROMPT_MAX_LENGTH:
             errors.append(f"prompt {index + 1} is longer than {settings.PROMPT_MAX_LENGTH} characters")
+        if len(prompt["expected_text"]) > settings.EXPECTED_TEXT_MAX_LENGTH:
+            errors.append(
+                f"prompt {index + 1}: the expected text is longer than {settings.EXPECTED_TEXT_MAX_LENGTH} characters"
+            )
+        if "\x00" in prompt["prompt"] + prompt["expected_text"]:
+            errors.append(f"prompt {index + 1} holds a NUL character")
     if not prompts:
         errors.append("the prompt set is empty: give at least one prompt")
     return prompts
@@ -179,8 +197,11 @@ def _parse_arm(item, lanes: dict, versions: dict, seen: set[str], errors: list[s
     if unknown:
         errors.append(f"line {line}: unknown arm key {', '.join(sorted(unknown))}")
     name = str(value.get("name") or "")
+    arm_limit = Arm._meta.get_field("name").max_length
     if not name:
         errors.append(f"line {line}: an arm needs a name")
+    elif not SLUG.fullmatch(name) or len(name) > arm_limit:
+        errors.append(f"line {line}: arm name {name[:60]!r} must be up to {arm_limit} letters, digits, - and _")
     elif name in seen:
         errors.append(f"line {line}: arm name {name!r} is used twice")
     seen.add(name)
@@ -220,6 +241,9 @@ def _parse_arm(item, lanes: dict, versions: dict, seen: set[str], errors: list[s
             continue
         if not isinstance(value[key], int | float) or isinstance(value[key], bool):
             errors.append(f"{where}: {key} must be a number")
+            continue
+        if key != "guidance" and not isinstance(value[key], int):
+            errors.append(f"{where}: {key} must be a whole number, not {value[key]}")
             continue
         overrides[key] = (float if key == "guidance" else int)(value[key])
     params = {
