@@ -57,3 +57,17 @@ def test_signed_in_pages_keep_working_while_the_session_cache_is_down(client, se
     assert client.get("/account/tokens/").status_code == 200
     client.logout()
     assert client.get("/jobs/").status_code == 302
+
+
+def test_fifty_wrong_passwords_lock_the_login_out_and_the_lockout_is_audited(client, settings):
+    from lanes.models import AuditEvent
+
+    make_user("casey")
+    for _ in range(50):
+        response = client.post("/login/", {"username": "casey", "password": "wrong"})
+    assert response.status_code in (403, 429)
+    right = client.post("/login/", {"username": "casey", "password": "casey-password-1"})
+    assert right.status_code in (403, 429) and "_auth_user_id" not in client.session  # still locked out
+    assert AuditEvent.objects.filter(action="login.locked-out", target__startswith="casey").count() == 1
+    other = client.post("/login/", {"username": "olive", "password": "x"})  # another user is not locked out
+    assert other.status_code == 200
