@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "template_partials",
     "channels",
     "axes",
+    "csp",
     # Serves the API docs page's Swagger UI from the wheel (no CDN).
     "ninja",
     "console",
@@ -115,10 +116,39 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: it answers a locked-out login.
     "axes.middleware.AxesMiddleware",
 ]
+
+# Content-Security-Policy: scripts, styles, images and sockets from Laneway itself (no CDN, no inline
+# script; style attributes are allowed, for progress bars and the API docs page).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'", "ws:", "wss:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# HTTPS (behind TLS, in production): LANEWAY_HTTPS=true turns on the redirect, HSTS and secure cookies;
+# LANEWAY_PROXY_SSL=true trusts X-Forwarded-Proto from the proxy that terminates TLS.
+LANEWAY_HTTPS = envbool("LANEWAY_HTTPS", False)
+if LANEWAY_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = envint("HSTS_SECONDS", 31_536_000, 0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+if envbool("LANEWAY_PROXY_SSL", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Logins are throttled (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one username from
 # one address, that pair is locked out for LOGIN_LOCKOUT_MINUTES (admins unlock it in the admin site's
@@ -394,5 +424,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
     # httpx logs every hosted-engine request at INFO; retries and failures are logged by lanes.hosted.
-    "loggers": {"django.channels.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # it logs every successful login at INFO
+    },
 }

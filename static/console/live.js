@@ -90,3 +90,13 @@
 
   document.addEventListener("DOMContentLoaded", connect);
 })();
+
+// Confirmations and auto-submitting selects, without inline handlers (the Content-Security-Policy
+// allows scripts from Laneway's own files only).
+document.addEventListener("submit", function (event) {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+}, true);
+document.addEventListener("change", function (event) {
+  if (event.target.matches("[data-autosubmit]") && event.target.form) event.target.form.submit();
+});
