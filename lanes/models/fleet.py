@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -195,9 +196,25 @@ def _resolve_checkpoint(location: str) -> Path:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise CheckpointError(f"Checkpoint folder {location!r} has no model_index.json: not a diffusers pipeline.")
+        _check_links(path, root, location)
     elif path.suffix != ".safetensors":
         raise CheckpointError(f"Checkpoint file {location!r} is not a .safetensors file.")
     return path
+
+
+def _check_links(folder: Path, root: Path, location: str) -> None:
+    """A link inside a checkpoint folder must lead to a file or folder under MODELS_ROOT: loading
+    follows links, and a link to /etc/… would be read (and hashed, and served) as weights."""
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            entry = Path(current) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(root) or not target.exists():
+                    inside = entry.relative_to(folder)
+                    raise CheckpointError(
+                        f"Checkpoint {location!r}: {inside} links outside MODELS_ROOT ({root}) or to nothing."
+                    )
 
 
 def resolve_adapter(location: str) -> Path:

@@ -23,6 +23,26 @@ def test_a_path_outside_models_root_is_refused(settings, tmp_path):
         resolve_checkpoint("/etc")
 
 
+def test_a_link_inside_a_checkpoint_folder_must_stay_under_models_root(settings, tmp_path):
+    settings.MODELS_ROOT = tmp_path / "models"
+    folder = settings.MODELS_ROOT / "linked"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    shared = settings.MODELS_ROOT / "shared.safetensors"
+    shared.write_bytes(b"weights")
+    (folder / "unet" / "inside.safetensors").symlink_to(shared)  # a link within MODELS_ROOT is fine
+    assert resolve_checkpoint("linked") == folder.resolve()
+    secret = tmp_path / "hostname"
+    secret.write_text("not weights")
+    (folder / "unet" / "outside-link").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="unet/outside-link links outside MODELS_ROOT"):
+        resolve_checkpoint("linked")
+    (folder / "unet" / "outside-link").unlink()
+    (folder / "dangling").symlink_to(settings.MODELS_ROOT / "gone")
+    with pytest.raises(CheckpointError, match="dangling links outside MODELS_ROOT"):
+        resolve_checkpoint("linked")
+
+
 def test_a_missing_checkpoint_is_refused(settings):
     with pytest.raises(CheckpointError, match="does not exist under MODELS_ROOT"):
         resolve_checkpoint("no-such-model")
