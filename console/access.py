@@ -70,6 +70,7 @@ def get_delivery_for_user(request, delivery_id: int) -> Delivery:
 def next_url(request, default: str) -> str:
     """The form's `next` page when it is on this site, else `default` (no open redirects)."""
     target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+    # A path on this site only: `redirect` would read a bare word ("draft") as a URL name, and fail.
+    if target.startswith("/") and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         return target
     return default

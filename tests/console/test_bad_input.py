@@ -71,3 +71,12 @@ def test_fifty_wrong_passwords_lock_the_login_out_and_the_lockout_is_audited(cli
     assert AuditEvent.objects.filter(action="login.locked-out", target__startswith="casey").count() == 1
     other = client.post("/login/", {"username": "olive", "password": "x"})  # another user is not locked out
     assert other.status_code == 200
+
+
+def test_a_next_that_is_not_a_path_on_this_site_falls_back_to_the_page(client, demo_lanes):
+    client.force_login(make_user("olive", "ops"))
+    for target in ("draft", "https://elsewhere.example/", "//elsewhere.example/x", "lane-detail"):
+        response = client.post("/lanes/fast-draft/notice/dismiss/", {"next": target})
+        assert response.status_code == 302 and response["Location"] == "/lanes/fast-draft/", target
+    kept = client.post("/lanes/fast-draft/notice/dismiss/", {"next": "/dashboard/"})
+    assert kept["Location"] == "/dashboard/"
