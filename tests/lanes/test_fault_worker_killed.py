@@ -1,0 +1,72 @@
+"""Fault: the only GPU worker is killed (SIGKILL) in the middle of a render. With no GPU worker left,
+beat's bookkeeping still runs (on the housekeeping queue, here consumed by a CPU-only worker): the job
+is marked lost and requeued within heartbeat × lost-after-beats, then a new worker finishes it, once.
+Marked `faults` (slow): `pytest -m "not faults"` skips it locally; CI runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from console.celery import app
+from lanes.actions import submit_brief
+from lanes.models import Artifact, Job, Lane, Worker
+from tests.conftest import make_user, running_worker, wait_for_job, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_finished_once(demo_lanes):
+    Lane.objects.filter(name="fast-draft").update(max_steps=60)
+    env = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url(), "DB_POOL": "false",
+        "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    }  # fmt: skip
+    gpu = subprocess.Popen(
+        [sys.executable, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--no-control", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        job = submit_brief(make_user("casey"), prompt="a long render", intent="draft", steps=60)
+        running = wait_until(
+            lambda: Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, progress_step__gte=2).first(),
+            timeout=90, what="the job running on the GPU worker",
+        )  # fmt: skip
+        gpu.send_signal(signal.SIGKILL)
+        gpu.wait(10)
+        killed_at = time.monotonic()
+        assert running.worker and not Worker.objects.alive().exclude(ident=running.worker).exists()
+
+        # Beat's bookkeeping, on a CPU worker that serves no lane.
+        with running_worker(queues=[settings.HOUSEKEEPING_QUEUE]):
+
+            def requeued():
+                app.send_task("lanes.tasks.reconcile_jobs")  # what beat sends every RECONCILE_EVERY seconds
+                time.sleep(0.3)
+                return Job.objects.filter(pk=job.pk, state=Job.State.QUEUED, lost_workers=1).exists()
+
+            wait_until(requeued, timeout=20, what="the lost job requeued")
+        window = settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS
+        assert time.monotonic() - killed_at < window + 10
+        with running_worker():
+            done = wait_for_job(job.pk, timeout=90)
+        assert done.state == Job.State.SUCCEEDED and done.attempts == 2 and done.lost_workers == 1
+        assert Artifact.objects.filter(job=done).count() == 1
+    finally:
+        if gpu.poll() is None:
+            gpu.kill()
