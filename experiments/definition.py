@@ -95,7 +95,7 @@ def parse(text: str, extra_prompts: list[dict] | None = None) -> Definition:
 
     name = str(yamlfile.value(nodes["name"][1]) or "") if "name" in nodes else ""
     name_line = yamlfile.line(nodes["name"][1]) if "name" in nodes else 1
-    name_limit = Experiment._meta.get_field("name").max_length
+    name_limit = Experiment._meta.get_field("name").max_length or 100
     try:
         validate_slug(name)
     except Exception:
@@ -197,7 +197,7 @@ def _parse_arm(item, lanes: dict, versions: dict, seen: set[str], errors: list[s
     if unknown:
         errors.append(f"line {line}: unknown arm key {', '.join(sorted(unknown))}")
     name = str(value.get("name") or "")
-    arm_limit = Arm._meta.get_field("name").max_length
+    arm_limit = Arm._meta.get_field("name").max_length or 50
     if not name:
         errors.append(f"line {line}: an arm needs a name")
     elif not SLUG.fullmatch(name) or len(name) > arm_limit:

@@ -59,7 +59,7 @@ def compose(text: str, error: type[YamlError] = YamlError) -> yaml.Node | None:
                 if not isinstance(key, yaml.ScalarNode):
                     problems.append(f"line {line(key)}: a key must be plain text, not a list or mapping")
                 stack.extend(((key, depth + 1), (child, depth + 1)))
-        else:
+        elif isinstance(node, yaml.ScalarNode):
             problems.extend(_scalar_problem(node, where))
     if problems:
         raise error(problems)

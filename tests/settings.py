@@ -19,3 +19,8 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 WORKER_HEARTBEAT_SECONDS = 0.5
 TELEMETRY_SAMPLE_SECONDS = 0.2
+
+# Processes a test starts (a worker, a second web server) use the test run's database, with the
+# same options (SQLite's IMMEDIATE transactions and busy timeout) as the test itself.
+if os.environ.get("LANEWAY_USE_TEST_DATABASE"):
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from accounts.models import ApiToken
 
@@ -23,20 +22,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
 @pytest.fixture
 def two_web_processes(transactional_db):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": database_url(),
-        "DB_POOL": "false",
+        "LANEWAY_USE_TEST_DATABASE": "1",
         "REDIS_URL": settings.REDIS_URL,
         "API_RATE_LIMIT": "10",
         "API_RATE_LIMIT_PER_USER": "15",

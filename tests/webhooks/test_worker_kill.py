@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from tests.conftest import running_worker, wait_until
 from tests.webhooks.receiver import Handler, Receiver, serve
@@ -34,13 +33,6 @@ class HangingHandler(Handler):
         super().do_POST()
 
 
-def database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
 def test_a_delivery_outlives_a_killed_worker_and_is_sent_once_more(local_receivers, team, settings):
     receiver = Receiver()
     receiver.RequestHandlerClass = HangingHandler
@@ -48,7 +40,7 @@ def test_a_delivery_outlives_a_killed_worker_and_is_sent_once_more(local_receive
     thread = serve(receiver)
     purge(settings.WEBHOOK_QUEUE)
     env = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url(), "DB_POOL": "false",
+        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
         "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_TIMEOUT_SECONDS": "2",  # its lease: 7 s
     }  # fmt: skip
