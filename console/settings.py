@@ -305,7 +305,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# false: a worker that cannot reach the broker at start exits (non-zero) for its supervisor to retry.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = envbool("BROKER_RETRY_ON_STARTUP", True)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 2 * JOB_TIME_LIMIT, 60),
     # Message priorities per queue (lower runs first): critical 0, standard 3, background 6.

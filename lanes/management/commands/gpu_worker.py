@@ -2,6 +2,7 @@ import os
 import socket
 
 from celery import current_app as app
+from celery.bin.celery import celery as celery_cli
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -51,16 +52,23 @@ class Command(BaseCommand):
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
             name = f"gpu{gpu}"
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",
-                f"--concurrency={concurrency}",
-                f"--queues={','.join(queues)}",
-                # One node name per process: control commands aimed at it reach this worker alone.
-                f"--hostname={name}-{os.getpid()}@{socket.gethostname()}",
-                f"--loglevel={loglevel}",
-                "--without-gossip",
-                "--without-mingle",
-            ]
-        )
+        argv = [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--queues={','.join(queues)}",
+            # One node name per process: control commands aimed at it reach this worker alone.
+            f"--hostname={name}-{os.getpid()}@{socket.gethostname()}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        # Not app.worker_main: it drops the worker's exit code, so a worker that died of an
+        # unrecoverable error exited 0 and a supervisor (Restart=on-failure) never restarted it.
+        celery_cli.params[0].default = app._get_current_object()  # the app itself: click calls a callable default
+        try:
+            code = celery_cli.main(args=argv, standalone_mode=False)
+        finally:
+            celery_cli.params[0].default = None
+        if code:
+            raise SystemExit(code)
