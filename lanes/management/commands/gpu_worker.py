@@ -1,5 +1,6 @@
 import os
 import socket
+from typing import Any, cast
 
 from celery import current_app as app
 from celery.bin.celery import celery as celery_cli
@@ -65,7 +66,8 @@ class Command(BaseCommand):
         ]
         # Not app.worker_main: it drops the worker's exit code, so a worker that died of an
         # unrecoverable error exited 0 and a supervisor (Restart=on-failure) never restarted it.
-        celery_cli.params[0].default = app._get_current_object()  # the app itself: click calls a callable default
+        # The app itself, not the current_app proxy: click calls a callable default.
+        celery_cli.params[0].default = cast(Any, app)._get_current_object()
         try:
             code = celery_cli.main(args=argv, standalone_mode=False)
         finally:
