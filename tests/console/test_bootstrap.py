@@ -4,6 +4,7 @@ import re
 import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
+from django.test import RequestFactory
 
 from accounts.access import role_of, team_of
 from accounts.models import Role
@@ -17,7 +18,8 @@ def test_first_run_creates_a_login_per_role_in_one_team_and_a_validated_second_v
     call_command("bootstrap", stdout=out)
     logins = dict(re.findall(r"login: (\w+) / (\S+)", out.getvalue()))
     assert set(logins) == {"admin", "ops", "casey"}
-    users = {name: authenticate(username=name, password=password) for name, password in logins.items()}
+    request = RequestFactory().post("/login/")  # the login throttle (django-axes) needs the request
+    users = {name: authenticate(request, username=name, password=password) for name, password in logins.items()}
     assert {name: role_of(user) for name, user in users.items()} == {
         "admin": Role.ADMIN, "ops": Role.OPS, "casey": Role.CREATIVE,
     }  # fmt: skip
