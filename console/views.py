@@ -15,6 +15,7 @@ from accounts.access import has_role, ops_required
 from accounts.models import Role
 from lanes import policy as policy_file
 from lanes.actions import BriefRejected, cancel_job
+from lanes.dispatch import broker_reachable
 from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification, Worker, with_live_counts
 from lanes.review import ReviewError, approve, autofix, reject, rerender
 from lanes.stats import WINDOWS, lane_stats
@@ -344,6 +345,7 @@ def dashboard(request):
         "lanes": lanes,
         "workers": workers,
         "series": _sample_series(now - SAMPLE_HISTORY),
+        "broker_down": not broker_reachable(),
     }
     return render(request, template, context)
 

@@ -53,6 +53,16 @@ def dispatch(job: Job) -> bool:
     return True
 
 
+def broker_reachable(timeout: int = 1) -> bool:
+    """Whether the broker answers now (the dashboard says so when it does not)."""
+    try:
+        with current_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except BROKER_DOWN:
+        return False
+    return True
+
+
 def dispatch_after_commit(job: Job) -> None:
     """Once the transaction commits: send the job back into its queue and tell its watchers."""
 

@@ -72,3 +72,11 @@ def test_reconcile_sends_what_the_outage_left_once_the_broker_is_back(demo_lanes
     job.refresh_from_db()
     assert job.dispatched_at is not None
     assert ("lanes.tasks.run_job", (job.pk,)) in waiting_tasks(job.lane.queue)
+
+
+def test_the_dashboard_says_when_the_broker_is_unreachable(demo_lanes, client):
+    client.force_login(make_user("olive", "ops"))
+    assert 'id="broker-down"' not in client.get("/dashboard/").text
+    with unreachable_broker():
+        page = client.get("/dashboard/")
+    assert page.status_code == 200 and 'id="broker-down"' in page.text and "Broker unreachable" in page.text
