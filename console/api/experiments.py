@@ -103,10 +103,7 @@ def create(request, body: ExperimentIn, response: HttpResponse):
         experiment = runner.create(request.user, definition)
         return 201, ExperimentOut.model_validate(experiment_out(experiment)).model_dump(mode="json")
 
-    status, data, replayed = idempotency.once(request, make)
-    if replayed:
-        response["Idempotent-Replayed"] = "true"
-    return status, data
+    return idempotency.once(request, make, response)
 
 
 @router.get("/experiments/{name}", response={200: ExperimentOut, **errors()})

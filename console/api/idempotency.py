@@ -31,15 +31,15 @@ def fingerprint(request) -> str:
     return hashlib.sha256(b"\n".join([request.method.encode(), request.path.encode(), body])).hexdigest()
 
 
-def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool]:
-    """(status, body, replayed): `make` runs at most once per key; only its 2xx answers (and a 503 for a
-    saved job the broker could not take yet) are kept.
+def once(request, make: Callable[[], tuple[int, dict]], response) -> tuple[int, dict]:
+    """(status, body): `make` runs at most once per key, and a replay is marked `Idempotent-Replayed`
+    on `response`. Only 2xx answers (and a 503 for a saved job the broker could not take yet) are kept.
 
     A refusal `make` returns (not raises), such as admission's 429, keeps what it stored (the
     rejected job) and frees the key for a retry; one it raises undoes everything."""
     key = request.headers.get("Idempotency-Key", "")
     if not key:
-        return (*make(), False)
+        return make()
     if len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise ProblemError(400, f"Idempotency-Key must be at most {MAX_KEY_LENGTH} printable characters.")
     digest = fingerprint(request)
@@ -55,7 +55,8 @@ def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool
                 raise ProblemError(
                     422, "This Idempotency-Key was used with a different request body or path within 24 h."
                 ) from None
-            return record.status_code, record.response, True
+            response["Idempotent-Replayed"] = "true"
+            return record.status_code, record.response
         status, body = make()
         # 503 "saved, not yet queued" made its change (the job): a retry must find it, not make another.
         if 200 <= status < 300 or status == 503:
@@ -63,7 +64,7 @@ def once(request, make: Callable[[], tuple[int, dict]]) -> tuple[int, dict, bool
             record.save(update_fields=["status_code", "response"])
         else:
             record.delete()  # a refusal (429, 409…) may be retried with the same key
-    return status, body, False
+    return status, body
 
 
 def amend(request, status: int, body: dict) -> None:

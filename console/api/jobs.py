@@ -229,21 +229,19 @@ def _submitted(request, job: Job) -> tuple[int, dict]:
     return 202, body
 
 
-def _after_commit(request, made: list[Job], status: int, body: dict, replayed: bool) -> tuple[int, dict, bool]:
+def _after_commit(request, made: list[Job], status: int, body: dict) -> tuple[int, dict]:
     """The job is dispatched when its transaction commits: if the broker refused it, say so (503)."""
     if made and made[0].queueing_down and status == 202:
         job = made[0]
         detail = f"Queueing is down: your brief is saved as job {job.pk} and will be sent when it is back."
         status, body = 503, {"detail": detail, "retry_after": 30, "job": job.pk, "url": body["url"]}
         idempotency.amend(request, status, body)
-    return status, body, replayed
+    return status, body
 
 
-def _answer(response: HttpResponse, status: int, body: dict, replayed: bool) -> tuple[int, dict]:
+def _answer(response: HttpResponse, status: int, body: dict) -> tuple[int, dict]:
     if status in (429, 503):
         raise ProblemError(status, body["detail"], headers={"Retry-After": str(body["retry_after"])})
-    if replayed:
-        response["Idempotent-Replayed"] = "true"
     response["Location"] = body["url"]
     return status, body
 
@@ -262,7 +260,7 @@ def submit(request, brief: BriefIn, response: HttpResponse):
             raise ProblemError(422, str(exc), exc.errors) from None
         return _submitted(request, made[0])
 
-    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make)))
+    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make, response)))
 
 
 @router.get("/jobs", response={200: JobPage, **errors()}, url_name="list_jobs")
@@ -325,7 +323,7 @@ def rerender(request, job_id: IdPath, response: HttpResponse, body: RerenderIn |
             raise ProblemError(422, str(exc), exc.errors) from None
         return _submitted(request, made[0])
 
-    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make)))
+    return _answer(response, *_after_commit(request, made, *idempotency.once(request, make, response)))
 
 
 @router.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from django.http import HttpResponse
 from ninja import Field, Query, Router, Schema
 
 from lanes.actions import BriefRejected
@@ -86,7 +87,7 @@ def list_flagged(request, filters: Query[FlaggedFilters]):
 )
 def decide(
     request, verification_id: IdPath, action: Literal["approve", "reject", "autofix", "rerender"],
-    body: DecisionIn | None = None,
+    response: HttpResponse, body: DecisionIn | None = None,
 ):  # fmt: skip
     """Approve, reject, auto-fix (overlay the expected text, then verify again) or re-render a flagged image."""
     verification = get_verification_for_user(request, verification_id)
@@ -106,8 +107,7 @@ def decide(
                 new = rerender(verification, request.user, intent)
                 return 202, {"verification": verification.pk, "decision": "rerendered", "new_job": new.pk}
 
-            status, data, _ = idempotency.once(request, make)
-            return status, data
+            return idempotency.once(request, make, response)
     except (ReviewError, BriefRejected) as exc:
         raise ProblemError(409, str(exc)) from None
     verification.refresh_from_db()

@@ -114,10 +114,7 @@ def register(request, body: RegisterVersionIn, response: HttpResponse):
             raise ProblemError(422, str(exc), exc.errors or None) from None
         return 201, VersionOut.model_validate(version_out(version)).model_dump(mode="json")
 
-    status, data, replayed = idempotency.once(request, make)
-    if replayed:
-        response["Idempotent-Replayed"] = "true"
-    return status, data
+    return idempotency.once(request, make, response)
 
 
 @router.post("/versions/{name}/validate", response={202: VersionOut, **errors(409)})

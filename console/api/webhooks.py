@@ -138,10 +138,7 @@ def create(request, body: EndpointIn, response: HttpResponse):
             raise ProblemError(422, str(exc), {"url": str(exc)}) from None
         return 201, EndpointCreated.model_validate({**endpoint_out(endpoint), "secret": secret}).model_dump(mode="json")
 
-    status, data, replayed = idempotency.once(request, make)
-    if replayed:
-        response["Idempotent-Replayed"] = "true"
-    return status, data
+    return idempotency.once(request, make, response)
 
 
 @router.get("/webhooks/{endpoint_id}", response={200: EndpointDetail, **errors()})
