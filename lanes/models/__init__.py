@@ -2,6 +2,7 @@
 
 from .audit import AuditEvent
 from .fleet import (
+    HASH_CHUNK_BYTES,
     Adapter,
     CheckpointError,
     Lane,
@@ -21,6 +22,7 @@ from .jobs import Artifact, Job, Worker, with_live_counts
 from .review import Verification
 
 __all__ = [
+    "HASH_CHUNK_BYTES",
     "Adapter",
     "Artifact",
     "AuditEvent",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -92,6 +93,9 @@ class ModelVersion(models.Model):
     smoke_image = models.CharField(max_length=300, blank=True, help_text="Relative to MEDIA_ROOT.")
     smoke_seconds = models.FloatField(null=True, blank=True)
     validated_on = models.CharField(max_length=200, blank=True, help_text="The worker that ran the smoke render.")
+    # Validation hashes the files first (a big checkpoint takes a while): bytes read so far, of all.
+    hash_bytes_done = models.PositiveBigIntegerField(default=0, db_default=0)
+    hash_bytes_total = models.PositiveBigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["name"]
@@ -133,10 +137,38 @@ class ModelVersion(models.Model):
     def config_path(self) -> Path | None:
         return resolve_checkpoint(self.config_location) if self.config_location else None
 
-    def compute_hash(self) -> str:
+    def compute_hash(self, progress: Callable[[int, int], None] | None = None) -> str:
         if self.is_hosted:  # no files: the hash names its endpoint and model, fixed at registration
             return self.content_hash
-        return hash_checkpoint(self.checkpoint_path())
+        return hash_checkpoint(self.checkpoint_path(), progress)
+
+    def record_hash_progress(self, done: int, total: int) -> None:
+        self.hash_bytes_done, self.hash_bytes_total = done, total
+        ModelVersion.objects.filter(pk=self.pk, status=self.Status.VALIDATING).update(
+            hash_bytes_done=done, hash_bytes_total=total
+        )
+
+    @property
+    def awaiting_verdict(self) -> bool:
+        """Staged or validating: a worker has yet to say whether it may serve."""
+        return self.status in (self.Status.STAGED, self.Status.VALIDATING)
+
+    def same_files(self) -> models.QuerySet[ModelVersion]:
+        """Other versions of the same files: none while this one has no hash (empty matches nothing)."""
+        if not self.content_hash:
+            return ModelVersion.objects.none()
+        return ModelVersion.objects.filter(content_hash=self.content_hash).exclude(pk=self.pk)
+
+    @property
+    def hashing(self) -> bool:
+        """Its validation is reading its files (the hash comes before the smoke render)."""
+        return self.status == self.Status.VALIDATING and self.hash_bytes_done < self.hash_bytes_total
+
+    @property
+    def hash_percent(self) -> int:
+        if not self.hash_bytes_total:
+            return 0
+        return min(100, self.hash_bytes_done * 100 // self.hash_bytes_total)
 
 
 class Adapter(models.Model):
@@ -262,15 +294,30 @@ def endpoint_hash(base_url: str, remote_model: str) -> str:
     return hashlib.sha256(json.dumps([base_url, remote_model]).encode()).hexdigest()
 
 
-def hash_checkpoint(path: Path) -> str:
-    """sha256 over every file of a checkpoint (relative names and contents, in sorted order)."""
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def hash_checkpoint(path: Path, progress: Callable[[int, int], None] | None = None) -> str:
+    """sha256 over every file of a checkpoint (relative names and contents, in sorted order).
+
+    `progress(done, total)` hears the bytes read so far after every chunk (and 0 before the first).
+    """
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        total, done = sum(file.stat().st_size for file in files), 0
+        if progress is not None:
+            progress(done, total)
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(HASH_CHUNK_BYTES), b""):
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+    except OSError as exc:  # a file gone or unreadable meanwhile: the checkpoint's fault, not the worker's
+        raise CheckpointError(f"{path.name} cannot be read: {type(exc).__name__}: {exc}.") from None
     return digest.hexdigest()
 
 
