@@ -303,11 +303,8 @@ def version_new(request):
             for field, message in exc.errors.items():
                 form.add_error(field if field in form.fields else None, message)
         else:
-            messages.success(request, f"{version.name} registered (sha256 {version.content_hash[:12]}…); validating.")
-            twins = ModelVersion.objects.filter(content_hash=version.content_hash).exclude(pk=version.pk)
-            if twins:
-                names = ", ".join(twin.name for twin in twins)
-                messages.warning(request, f"The same files are registered already as {names}.")
+            how = "validating" if version.is_hosted else "a worker hashes its files, then validates it"
+            messages.success(request, f"{version.name} registered; {how}.")
             return redirect("version-detail", name=version.name)
     status = 400 if request.method == "POST" else 200
     return render(request, "console/version_new.html", {"form": form, "families": families.table()}, status=status)

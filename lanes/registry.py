@@ -1,8 +1,10 @@
 """Model versions from registration to retirement.
 
-A version is registered (staged, its content hash recorded), then validated on a worker:
-its files are hashed again and a smoke image is rendered through the same loading code as
-jobs. Only a validated version may serve a lane (see rollout).
+A version is registered (staged) after the checks that are quick, then validated on a
+worker: its files are hashed there, with progress stored as it goes (a big checkpoint takes
+seconds to read), and the first digest becomes its content hash, which every later
+validation compares against; then a smoke image is rendered through the same loading code
+as jobs. Only a validated version may serve a lane (see rollout).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,6 +70,8 @@ def register_version(
     if dtype not in ModelVersion.DType.values:
         errors["dtype"] = f"Unknown dtype {dtype!r}."
     fields: dict = {}
+    # A checkpoint's files are hashed by its validation task, not here: reading gigabytes would hold the request.
+    digest = ""
     if family == ModelVersion.Family.HTTP:
         fields = _hosted_fields(errors, base_url, remote_model, api_key_env, timeout_seconds, max_concurrency)
         fields["price_per_image"] = price_per_image
@@ -75,7 +80,7 @@ def register_version(
         digest = endpoint_hash(fields["base_url"], fields["remote_model"])
         location = config_location = ""
     elif "family" not in errors:
-        detected, distilled_detected, digest = _checkpoint_family(errors, location, config_location)
+        detected, distilled_detected = _checkpoint_family(errors, location, config_location)
         if detected and family and detected != family:
             errors["family"] = (
                 f"{location.strip()} is a {families.get(detected).label} checkpoint, not {families.get(family).label}."
@@ -98,22 +103,22 @@ def register_version(
             registered_by=acting_user(by),
             **fields,
         )
-        AuditEvent.record(
-            by, "version.register", version=version,
-            after={"location": version.location or version.base_url, "family": family, "content_hash": digest},
-        )  # fmt: skip
+        after = {"location": version.location or version.base_url, "family": family}
+        if digest:  # a hosted engine's; a checkpoint's is recorded as "version.hashed" when a worker reads it
+            after["content_hash"] = digest
+        AuditEvent.record(by, "version.register", version=version, after=after)
         if validate:
             transaction.on_commit(lambda: dispatch.validate_version(version), robust=True)
     return version
 
 
-def _checkpoint_family(errors: dict[str, str], location: str, config_location: str) -> tuple[str, bool, str]:
-    """(family, distilled, content hash) of a checkpoint under MODELS_ROOT; problems go to `errors`."""
+def _checkpoint_family(errors: dict[str, str], location: str, config_location: str) -> tuple[str, bool]:
+    """(family, distilled) of a checkpoint under MODELS_ROOT; problems go to `errors`."""
     try:
         path = resolve_checkpoint((location or "").strip())
     except CheckpointError as exc:
         errors["location"] = str(exc)
-        return "", False, ""
+        return "", False
     folder = path
     if path.is_file():
         if not (config_location or "").strip():
@@ -121,20 +126,20 @@ def _checkpoint_family(errors: dict[str, str], location: str, config_location: s
                 f"The single-file checkpoint {location.strip()} needs a config folder: a diffusers folder "
                 "of the same family under MODELS_ROOT (configs cannot be downloaded)."
             )
-            return "", False, ""
+            return "", False
         try:
             folder = resolve_checkpoint(config_location.strip())
         except CheckpointError as exc:
             errors["config_location"] = str(exc)
-            return "", False, ""
+            return "", False
         if not folder.is_dir():
             errors["config_location"] = f"{config_location.strip()} is a file; the config must be a diffusers folder."
-            return "", False, ""
+            return "", False
     try:
         family = families.detect_family(folder)
     except families.UnknownFamily as exc:
         errors["config_location" if path.is_file() else "location"] = str(exc)
-        return "", False, ""
+        return "", False
     if path.is_file():
         # diffusers loads a single file as whatever class it is asked for: a file of another family
         # would fail halfway through loading (or, worse, load). Its tensor names tell its family.
@@ -142,7 +147,7 @@ def _checkpoint_family(errors: dict[str, str], location: str, config_location: s
             marked = families.file_families(tensor_shapes(path))
         except CheckpointError as exc:
             errors["location"] = str(exc)
-            return "", False, ""
+            return "", False
         if marked and family not in marked:
             # An SDXL base and its refiner share their tensor names: call it SDXL.
             named = marked - {families.SDXL_REFINER.value} or marked
@@ -151,8 +156,8 @@ def _checkpoint_family(errors: dict[str, str], location: str, config_location: s
                 f"{path.name} is a {names} checkpoint, but its config folder {config_location.strip()} "
                 f"is {families.get(family).label}."
             )
-            return "", False, ""
-    return family, families.detect_distilled(folder, family), hash_checkpoint(path)
+            return "", False
+    return family, families.detect_distilled(folder, family)
 
 
 def _hosted_fields(errors, base_url, remote_model, api_key_env, timeout_seconds, max_concurrency) -> dict:
@@ -251,25 +256,15 @@ def record_smoke(version: ModelVersion, worker: str = "") -> str | None:
 
 
 def run_validation(version: ModelVersion, worker: str = "") -> bool:
-    """Check the files still hash as registered, smoke-render, and record the verdict. True if valid."""
+    """Hash the files (recording the hash the first time, comparing it after), smoke-render, and
+    record the verdict. True if valid."""
     claimed = ModelVersion.objects.filter(
         pk=version.pk, status__in=(ModelVersion.Status.STAGED, ModelVersion.Status.INVALID)
-    ).update(status=ModelVersion.Status.VALIDATING)
+    ).update(status=ModelVersion.Status.VALIDATING, hash_bytes_done=0, hash_bytes_total=0)
     if not claimed:
         return False
-    error: str | None
-    try:
-        digest = version.compute_hash()
-    except CheckpointError as exc:
-        error = str(exc)
-    else:
-        error = None
-        if version.content_hash and digest != version.content_hash:
-            error = (
-                f"The checkpoint's files changed since registration (sha256 {digest[:12]}…, registered "
-                f"{version.content_hash[:12]}…): register it again as a new version."
-            )
-    error = error or record_smoke(version, worker)
+    version.refresh_from_db()  # the stored hash, not the caller's copy of it
+    error = check_hash(version, worker) or record_smoke(version, worker)
     if error:
         ModelVersion.objects.filter(pk=version.pk).update(
             status=ModelVersion.Status.INVALID, validation_error=error, validated_on=worker,
@@ -279,6 +274,45 @@ def run_validation(version: ModelVersion, worker: str = "") -> bool:
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.VALIDATED, validation_error="")
     version.refresh_from_db()
     return True
+
+
+def check_hash(version: ModelVersion, worker: str = "") -> str | None:
+    """Hash the version's files, storing progress; the first digest becomes its content hash, a
+    later one must equal it. Returns the error, or None."""
+    try:
+        digest = version.compute_hash(_hash_progress(version))
+    except CheckpointError as exc:
+        return str(exc)
+    if not digest:  # only a hosted version can get here, one stored without its endpoint hash
+        return "The version has no content hash: register it again."
+    if not version.content_hash:
+        with transaction.atomic():
+            # Conditional: a hash recorded meanwhile is compared below, never overwritten.
+            if ModelVersion.objects.filter(pk=version.pk, content_hash="").update(content_hash=digest):
+                version.content_hash = digest
+                AuditEvent.record(None, "version.hashed", version=version, after={"content_hash": digest}, note=worker)
+                return None
+        version.refresh_from_db(fields=["content_hash"])
+    if digest != version.content_hash:
+        return (
+            f"The checkpoint's files changed since they were first hashed (sha256 {digest[:12]}…, recorded "
+            f"{version.content_hash[:12]}…): register it again as a new version."
+        )
+    return None
+
+
+def _hash_progress(version: ModelVersion) -> Callable[[int, int], None]:
+    """Store hashing progress when it starts, when it ends, and between at most every PROGRESS_DB_EVERY_SECONDS."""
+    last_saved: float | None = None
+
+    def on_chunk(done: int, total: int) -> None:
+        nonlocal last_saved
+        now = time.monotonic()
+        if last_saved is None or done >= total or now - last_saved >= settings.PROGRESS_DB_EVERY_SECONDS:
+            version.record_hash_progress(done, total)
+            last_saved = now
+
+    return on_chunk
 
 
 def validate(version_id: int, worker: str) -> str:

@@ -34,7 +34,11 @@ class VersionOut(Schema):
     config_location: str
     dtype: str
     distilled: bool
-    content_hash: str
+    content_hash: str = Field(
+        ..., description="sha256 of its files, recorded by validation when it first hashes them (empty until then)."
+    )
+    hash_bytes_done: int = Field(..., description="Validation's hashing progress: bytes of its files read so far…")
+    hash_bytes_total: int = Field(..., description="…of this many (0 until hashing starts; a hosted engine has none).")
     base_url: str
     remote_model: str
     price_per_image: float
@@ -104,7 +108,10 @@ def get_version(request, name: SlugPath):
 
 @router.post("/versions", response={201: VersionOut, **errors(409)})
 def register(request, body: RegisterVersionIn, response: HttpResponse):
-    """Register a checkpoint under MODELS_ROOT (or a hosted engine) as a staged version; a worker validates it."""
+    """Register a checkpoint under MODELS_ROOT (or a hosted engine) as a staged version; a worker validates it.
+
+    A checkpoint's files are hashed by the worker, not here: `content_hash` is empty until then, and
+    `hash_bytes_done` / `hash_bytes_total` show the hashing's progress."""
     require_role(request.user, Role.ADMIN, "Model versions are managed by admins.")
 
     def make() -> tuple[int, dict]:

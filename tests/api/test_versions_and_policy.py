@@ -1,8 +1,12 @@
 """Versions, the routing policy and experiments through the API: the registry's checks, as problems."""
 
-import pytest
+from pathlib import Path
 
-from lanes.models import AuditEvent, ModelVersion
+import pytest
+from django.conf import settings
+
+from lanes import registry
+from lanes.models import AuditEvent, ModelVersion, fleet, hash_checkpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -18,12 +22,24 @@ def test_registering_a_bad_checkpoint_is_a_422_naming_the_field(demo_lanes, call
     assert not ModelVersion.objects.filter(name="v9").exists()
 
 
-def test_a_checkpoint_is_registered_detected_and_queued_for_validation(demo_lanes, callers):
-    created = callers["admin"].post("/versions", {"name": "again", "location": "demo-tiny-sd"})
+def test_a_checkpoint_is_registered_detected_and_queued_for_validation(demo_lanes, callers, monkeypatch):
+    expected = hash_checkpoint(Path(settings.MODELS_ROOT) / "demo-tiny-sd")
+
+    def no_hashing_in_the_request(*args, **kwargs):
+        raise AssertionError("registration hashed the checkpoint")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fleet, "hash_checkpoint", no_hashing_in_the_request)  # what ModelVersion.compute_hash calls
+        patched.setattr(registry, "hash_checkpoint", no_hashing_in_the_request)
+        created = callers["admin"].post("/versions", {"name": "again", "location": "demo-tiny-sd"})
     assert created.status_code == 201, created.content
     body = created.json()
     assert body["family"] == "sd15" and body["status"] == "staged" and body["url"] == "/api/v1/versions/again"
-    assert callers["admin"].get("/versions/again").json()["content_hash"] == body["content_hash"]
+    assert (body["content_hash"], body["hash_bytes_done"], body["hash_bytes_total"]) == ("", 0, 0)
+    assert registry.validate(ModelVersion.objects.get(name="again").pk, "test") == "validated"
+    validated = callers["admin"].get("/versions/again").json()
+    assert validated["content_hash"] == expected and validated["status"] == "validated"
+    assert validated["hash_bytes_done"] == validated["hash_bytes_total"] > 0
     retired = callers["admin"].post("/versions/again/retire")
     assert retired.status_code == 200 and retired.json()["status"] == "retired"
     assert callers["admin"].post("/versions/again/retire").status_code == 409

@@ -5,7 +5,7 @@ import pytest
 from django.conf import settings
 from django.urls import reverse
 
-from lanes import rollout
+from lanes import registry, rollout
 from lanes.demo import DEMO_CHECKPOINT
 from lanes.models import AuditEvent, Lane, ModelVersion, Worker, hash_checkpoint
 from tests.conftest import make_user
@@ -92,9 +92,13 @@ def test_registering_a_version_in_the_browser_reports_field_errors(client, demo_
     )
     assert response.status_code == 302
     version = ModelVersion.objects.get(name="x1")
-    assert version.status == "staged" and version.content_hash
+    assert version.status == "staged" and version.content_hash == ""  # a worker hashes it
     page = client.get(reverse("version-detail", args=["x1"]))
-    assert "Staged" in page.text
+    assert "Staged" in page.text and "x1 registered; a worker hashes its files, then validates it." in page.text
+    assert "not hashed yet" in page.text and "The same files" not in page.text
+    assert registry.run_validation(version, "test") is True
+    page = client.get(reverse("version-detail", args=["x1"]))
+    assert ModelVersion.objects.get(name="x1").content_hash in page.text
     assert "The same files are registered already as demo-tiny-sd-v1." in page.text
 
 

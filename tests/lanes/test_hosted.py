@@ -18,7 +18,7 @@ from lanes import hosted, registry
 from lanes.actions import submit_brief
 from lanes.engines import LoraRef
 from lanes.management.commands.serve_images_api import ImagesAPIHandler
-from lanes.models import Artifact, Job, Lane, ModelVersion
+from lanes.models import Artifact, Job, Lane, ModelVersion, endpoint_hash
 from tests.conftest import running_worker, wait_for_job, wait_until
 from tests.lanes.images_api import KEY, KEY_ENV, PRICE, prompt_colour, register, render
 
@@ -235,10 +235,13 @@ def test_requests_in_flight_never_exceed_the_versions_max_concurrency_and_a_new_
 
 
 def test_validation_smoke_renders_through_the_api_and_validates_the_version(version, images_api, media_root):
+    registered_hash = ModelVersion.objects.get(pk=version.pk).content_hash
+    assert registered_hash == endpoint_hash(images_api.base_url, "test-image-1")  # at registration: no files
     assert registry.run_validation(version, "here") is True
 
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.VALIDATED and version.validation_error == ""
+    assert version.content_hash == registered_hash and version.hash_bytes_total == 0  # nothing to read
     with Image.open(Path(media_root) / version.smoke_image) as smoke:
         assert smoke.size == (1024, 1024)
         assert smoke.convert("RGB").getpixel((0, 0)) == prompt_colour(registry.SMOKE_PROMPT)

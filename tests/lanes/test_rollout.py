@@ -53,13 +53,18 @@ def test_a_good_checkpoint_is_hashed_then_validated_on_a_worker_with_a_smoke_ima
     location = copy_checkpoint("registered-good")
     version = registry.register_version(admin, name="registered-good", location=location)
     assert version.status == ModelVersion.Status.STAGED
-    assert version.content_hash == hash_checkpoint(Path(settings.MODELS_ROOT) / location)
+    assert ModelVersion.objects.get(pk=version.pk).content_hash == ""  # the worker hashes it
     with running_worker():
         deadline = timezone.now() + timedelta(seconds=60)
         while ModelVersion.objects.get(pk=version.pk).status != ModelVersion.Status.VALIDATED:
             assert timezone.now() < deadline, ModelVersion.objects.get(pk=version.pk).validation_error
     version.refresh_from_db()
     assert version.validation_error == "" and version.smoke_seconds > 0 and version.validated_on
+    assert version.content_hash == hash_checkpoint(Path(settings.MODELS_ROOT) / location)
+    size = sum(f.stat().st_size for f in (Path(settings.MODELS_ROOT) / location).rglob("*") if f.is_file())
+    assert version.hash_bytes_done == version.hash_bytes_total == size
+    hashed = AuditEvent.objects.get(action="version.hashed", model_version=version)
+    assert hashed.after == {"content_hash": version.content_hash} and hashed.actor is None
     smoke = Path(settings.MEDIA_ROOT) / version.smoke_image
     from PIL import Image
 
@@ -95,13 +100,28 @@ def test_registration_refuses_bad_input_and_stores_nothing(demo_lanes, admin):
     assert not AuditEvent.objects.filter(action="version.register").exists()
 
 
-def test_files_changed_after_registration_fail_validation(demo_lanes, admin):
+def test_files_changed_after_the_first_hashing_fail_the_next_validation(demo_lanes, admin):
     location = copy_checkpoint("registered-changed")
+    folder = Path(settings.MODELS_ROOT) / location
+    weights = next((folder / "unet").glob("*.safetensors"))
+    good = weights.read_bytes()
+    weights.write_bytes(good[:1000])  # truncated: the first validation hashes it, then fails to load it
     version = registry.register_version(admin, name="registered-changed", location=location, validate=False)
-    (Path(settings.MODELS_ROOT) / location / "extra.txt").write_text("changed")
-    assert registry.run_validation(version) is False
+    assert registry.run_validation(version, "test") is False
     version.refresh_from_db()
-    assert version.status == ModelVersion.Status.INVALID and "changed since registration" in version.validation_error
+    truncated_hash = hash_checkpoint(folder)
+    assert version.content_hash == truncated_hash and "could not be loaded" in version.validation_error
+
+    weights.write_bytes(good)  # the files change between that hashing and the next validation
+    registry.request_validation(version, admin)
+    assert registry.run_validation(version, "test") is False
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.INVALID
+    assert "changed since they were first hashed" in version.validation_error
+    assert version.content_hash == truncated_hash  # the recorded hash stands; nothing re-records it
+    assert AuditEvent.objects.filter(action="version.hashed", model_version=version).count() == 1
+    with pytest.raises(ControlError, match="failed validation"):
+        rollout.activate(lane(), version, admin)
 
 
 # Canary and rollout
