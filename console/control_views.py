@@ -283,13 +283,24 @@ def workers_reload(request):
 @admin_required
 @require_GET
 def version_list(request):
-    versions = ModelVersion.objects.select_related("registered_by").annotate(
-        lanes_active=Count("lanes", distinct=True),
-        lanes_canary=Count("canary_lanes", distinct=True),
-        lanes_refining=Count("refining_lanes", distinct=True),
+    versions = list(
+        ModelVersion.objects.select_related("registered_by").annotate(
+            lanes_active=Count("lanes", distinct=True),
+            lanes_canary=Count("canary_lanes", distinct=True),
+            lanes_refining=Count("refining_lanes", distinct=True),
+        )
     )
-    context = {"versions": versions, "form": VersionForm(), "families": families.table()}
-    return render(request, "console/versions.html", context)
+    template = "console/versions.html"
+    if request.htmx and request.GET.get("part") == "table":
+        template += "#version-table"
+    context = {
+        "versions": versions,
+        # The table refreshes itself while a worker hashes or validates one of them.
+        "awaiting_verdict": any(version.awaiting_verdict for version in versions),
+        "form": VersionForm(),
+        "families": families.table(),
+    }
+    return render(request, template, context)
 
 
 @admin_required

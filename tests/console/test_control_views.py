@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from lanes import registry, rollout
@@ -100,6 +102,44 @@ def test_registering_a_version_in_the_browser_reports_field_errors(client, demo_
     page = client.get(reverse("version-detail", args=["x1"]))
     assert ModelVersion.objects.get(name="x1").content_hash in page.text
     assert "The same files are registered already as demo-tiny-sd-v1." in page.text
+
+
+GiB = 1024**3
+
+
+def test_the_version_pages_show_hashing_progress_and_refresh_while_it_runs(client, demo_lanes):
+    client.force_login(make_user("ada", "admin"))
+    version = ModelVersion.objects.create(name="big-one", location=DEMO_CHECKPOINT)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status="validating", hash_bytes_done=int(1.2 * GiB), hash_bytes_total=int(2.8 * GiB)
+    )
+    progress = "hashing — 42% (1.2\xa0GB of 2.8\xa0GB)"  # filesizeformat keeps a number with its unit
+    page = client.get(reverse("version-detail", args=["big-one"]))
+    assert page.status_code == 200 and progress in page.text and 'value="42"' in page.text
+    swap = client.get(reverse("version-detail", args=["big-one"]), headers={"HX-Request": "true"})
+    assert swap.text.lstrip().startswith('<section id="version-status"') and "every 2s" in swap.text
+    assert progress in swap.text and "<h2>" not in swap.text  # the status section alone
+    listing = client.get(reverse("version-list"))
+    assert progress in listing.text and "?part=table" in listing.text
+    table = client.get(reverse("version-list") + "?part=table", headers={"HX-Request": "true"})
+    assert table.text.lstrip().startswith('<table class="table" id="versions"') and progress in table.text
+    with CaptureQueriesContext(connection) as one:
+        client.get(reverse("version-list") + "?part=table", headers={"HX-Request": "true"})
+    for n in range(3):
+        ModelVersion.objects.create(name=f"more-{n}", location=DEMO_CHECKPOINT, status="validating")
+    with CaptureQueriesContext(connection) as four:
+        client.get(reverse("version-list") + "?part=table", headers={"HX-Request": "true"})
+    assert len(four) == len(one)  # the list's queries do not grow with its rows
+    ModelVersion.objects.filter(name__startswith="more-").delete()
+
+    # Hashed: the smoke render comes next; then, with a verdict, nothing refreshes any more.
+    ModelVersion.objects.filter(pk=version.pk).update(hash_bytes_done=int(2.8 * GiB), content_hash="ab" * 32)
+    page = client.get(reverse("version-detail", args=["big-one"]))
+    assert "hashing" not in page.text and "smoke render running" in page.text and "ab" * 32 in page.text
+    ModelVersion.objects.filter(pk=version.pk).update(status="validated")
+    page = client.get(reverse("version-detail", args=["big-one"]))
+    assert "every 2s" not in page.text
+    assert "?part=table" not in client.get(reverse("version-list")).text
 
 
 def test_the_audit_log_filters_by_lane_user_and_action(client, v2):
