@@ -323,6 +323,7 @@ CELERY_TASK_ROUTES = {
     "telemetry.tasks.prune_samples": {"queue": HOUSEKEEPING_QUEUE},
     "experiments.tasks.pump_experiments": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.check_canaries": {"queue": HOUSEKEEPING_QUEUE},
+    "lanes.tasks.prune_artifacts": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
     "webhooks.tasks.deliver": {"queue": WEBHOOK_QUEUE},
     "webhooks.tasks.send_due_deliveries": {"queue": WEBHOOK_QUEUE},
@@ -333,6 +334,7 @@ CELERY_BEAT_SCHEDULE = {
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "pump-experiments": {"task": "experiments.tasks.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "check-canaries": {"task": "lanes.tasks.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
+    "prune-artifacts": {"task": "lanes.tasks.prune_artifacts", "schedule": 3600.0},
     "send-due-webhooks": {"task": "webhooks.tasks.send_due_deliveries", "schedule": WEBHOOK_SWEEP_SECONDS},
 }
 
@@ -369,6 +371,9 @@ GPU_HOURLY_PRICES = envprices("GPU_HOURLY_PRICES", "default=2.50")
 # Workers and jobs.
 MODELS_ROOT = envpath("MODELS_ROOT", VAR_DIR / "models")
 MEDIA_ROOT = envpath("MEDIA_ROOT", VAR_DIR / "media")
+# Rendered images older than this many days are deleted (hourly, by housekeeping), except those of
+# experiments, of jobs under review and versions' smoke images; 0 keeps them forever.
+ARTIFACT_RETENTION_DAYS = envint("ARTIFACT_RETENTION_DAYS", 0, 0)
 LANEWAY_DEVICE = envchoice("LANEWAY_DEVICE", "auto", ("auto", "cpu", "cuda"))
 WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0, 0.1)
 # A worker that misses this many heartbeats is lost; its running jobs are requeued.

@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 
-from lanes.signals import job_finished
+from lanes.signals import job_finished, retention_holds
 
 
 class ExperimentsConfig(AppConfig):
@@ -9,7 +9,10 @@ class ExperimentsConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, once the app registry is ready: the runner uses models.
+        from .retention import held_jobs
         from .runner import on_job_finished
 
         # A finished job of an experiment makes room for its next cell; lanes never imports experiments.
         job_finished.connect(on_job_finished, dispatch_uid="experiments.on_job_finished")
+        # Its images outlive the artifact retention.
+        retention_holds.connect(held_jobs, dispatch_uid="experiments.held_jobs")

@@ -27,3 +27,9 @@ def announce_finished(job) -> None:
                 log.error("job_finished receiver %r failed for job %s", receiver, job.pk, exc_info=error)
 
     transaction.on_commit(send)
+
+
+# Sent (synchronously, not robustly) before retention prunes artifacts: each receiver returns a
+# queryset of job ids (`.values("job_id")`, never holding NULL) whose images must be kept. Experiments
+# keep their cells' jobs this way. A receiver that raises stops the pruning: nothing is deleted.
+retention_holds = Signal()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import canary, dispatch, lifecycle, registry, review
+from . import canary, dispatch, lifecycle, registry, retention, review
 from .heartbeat import worker_ident
 
 
@@ -54,3 +54,10 @@ def reconcile_jobs() -> dict[str, int]:
 def check_canaries() -> dict[str, str]:
     """Beat: roll back every canary that is worse than its baseline past the lane's thresholds."""
     return canary.check_canaries()
+
+
+@shared_task(name="lanes.tasks.prune_artifacts", ignore_result=True)
+def prune_artifacts() -> dict[str, int]:
+    """Beat: delete images past ARTIFACT_RETENTION_DAYS (none when it is 0), keeping the rows."""
+    pruned = retention.prune()
+    return {"artifacts": pruned.artifacts, "jobs": pruned.jobs, "bytes": pruned.bytes}

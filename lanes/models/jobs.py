@@ -407,7 +407,10 @@ class Artifact(models.Model):
     height = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveIntegerField()
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Retention (ARTIFACT_RETENTION_DAYS) deleted the file; the row stays as the record of what was
+    # rendered (size, hash), for the verification that read it and for pages that say it is gone.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "created_at"]
@@ -419,6 +422,11 @@ class Artifact(models.Model):
     @property
     def absolute_path(self) -> Path:
         return Path(settings.MEDIA_ROOT) / self.path
+
+    @property
+    def pruned_after_days(self) -> int | None:
+        """How old the image was when retention deleted it (None while it is kept)."""
+        return (self.pruned_at - self.created_at).days if self.pruned_at else None
 
 
 class WorkerQuerySet(models.QuerySet):
