@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseGone, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -118,7 +118,20 @@ def job_cancel(request, job_id: int):
 @login_required
 @require_GET
 def job_image(request, job_id: int, stage: str):
-    return png_response(get_job_for_user(request, job_id), stage)
+    try:
+        return png_response(get_job_for_user(request, job_id), stage)
+    except ImagePruned as exc:
+        return HttpResponseGone(str(exc), content_type="text/plain")
+
+
+class ImagePruned(Exception):
+    """The stage's image existed, and retention deleted it (410 Gone, not 404)."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        super().__init__(
+            f"The {artifact.stage} image of job {artifact.job_id} was pruned after {artifact.pruned_after_days} days "
+            "(ARTIFACT_RETENTION_DAYS)."
+        )
 
 
 def png_response(job: Job, stage: str) -> HttpResponse:
@@ -126,6 +139,8 @@ def png_response(job: Job, stage: str) -> HttpResponse:
     artifact = next((a for a in job.artifacts.all() if a.stage == stage), None)
     if artifact is None or stage not in Artifact.Stage.values:
         raise Http404("No such image.")
+    if artifact.pruned_at:
+        raise ImagePruned(artifact)
     path = artifact.absolute_path
     if not path.is_file():
         raise Http404("The image file is missing from MEDIA_ROOT.")

@@ -182,7 +182,7 @@ def problem(api: NinjaAPI, request, status: int, title: str, detail: str = "", e
 
 
 TITLES = {
-    400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+    400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found", 409: "Conflict", 410: "Gone",
     412: "Precondition failed", 413: "Request body too large", 422: "Invalid request", 429: "Too many requests",
     503: "Queueing is down",
 }  # fmt: skip

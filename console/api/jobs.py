@@ -18,7 +18,7 @@ from lanes.actions import BriefRejected, cancel_job, rerender_job, submit_brief
 from lanes.models import Job
 
 from ..access import get_job_for_user
-from ..views import png_response
+from ..views import ImagePruned, png_response
 from . import idempotency
 from .core import BodyIn, IdPath, Input, Name, ProblemError, errors, text
 
@@ -60,6 +60,7 @@ class Image(Schema):
     width: int
     height: int
     sha256: str
+    pruned_at: datetime | None = Field(None, description="When retention deleted the file (the URL answers 410).")
 
 
 class VerificationOut(Schema):
@@ -203,6 +204,7 @@ def job_out(job: Job) -> dict:
                 "width": a.width,
                 "height": a.height,
                 "sha256": a.sha256,
+                "pruned_at": a.pruned_at,
             }
             for a in artifacts
         ],
@@ -328,10 +330,13 @@ def rerender(request, job_id: IdPath, response: HttpResponse, body: RerenderIn |
 
 @router.get(
     "/jobs/{job_id}/images/{stage}.png",
-    response={200: None, **errors()},
+    response={200: None, **errors(410)},
     url_name="get_job_image",
     openapi_extra={"responses": {200: {"description": "The PNG", "content": {"image/png": {}}}}},
 )
 def image(request, job_id: IdPath, stage: Literal["draft", "final", "fixed"]):
-    """A stage's PNG: draft, final, or fixed (text overlaid after review)."""
-    return png_response(get_job_for_user(request, job_id), stage)
+    """A stage's PNG: draft, final, or fixed (text overlaid after review); 410 once retention pruned it."""
+    try:
+        return png_response(get_job_for_user(request, job_id), stage)
+    except ImagePruned as exc:
+        raise ProblemError(410, str(exc)) from None

@@ -7,9 +7,11 @@ import pytest
 from django.conf import settings
 
 from accounts.models import ApiToken, Team
+from lanes import retention
 from lanes.actions import submit_brief
 from lanes.models import Artifact, Job, Lane
 from tests.conftest import make_user
+from tests.lanes.finished import finished_job
 
 pytestmark = pytest.mark.django_db
 
@@ -189,3 +191,30 @@ def test_another_teams_review_rerender_and_experiment_do_not_exist_for_a_creativ
     assert callers["creative"].get("/review").json() == []
     flag.refresh_from_db()
     assert flag.decision == "" and Job.objects.count() == jobs_before
+
+
+def test_a_pruned_image_is_410_gone_and_the_job_says_when(
+    demo_lanes, callers, users, media_root, django_capture_on_commit_callbacks
+):
+    job = finished_job(users["creative"], days_old=45)
+    kept = finished_job(users["creative"], days_old=1, seed=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert retention.prune(days=30).artifacts == 1
+
+    (image,) = callers["creative"].get(f"/jobs/{job.pk}").json()["images"]
+    assert image["stage"] == "final" and image["pruned_at"] and image["sha256"]
+    body = problem(callers["creative"].get(image["url"].removeprefix("/api/v1")), 410)
+    assert body["title"] == "Gone"
+    assert body["detail"] == f"The final image of job {job.pk} was pruned after 45 days (ARTIFACT_RETENTION_DAYS)."
+    assert problem(callers["creative"].get(f"/jobs/{job.pk}/images/draft.png"), 404)  # never rendered: not gone
+    # Another team's pruned image is still a 404: 410 tells nothing about jobs a caller may not see.
+    outsider = make_user("zed", "creative", Team.objects.create(name="elsewhere"))
+    outsider_token = ApiToken.issue(outsider, "script")[1]
+    other = callers["creative"].client.get(image["url"], HTTP_AUTHORIZATION=f"Bearer {outsider_token}")
+    assert other.status_code == 404
+
+    (fresh,) = callers["creative"].get(f"/jobs/{kept.pk}").json()["images"]
+    assert fresh["pruned_at"] is None
+    assert callers["creative"].get(fresh["url"].removeprefix("/api/v1")).status_code == 200
+    spec = callers["creative"].client.get("/api/v1/openapi.json").json()
+    assert "410" in spec["paths"]["/api/v1/jobs/{job_id}/images/{stage}.png"]["get"]["responses"]

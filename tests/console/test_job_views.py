@@ -6,8 +6,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from lanes import retention
 from lanes.actions import submit_brief
 from lanes.models import Job
+from tests.lanes.finished import finished_job
 
 
 @pytest.fixture
@@ -116,3 +118,25 @@ def test_a_released_job_says_how_long_admission_held_it_back(creative_client, jo
     detail = creative_client.get(reverse("job-detail", args=[job.pk])).text
     assert "fast-draft saturated; released after 2.5 s" in detail
     assert 'title="fast-draft saturated; released after 2.5 s"' in creative_client.get(reverse("job-list")).text
+
+
+def test_a_job_whose_image_was_pruned_says_so_instead_of_a_broken_image(
+    creative_client, creative, demo_lanes, django_capture_on_commit_callbacks
+):
+    job = finished_job(creative, days_old=45)
+    with django_capture_on_commit_callbacks(execute=True):
+        retention.prune(days=30)
+    image_url = reverse("job-image", args=[job.pk, "final"])
+
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert page.status_code == 200
+    assert "final image pruned after 45 days" in page.text and image_url not in page.text
+    listing = creative_client.get(reverse("job-list"))
+    assert listing.status_code == 200
+    assert "image pruned after 45 days" in listing.text and image_url not in listing.text
+    gone = creative_client.get(image_url)
+    assert gone.status_code == 410 and "pruned after 45 days" in gone.text
+
+    kept = finished_job(creative, days_old=1, seed=2)
+    page = creative_client.get(reverse("job-detail", args=[kept.pk]))
+    assert reverse("job-image", args=[kept.pk, "final"]) in page.text and "pruned" not in page.text
