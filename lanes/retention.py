@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -53,7 +54,7 @@ def prunable(days: int, now: datetime | None = None) -> QuerySet[Artifact]:
     return artifacts
 
 
-def prune(days: int | None = None, *, dry_run: bool = False, max_batches: int | None = None) -> Pruned:
+def prune(days: int | None = None, *, dry_run: bool = False) -> Pruned:
     """Delete the files of prunable artifacts, a batch of rows per transaction, each file after its
     batch commits; `days` defaults to ARTIFACT_RETENTION_DAYS, and 0 keeps everything."""
     days = settings.ARTIFACT_RETENTION_DAYS if days is None else days
@@ -65,10 +66,8 @@ def prune(days: int | None = None, *, dry_run: bool = False, max_batches: int | 
             artifacts=Count("id"), jobs=Count("job_id", distinct=True), bytes=Sum("size_bytes")
         )
         return Pruned(totals["artifacts"], totals["jobs"], totals["bytes"] or 0)
-    pruned, jobs = Pruned(), set()
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        batches += 1
+    pruned, jobs = Pruned(), set[int]()
+    while True:
         with transaction.atomic():
             ids = list(prunable(days, now).order_by("id").values_list("id", flat=True)[:BATCH])
             if not ids:
@@ -80,7 +79,7 @@ def prune(days: int | None = None, *, dry_run: bool = False, max_batches: int | 
                 Artifact.objects.filter(id__in=ids, pruned_at=now).values_list("job_id", "path", "size_bytes")
             )
             paths = [path for _, path, _ in marked]
-            transaction.on_commit(lambda paths=paths: delete_files(paths))
+            transaction.on_commit(partial(delete_files, paths))
         pruned.artifacts += len(marked)
         pruned.bytes += sum(size for _, _, size in marked)
         jobs.update(job_id for job_id, _, _ in marked)
