@@ -374,6 +374,10 @@ MEDIA_ROOT = envpath("MEDIA_ROOT", VAR_DIR / "media")
 # Rendered images older than this many days are deleted (hourly, by housekeeping), except those of
 # experiments, of jobs under review and versions' smoke images; 0 keeps them forever.
 ARTIFACT_RETENTION_DAYS = envint("ARTIFACT_RETENTION_DAYS", 0, 0)
+# Where `manage.py backup` writes its archives unless told otherwise.
+BACKUP_DIR = envpath("BACKUP_DIR", VAR_DIR / "backups")
+# Where pg_dump and pg_restore are, when not on PATH (or not the server's major version).
+POSTGRES_BIN_DIR = os.environ.get("POSTGRES_BIN_DIR", "").strip()
 LANEWAY_DEVICE = envchoice("LANEWAY_DEVICE", "auto", ("auto", "cpu", "cuda"))
 WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0, 0.1)
 # A worker that misses this many heartbeats is lost; its running jobs are requeued.
