@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('lanes', '0007_job_lost_workers'),
+        ('lanes', '0008_version_hash_progress'),
     ]
 
     operations = [
