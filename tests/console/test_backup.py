@@ -65,7 +65,7 @@ def test_an_archive_holds_the_database_the_media_and_a_manifest_but_not_the_mode
     assert manifest["database"]["vendor"] == connection.vendor
     assert manifest["database"]["sha256"] == hashlib.sha256(held[database]).hexdigest()
     assert manifest["media"] == {"included": True, "files": 3, "bytes": sum(map(len, images.values()))}
-    assert "lanes.0008_artifact_pruned_at" in manifest["migrations"]
+    assert "lanes.0009_artifact_pruned_at" in manifest["migrations"]
     assert "MODELS_ROOT" in manifest["not_included"]
     for artifact in Artifact.objects.all():
         assert hashlib.sha256(held[f"media/{artifact.path}"]).hexdigest() == artifact.sha256
