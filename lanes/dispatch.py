@@ -155,5 +155,29 @@ def reconcile() -> dict[str, int]:
     for job in Job.objects.stuck_queued(now).select_related("lane", "model_version")[:500]:
         redispatched += 1
         dispatch(job)
+    revalidated = requeue_lost_validations(now)
     Worker.objects.filter(stopped_at__isnull=True, last_seen__lt=now - window).update(stopped_at=now)
-    return {"requeued": requeued, "failed": failed, "redispatched": redispatched}
+    return {"requeued": requeued, "failed": failed, "redispatched": redispatched, "revalidated": revalidated}
+
+
+def requeue_lost_validations(now) -> int:
+    """Versions whose validating worker is gone (killed mid-hash or mid-smoke-render) go back to
+    staged and are validated again; without this they would read "validating" for ever."""
+    alive = Worker.objects.alive(now).values("ident")
+    lost = ModelVersion.objects.filter(status=ModelVersion.Status.VALIDATING).exclude(validated_on="")
+    requeued = 0
+    for version in lost.exclude(validated_on__in=alive):
+        worker = version.validated_on
+        if ModelVersion.objects.filter(
+            pk=version.pk, status=ModelVersion.Status.VALIDATING, validated_on=worker
+        ).update(status=ModelVersion.Status.STAGED):
+            try:
+                validate_version(version)
+            except (OperationalError, RedisError):  # the broker is away: the next reconcile tries again
+                ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.STAGED).update(
+                    status=ModelVersion.Status.VALIDATING
+                )
+                continue
+            log.warning("version %s: validating worker %s lost, validating again", version.name, worker)
+            requeued += 1
+    return requeued

@@ -260,7 +260,7 @@ def run_validation(version: ModelVersion, worker: str = "") -> bool:
     record the verdict. True if valid."""
     claimed = ModelVersion.objects.filter(
         pk=version.pk, status__in=(ModelVersion.Status.STAGED, ModelVersion.Status.INVALID)
-    ).update(status=ModelVersion.Status.VALIDATING, hash_bytes_done=0, hash_bytes_total=0)
+    ).update(status=ModelVersion.Status.VALIDATING, hash_bytes_done=0, hash_bytes_total=0, validated_on=worker)
     if not claimed:
         return False
     version.refresh_from_db()  # the stored hash, not the caller's copy of it

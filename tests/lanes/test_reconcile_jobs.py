@@ -32,14 +32,14 @@ def test_a_job_running_on_a_lost_worker_is_requeued_and_finishes_once(worker, cr
     Worker.objects.create(ident="gone-host:99", hostname="gone-host", pid=99, last_seen=long_ago)
     job = make_job(creative, lane, state=Job.State.RUNNING, worker="gone-host:99", started_at=long_ago, attempts=1)
 
-    assert reconcile_jobs() == {"requeued": 1, "failed": 0, "redispatched": 0}
+    assert reconcile_jobs() == {"requeued": 1, "failed": 0, "redispatched": 0, "revalidated": 0}
     job = wait_for_job(job.pk)
     assert job.state == Job.State.SUCCEEDED
     assert job.attempts == 2 and job.worker != "gone-host:99"
     assert job.artifacts.count() == 1
     assert Worker.objects.get(ident="gone-host:99").stopped_at is not None
     # Running it again changes nothing.
-    assert reconcile_jobs() == {"requeued": 0, "failed": 0, "redispatched": 0}
+    assert reconcile_jobs() == {"requeued": 0, "failed": 0, "redispatched": 0, "revalidated": 0}
 
 
 def test_a_job_on_a_live_worker_is_left_alone(worker, creative, demo_lanes):

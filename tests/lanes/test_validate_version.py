@@ -116,3 +116,29 @@ def test_a_file_gone_while_hashing_fails_validation_not_the_worker(demo_lanes, a
     assert version.status == ModelVersion.Status.INVALID
     assert "cannot be read: FileNotFoundError" in version.validation_error
     assert version.content_hash == "" and not AuditEvent.objects.filter(action="version.hashed").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_validation_whose_worker_died_is_sent_again_by_reconcile(demo_lanes, admin, big_checkpoint, settings):
+    from django.utils import timezone
+
+    from lanes import dispatch
+    from lanes.models import Worker
+    from tests.conftest import waiting_tasks
+
+    version = registry.register_version(admin, name="lost-midway", location="hashing-progress", validate=False)
+    now = timezone.now()
+    Worker.objects.create(ident="vm:1", hostname="vm", pid=1, started_at=now, last_seen=now)
+    # A worker claimed it (as run_validation does), then was killed mid-hash.
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.VALIDATING, validated_on="vm:1")
+    assert dispatch.reconcile()["revalidated"] == 0  # its worker is still alive
+    Worker.objects.filter(ident="vm:1").update(last_seen=now - timezone.timedelta(hours=1))
+
+    assert dispatch.reconcile()["revalidated"] == 1
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.STAGED
+    assert ("lanes.rollout.validate_version", (version.pk,)) in waiting_tasks(settings.CELERY_TASK_DEFAULT_QUEUE)
+    assert dispatch.reconcile()["revalidated"] == 0  # sent once
+
+    assert registry.validate(version.pk, "vm:2") == "validated"
+    assert ModelVersion.objects.get(pk=version.pk).content_hash
