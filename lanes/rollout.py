@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from webhooks import outbox
 
+from . import adapters as lora
 from .changes import ControlError, acting_user, locked_lane, record_change
-from .models import Lane, LaneRelease, ModelVersion
+from .models import AuditEvent, Job, Lane, LaneRelease, ModelVersion
 
 # The canary draw. Module-level so a test can seed it and route a fixed sequence.
 rng = random.Random()
@@ -76,6 +77,35 @@ def _switch_active(lane: Lane, version: ModelVersion, by, how: str, outcome: str
     LaneRelease.objects.create(lane=lane, version=version, how=how, started_by=acting_user(by), started_at=now)
     lane.active_version = version
     return old
+
+
+def repin_waiting(lane: Lane, removed: ModelVersion | None, serving: ModelVersion, by, why: str) -> int:
+    """Jobs of the lane not started yet and pinned to `removed` move to `serving`, in the caller's
+    transaction, with a note on each job and one audit row with the count. Running jobs keep theirs.
+
+    A waiting job pinned to a version that was just stopped or rolled back would otherwise run on
+    it anyway. Each move is a conditional update, so a worker claiming the job meanwhile either
+    got it first (it runs as routed) or claims it afterwards and renders on `serving`.
+    """
+    if removed is None or removed.pk == serving.pk:
+        return 0
+    waiting = (Job.State.QUEUED, Job.State.DEFERRED)
+    moved = 0
+    for job in Job.objects.filter(lane=lane, model_version=removed, state__in=waiting).only("pk", "adapters"):
+        adapters, missing = lora.for_job(lane, serving, [entry["name"] for entry in job.adapters])
+        note = f"Moved from {removed.name} to {serving.name} before it started: {why}."
+        if missing:
+            note += f" Without LoRA {', '.join(missing)}: not offered for {serving.name}."
+        moved += Job.objects.filter(pk=job.pk, model_version=removed, state__in=waiting).update(
+            model_version=serving, adapters=adapters, version_note=note[:300]
+        )
+    if moved:
+        AuditEvent.record(
+            by, "lane.repin", lane=lane, version=serving,
+            before={"version": removed.name}, after={"version": serving.name, "jobs": moved},
+            note=f"moved {moved} waiting job{'s' if moved != 1 else ''} from {removed.name} to {serving.name}: {why}",
+        )  # fmt: skip
+    return moved
 
 
 def record_release(lane: Lane, by, how: str) -> None:
@@ -178,6 +208,8 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
             lane, fields, by, "canary.auto-rollback" if automatic else "canary.abort", version=canary,
             before=before, after=_versions_state(lane), note=reason,
         )  # fmt: skip
+        why = f"the canary was rolled back automatically ({reason})" if automatic else "the canary was stopped"
+        repin_waiting(lane, canary, lane.active_version, by, why)
         if automatic:
             outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason})
         _sync(canary)
@@ -214,6 +246,9 @@ def rollback(lane: Lane, by, expected_revision: int | None = None) -> Lane:
             lane, ["active_version", *lane.clear_canary()], by, "lane.rollback", version=target,
             before=before, after=_versions_state(lane),
         )  # fmt: skip
+        why = f"lane {lane.name} was rolled back"
+        repin_waiting(lane, old, target, by, why)
+        repin_waiting(lane, canary, target, by, why)
         outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "from": old.name, "to": target.name})
         _sync(old, target, canary)
     return lane

@@ -90,6 +90,10 @@ class JobOut(Schema):
     lane: str
     requested_lane: str | None
     version: str
+    version_note: str = Field(
+        description="Why the job runs on another version than it was routed to (a stopped canary, a "
+        "rollback); empty if it does not."
+    )
     refine_version: str | None
     prompt: str
     expected_text: str
@@ -166,6 +170,7 @@ def job_out(job: Job) -> dict:
         "lane": job.lane.name,
         "requested_lane": job.requested_lane.name if job.requested_lane_id else None,
         "version": job.model_version.name,
+        "version_note": job.version_note,
         "refine_version": job.refine_version.name if job.refine_version_id else None,
         "prompt": job.prompt,
         "expected_text": job.expected_text,

@@ -90,6 +90,8 @@ class Job(models.Model):
     refine_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="refined_jobs"
     )
+    # Why the job now runs on another version than it was routed to (a canary stopped, a rollback).
+    version_note = models.CharField(max_length=300, blank=True)
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
     admission = models.CharField(max_length=10, choices=Admission.choices, default=Admission.ADMITTED)
@@ -301,6 +303,8 @@ class Job(models.Model):
                 device,
             )
             self.progress_step, self.attempts, self.error = 0, self.attempts + 1, ""
+            # A rollout change may have moved the job to another version while it waited for a slot.
+            self.refresh_from_db(fields=["model_version", "adapters", "version_note"])
         return bool(claimed)
 
     def record_progress(self, step: int) -> None:

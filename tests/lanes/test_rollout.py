@@ -147,11 +147,12 @@ def test_rollback_restores_the_previous_version_atomically_and_is_audited(v2, ad
     rollout.activate(lane(), v2, admin)
     in_flight = submit_brief(creative, prompt="before rollback", intent="draft")
     assert in_flight.model_version == v2
+    assert in_flight.mark_running("vm:1", None, "cpu")
     revision = lane().revision
     rollout.rollback(lane(), admin, revision)
     restored = lane()
     assert restored.active_version == v1 and restored.revision == revision + 1
-    assert Job.objects.get(pk=in_flight.pk).model_version == v2  # finishes on its pinned version
+    assert Job.objects.get(pk=in_flight.pk).model_version == v2  # running: finishes on its pinned version
     assert submit_brief(creative, prompt="after rollback", intent="draft").model_version == v1
     event = AuditEvent.objects.get(action="lane.rollback")
     assert (event.actor, event.lane, event.before["active"], event.after["active"]) == (
@@ -309,3 +310,95 @@ def test_experiment_jobs_pinned_to_the_canary_version_do_not_count_against_it(v2
     finished_jobs(creative, v1, 20)
     assert "too few finished jobs" in canary_judge.check_canaries()["fast-draft"]
     assert lane().canary_version == v2
+
+
+# Waiting work follows the version that serves: re-pinned on a stopped canary or a rollback
+
+
+def waiting_on(creative, version, n, state=Job.State.QUEUED):
+    return [
+        Job.objects.create(
+            owner=creative,
+            prompt=f"waiting {i}",
+            intent="draft",
+            lane=lane(),
+            model_version=version,
+            state=state,
+            seed=i,
+            steps=4,
+            width=64,
+            height=64,
+            guidance=7.5,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def test_a_rollback_moves_waiting_jobs_to_the_restored_version_and_says_so(v2, admin, creative, client):
+    v1 = lane().active_version
+    rollout.activate(lane(), v2, admin)
+    queued = waiting_on(creative, v2, 3)
+    deferred = waiting_on(creative, v2, 2, state=Job.State.DEFERRED)
+    running = waiting_on(creative, v2, 1)[0]
+    assert running.mark_running("vm:1", None, "cpu")
+    untouched = waiting_on(creative, v1, 1)[0]
+
+    rollout.rollback(lane(), admin)
+
+    for job in queued + deferred:
+        job.refresh_from_db()
+        assert job.model_version == v1
+        assert job.version_note == (
+            f"Moved from {v2.name} to {v1.name} before it started: lane fast-draft was rolled back."
+        )
+    assert Job.objects.get(pk=running.pk).model_version == v2  # running work keeps its version
+    assert Job.objects.get(pk=untouched.pk).version_note == ""
+    event = AuditEvent.objects.get(action="lane.repin")
+    assert event.actor == admin and event.after == {"version": v1.name, "jobs": 5}
+    assert event.note.startswith(f"moved 5 waiting jobs from {v2.name} to {v1.name}")
+    client.force_login(creative)
+    page = client.get(f"/jobs/{queued[0].pk}/")
+    assert 'id="version-note"' in page.text and f"Moved from {v2.name} to {v1.name}" in page.text
+    api = client.get(f"/api/v1/jobs/{queued[0].pk}")
+    assert api.status_code == 200 and api.json()["version_note"].startswith(f"Moved from {v2.name}")
+
+
+def test_stopping_a_canary_by_hand_moves_its_waiting_jobs_to_the_active_version(v2, admin, creative):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, admin)
+    on_canary = waiting_on(creative, v2, 4)
+    on_active = waiting_on(creative, v1, 2)
+    rollout.end_canary(lane(), admin)
+    assert set(Job.objects.filter(pk__in=[j.pk for j in on_canary]).values_list("model_version", flat=True)) == {v1.pk}
+    assert not Job.objects.filter(pk__in=[j.pk for j in on_active]).exclude(version_note="").exists()
+    assert "the canary was stopped" in Job.objects.get(pk=on_canary[0].pk).version_note
+    assert AuditEvent.objects.get(action="lane.repin").after["jobs"] == 4
+
+
+def test_an_automatic_canary_rollback_moves_the_jobs_waiting_for_the_bad_version(v2, creative):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 50, None)
+    Lane.objects.filter(name="fast-draft").update(canary_min_samples=20)
+    finished_jobs(creative, v2, 20, failed=6)
+    finished_jobs(creative, v1, 20)
+    waiting = waiting_on(creative, v2, 8, state=Job.State.DEFERRED)
+    assert canary_judge.check_canaries()["fast-draft"].startswith("rolled back")
+    assert not Job.objects.filter(pk__in=[j.pk for j in waiting], model_version=v2).exists()
+    note = Job.objects.get(pk=waiting[0].pk).version_note
+    assert "rolled back automatically" in note and "error rate" in note
+    event = AuditEvent.objects.get(action="lane.repin")
+    assert event.actor is None and event.after["jobs"] == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_moved_off_a_stopped_canary_renders_on_the_serving_version(v2, creative, admin):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 99, admin)
+    rollout.rng.seed(0)
+    job = submit_brief(creative, prompt="a canary poster", intent="draft")  # no worker yet: it waits
+    assert job.model_version == v2
+    rollout.end_canary(lane(), admin)
+    with running_worker():
+        done = wait_for_job(job.pk)
+    assert done.state == Job.State.SUCCEEDED and done.model_version == v1
+    assert Artifact.objects.filter(job=done).exists()
