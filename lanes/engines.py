@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 
+class LoadError(CheckpointError):
+    """The version's own files would not load (corrupt or changed weights): the version's fault, not the job's."""
+
+
 class MemoryBudgetError(Exception):
     """A job that can never fit the worker's GPU memory budget."""
 
@@ -417,7 +421,9 @@ def load_pipeline(version: ModelVersion, device: Device):
     except CheckpointError:
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, JSON and safetensors errors
-        raise CheckpointError(
+        if is_oom(exc):
+            raise
+        raise LoadError(
             f"Checkpoint {version.location!r} could not be loaded as {spec.label}: {type(exc).__name__}: {exc}"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
@@ -444,7 +450,7 @@ def estimate_weights_bytes(version: ModelVersion, device_kind: str = "cuda") -> 
             try:
                 total += sum(math.prod(shape) for shape in tensor_shapes(file).values()) * itemsize
             except CheckpointError as exc:
-                raise CheckpointError(f"Checkpoint {version.location!r} could not be loaded: {exc}") from exc
+                raise LoadError(f"Checkpoint {version.location!r} could not be loaded: {exc}") from exc
         else:  # a pickled .bin: its size, assuming fp32 on disk
             total += file.stat().st_size * itemsize // 4
     return total

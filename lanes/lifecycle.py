@@ -24,7 +24,8 @@ from PIL import Image
 from telemetry import push
 from webhooks import outbox
 
-from . import artifacts, engines, hosted
+from . import adapters as lora
+from . import artifacts, engines, hosted, rollout
 from .batching import refine_batcher
 from .dispatch import dispatch, queue_refine, release_deferred
 from .heartbeat import worker_ident
@@ -133,6 +134,8 @@ def _run_claimed(job: Job) -> str:
             break
         except Exception as exc:  # a pipeline error fails the job, never the worker
             if not engines.is_oom(exc):
+                if isinstance(exc, engines.LoadError):
+                    return _version_failed_to_load(job, exc)
                 return _fail(job, exc)
             _count_oom(job)
             engines.empty_device_cache()
@@ -157,6 +160,33 @@ def _run_claimed(job: Job) -> str:
         ),
     )
     return "succeeded" if stored else "discarded"
+
+
+def _version_failed_to_load(job: Job, exc: engines.LoadError) -> str:
+    """The job's version would not load: it is taken out of service (rollout.quarantine), and the job,
+    when the policy routed it there, is retried once on the version now serving its lane rather than
+    failing for the version's fault. An experiment's job is pinned to its arm: it fails."""
+    version = job.model_version
+    reason = f"{version.name} failed to load on {job.worker}: {exc}"
+    rollout.quarantine(version, reason)
+    serving = Lane.objects.select_related("active_version").get(pk=job.lane_id).active_version
+    if not job.routed or job.version_note or serving.pk == version.pk or not serving.is_deployable:
+        return _fail(job, exc)
+    adapters, missing = lora.for_job(job.lane, serving, [entry["name"] for entry in job.adapters])
+    note = f"Retried on {serving.name}: {version.name} failed to load and was taken out of service."
+    if missing:
+        note += f" Without LoRA {', '.join(missing)}: not offered for {serving.name}."
+    moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
+        state=Job.State.QUEUED, worker="", gpu_index=None, started_at=None, progress_step=0,
+        model_version=serving, adapters=adapters, version_note=note[:300],
+    )  # fmt: skip
+    if not moved:
+        return "discarded"
+    log.warning("job %s: %s; retried on %s", job.pk, reason, serving.name)
+    job.refresh_from_db()
+    push.job_state(job)
+    dispatch(job)
+    return f"retried on {serving.name}"
 
 
 def _requeue_on_fallback(job: Job, fallback: Lane) -> str:

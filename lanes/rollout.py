@@ -91,7 +91,9 @@ def repin_waiting(lane: Lane, removed: ModelVersion | None, serving: ModelVersio
         return 0
     waiting = (Job.State.QUEUED, Job.State.DEFERRED)
     moved = 0
-    for job in Job.objects.filter(lane=lane, model_version=removed, state__in=waiting).only("pk", "adapters"):
+    # Routed jobs only: an experiment's jobs are pinned to their arm's version on purpose.
+    pinned = Job.objects.filter(lane=lane, model_version=removed, state__in=waiting, routed=True)
+    for job in pinned.only("pk", "adapters"):
         adapters, missing = lora.for_job(lane, serving, [entry["name"] for entry in job.adapters])
         note = f"Moved from {removed.name} to {serving.name} before it started: {why}."
         if missing:
@@ -214,6 +216,24 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
             outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason})
         _sync(canary)
     return lane
+
+
+def quarantine(version: ModelVersion, reason: str) -> list[str]:
+    """A version whose files would not load on a worker: it fails validation at once, and every canary
+    of it stops (its waiting jobs move to the active versions). Returns the lanes whose canary stopped."""
+    marked = ModelVersion.objects.filter(pk=version.pk, status__in=ModelVersion.DEPLOYABLE).update(
+        status=ModelVersion.Status.INVALID, validation_error=reason[:2000]
+    )
+    if marked:
+        AuditEvent.record(None, "version.load-failed", version=version, note=reason[:500])
+    stopped = []
+    for lane in Lane.objects.filter(canary_version=version):
+        try:
+            end_canary(lane, None, reason=reason, automatic=True)
+        except ControlError:  # stopped meanwhile (another worker saw the same failure)
+            continue
+        stopped.append(lane.name)
+    return stopped
 
 
 def rollback_target(lane: Lane) -> ModelVersion | None:

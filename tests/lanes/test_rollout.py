@@ -402,3 +402,30 @@ def test_a_job_moved_off_a_stopped_canary_renders_on_the_serving_version(v2, cre
         done = wait_for_job(job.pk)
     assert done.state == Job.State.SUCCEEDED and done.model_version == v1
     assert Artifact.objects.filter(job=done).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_canary_whose_weights_will_not_load_is_stopped_at_once_and_its_briefs_succeed_on_the_active_version(
+    v2, creative, admin
+):
+    v1 = lane().active_version
+    rollout.start_canary(lane(), v2, 99, admin)
+    for weights in (Path(settings.MODELS_ROOT) / v2.location).rglob("*.safetensors"):
+        weights.write_bytes(b"\xff" * 64)  # corrupted on disk after validation
+    rollout.rng.seed(0)
+    jobs = [submit_brief(creative, prompt=f"a canary poster {i}", intent="draft") for i in range(3)]
+    assert {job.model_version for job in jobs} == {v2}
+    with running_worker(concurrency=1):
+        done = [wait_for_job(job.pk, timeout=120) for job in jobs]
+    assert [job.state for job in done] == [Job.State.SUCCEEDED] * 3  # no brief failed for the version
+    assert {job.model_version for job in done} == {v1}
+    notes = sorted(job.version_note.split(":")[0] for job in done)
+    assert notes[0] == f"Moved from {v2.name} to {v1.name} before it started"  # waiting: re-pinned
+    assert notes[-1] == f"Retried on {v1.name}"  # the one that hit the bad weights: retried once
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.INVALID and "failed to load" in v2.validation_error
+    assert lane().canary_version is None
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"version.load-failed", "canary.auto-rollback", "lane.repin"} <= actions
+    with pytest.raises(ControlError, match="failed validation"):
+        rollout.start_canary(lane(), v2, 10, admin)  # cannot come back without a new validation
