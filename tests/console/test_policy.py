@@ -1,28 +1,17 @@
 import hashlib
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from lanes.models import Lane
 from lanes.policy import export
 from tests.conftest import make_user
 
-README_EXAMPLE = """\
-routes:
-  - name: fast_draft
-    model: demo-tiny-sd-v1
-    max_concurrency: 2
-    sample_steps: 12
-    fallback: final_render
-  - name: final_render
-    model: demo-tiny-sd-v1
-    max_concurrency: 1
-    sample_steps: 50
-    cascade: {scale: 2, steps: 4, batch_size: 8, max_wait_ms: 40, upscaler: demo-tiny-sd-x2-upscaler-v1}
-intents:
-  draft: fast_draft
-  final: {lane: final_render, priority: critical, label: Final render}
-"""
+# The README's example policy, as a new user pastes it.
+_README = (Path(settings.BASE_DIR) / "README.md").read_text()
+README_EXAMPLE = "routes:" + _README.split("```yaml\nroutes:", 1)[1].split("```", 1)[0]
 
 
 def form(text: str) -> dict:
