@@ -26,6 +26,7 @@ from lanes.models import (
     ModelVersion,
     Verification,
     Worker,
+    with_consumers,
     with_live_counts,
 )
 from lanes.stats import version_stats
@@ -46,14 +47,16 @@ from .forms import (
 @ops_required
 @require_GET
 def lane_list(request):
-    lanes = with_live_counts(
-        list(Lane.objects.select_related("active_version", "canary_version", "fallback").order_by("name"))
+    lanes = with_consumers(
+        with_live_counts(
+            list(Lane.objects.select_related("active_version", "canary_version", "fallback").order_by("name"))
+        )
     )
     return render(request, "console/lanes.html", {"lanes": lanes})
 
 
 def _lane_context(request, lane: Lane, **forms) -> dict:
-    with_live_counts([lane])
+    with_consumers(with_live_counts([lane]))
     now = timezone.now()
     alive = set(Worker.objects.alive(now).values_list("pk", flat=True))
     # Render workers: those on the control queue (every `gpu_worker`), or already on this lane.

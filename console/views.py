@@ -16,7 +16,17 @@ from accounts.models import Role
 from lanes import policy as policy_file
 from lanes.actions import BriefRejected, cancel_job
 from lanes.dispatch import broker_reachable
-from lanes.models import Artifact, Job, Lane, ModelVersion, Route, Verification, Worker, with_live_counts
+from lanes.models import (
+    Artifact,
+    Job,
+    Lane,
+    ModelVersion,
+    Route,
+    Verification,
+    Worker,
+    with_consumers,
+    with_live_counts,
+)
 from lanes.review import ReviewError, approve, autofix, reject, rerender
 from lanes.stats import WINDOWS, lane_stats
 from telemetry.models import GpuSample
@@ -153,9 +163,13 @@ def png_response(job: Job, stage: str) -> HttpResponse:
 @ops_required
 @require_http_methods(["GET", "POST"])
 def policy(request):
-    """The routing policy: lanes and intents, shown to ops and admins, edited as YAML by admins."""
+    """The routing policy: lanes and intents, shown to ops and admins, edited as YAML by admins.
+
+    A posted policy is first checked and its changes shown (nothing applied); only the
+    confirmation, sent with the digest the changes were computed against, applies it."""
     errors: list[str] = []
     text = None
+    preview = None
     status = 200
     current = policy_file.export()
     based_on = policy_file.digest(current)
@@ -164,16 +178,18 @@ def policy(request):
             raise PermissionDenied("Only admins may change the routing policy.")
         text = request.POST.get("policy", "")
         based_on = request.POST.get("based_on", "")
+        confirmed = request.POST.get("confirm") == "yes"
         try:
-            result = policy_file.apply(text, by=request.user, based_on=based_on)
+            diff = policy_file.apply(text, by=request.user, based_on=based_on, dry_run=not confirmed)
         except policy_file.PolicyError as exc:
             errors, status = exc.errors, 409 if isinstance(exc, policy_file.PolicyConflict) else 400
         else:
-            messages.success(
-                request, f"Policy applied: {result['lanes']} lanes, {result['intents']} intents, nothing else changed."
-            )
-            return redirect("policy")
-    lanes = list(Lane.objects.select_related("active_version", "fallback").order_by("name"))
+            if not confirmed:
+                preview = diff
+            else:
+                messages.success(request, f"Policy applied: {diff.summary()}.")
+                return redirect("policy")
+    lanes = with_consumers(list(Lane.objects.select_related("active_version", "fallback").order_by("name")))
     routes = Route.objects.select_related("lane").order_by("intent")
     rates = {(r["lane__name"], r["model_version__name"]): r for r in Verification.objects.pass_rates()}
     for lane in lanes:
@@ -185,6 +201,7 @@ def policy(request):
         "errors": errors,
         "policy_text": text or current,
         "based_on": based_on,
+        "preview": preview,
     }
     return render(request, "console/policy.html", context, status=status)
 

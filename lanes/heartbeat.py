@@ -1,7 +1,9 @@
 """Worker liveness: each worker process upserts its Worker row every few seconds.
 
 The database is the truth for liveness too: beat requeues running jobs whose worker
-stopped heartbeating (see dispatch.reconcile).
+stopped heartbeating (see dispatch.reconcile). A worker started to serve every lane
+(`gpu_worker` without --lanes) also follows the lanes on each beat: it starts consuming
+the queues of lanes created (or given a new queue) since it started, without a restart.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import socket
 import threading
 
+from celery import current_app as app
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
@@ -18,7 +21,7 @@ from django.utils import timezone
 from telemetry.sampling import sampling
 
 from .engines import current_device
-from .models import Worker
+from .models import Lane, Worker
 from .slots import slots
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ class Heartbeat:
         self.queues = ""
         self.node = ""
         self._consumer = None
+        self.follow_lanes = False  # serve every lane, those created later too
+        self._known: set[str] = set()  # lane queues already there (or already added)
 
     def live_queues(self) -> str:
         """The queues the worker consumes now (they change live with add_consumer/cancel_consumer)."""
@@ -43,6 +48,26 @@ class Heartbeat:
         if task_consumer is not None:
             return ",".join(sorted(q.name for q in task_consumer.queues))
         return self.queues
+
+    @staticmethod
+    def lane_queues() -> set[str]:
+        """Every lane's queues (enabled or not: gpu_worker serves them all, so enabling one needs no restart)."""
+        return {queue for lane in Lane.objects.all() for queue in lane.queues}
+
+    def follow(self) -> list[str]:
+        """Start consuming the queues of lanes that appeared since the last look; returns those added.
+
+        Only new queues: one ops stopped consuming on this worker stays stopped. Through Celery's
+        remote control, addressed to this node, since the consumer adds queues in its own event
+        loop (calling it from this thread would not be safe); asking twice is harmless."""
+        if not (self.follow_lanes and self.node):
+            return []
+        added = sorted(self.lane_queues() - self._known)
+        for queue in added:
+            app.control.add_consumer(queue, destination=[self.node])
+            self._known.add(queue)
+            log.info("consuming %s: a lane created after this worker started", queue)
+        return added
 
     def beat(self) -> None:
         device = current_device()
@@ -70,6 +95,7 @@ class Heartbeat:
         self._consumer = consumer
         self.node = getattr(consumer, "hostname", "") or ""
         self._stop.clear()
+        self._known = self.lane_queues()
         self.beat()
         self._thread = threading.Thread(target=self._run, name="laneway-heartbeat", daemon=True)
         self._thread.start()
@@ -78,6 +104,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
             try:
+                self.follow()
                 self.beat()
             except Exception:
                 log.exception("heartbeat failed")

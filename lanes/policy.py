@@ -15,11 +15,14 @@ mapping, which the file calls `intents:`.
 
 Applying is validated first and atomic: a file with any error changes nothing and gets
 every error with its line number. Lanes missing from an applied file are disabled (jobs
-still point at them), never deleted.
+still point at them), never deleted. The file replaces the whole policy, so `apply` answers
+with what it changed (a PolicyDiff), and `apply(..., dry_run=True)` answers the same without
+changing anything: the console shows it and asks to confirm before applying.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -27,12 +30,12 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F
 
 from . import families, yamlfile
 from .changes import save_lane
 from .control import unreachable_intents
-from .models import AuditEvent, Lane, ModelVersion, Priority, Route
+from .models import AuditEvent, Job, Lane, ModelVersion, Priority, Route, Worker
 from .rollout import record_release
 from .yamlfile import YamlError
 
@@ -81,6 +84,80 @@ class PolicyError(YamlError):
 
 class PolicyConflict(PolicyError):
     """The policy changed after the editor loaded it: applying would undo someone's change."""
+
+
+@dataclass
+class PolicyDiff:
+    """What applying a policy changes (or would change, on a dry run)."""
+
+    lanes: int = 0  # lanes the file describes
+    intents: int = 0  # intents the file describes
+    added_lanes: list[str] = dataclasses.field(default_factory=list)
+    changed_lanes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # lane -> the policy keys that change
+    disabled_lanes: list[str] = dataclasses.field(default_factory=list)  # enabled before, disabled after
+    added_intents: list[str] = dataclasses.field(default_factory=list)
+    changed_intents: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # intent -> lane/priority/label
+    removed_intents: list[str] = dataclasses.field(default_factory=list)
+    affected_jobs: dict[str, int] = dataclasses.field(
+        default_factory=dict
+    )  # changed or disabled lane -> jobs waiting there
+    unconsumed_lanes: list[str] = dataclasses.field(
+        default_factory=list
+    )  # enabled after, but no live worker consumes them
+    applied: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.added_lanes or self.changed_lanes or self.disabled_lanes
+            or self.added_intents or self.changed_intents or self.removed_intents
+        )  # fmt: skip
+
+    def lines(self) -> list[str]:
+        """The changes in words, one line per kind (none: nothing changes)."""
+        out = []
+        if self.added_lanes:
+            out.append(f"added lanes: {', '.join(self.added_lanes)}")
+        if self.changed_lanes:
+            out.append(
+                "changed lanes: "
+                + "; ".join(f"{name} ({', '.join(keys)})" for name, keys in self.changed_lanes.items())
+            )
+        if self.disabled_lanes:
+            out.append(f"disabled lanes: {', '.join(self.disabled_lanes)}")
+        if self.added_intents:
+            out.append(f"added intents: {', '.join(self.added_intents)}")
+        if self.changed_intents:
+            out.append(
+                "changed intents: "
+                + "; ".join(f"{name} ({', '.join(keys)})" for name, keys in self.changed_intents.items())
+            )
+        if self.removed_intents:
+            out.append(f"removed intents: {', '.join(self.removed_intents)}")
+        if self.affected_jobs:
+            total = sum(self.affected_jobs.values())
+            where = ", ".join(f"{n} on {lane}" for lane, n in self.affected_jobs.items())
+            out.append(f"{total} queued job{'s' if total != 1 else ''} on changed or disabled lanes ({where})")
+        if self.unconsumed_lanes:
+            out.append(f"no live worker consumes lanes: {', '.join(self.unconsumed_lanes)}")
+        return out
+
+    def summary(self) -> str:
+        if self.is_empty:
+            return "nothing changed"
+        return "; ".join(self.lines())
+
+    def as_dict(self) -> dict:
+        return {
+            "added_lanes": self.added_lanes,
+            "changed_lanes": self.changed_lanes,
+            "disabled_lanes": self.disabled_lanes,
+            "added_intents": self.added_intents,
+            "changed_intents": self.changed_intents,
+            "removed_intents": self.removed_intents,
+            "affected_jobs": self.affected_jobs,
+            "unconsumed_lanes": self.unconsumed_lanes,
+        }
 
 
 @dataclass
@@ -247,88 +324,130 @@ def digest(text: str | None = None) -> str:
     return hashlib.sha256((export() if text is None else text).encode()).hexdigest()
 
 
-def apply(text: str, by=None, based_on: str | None = None) -> dict[str, int]:
+def apply(text: str, by=None, based_on: str | None = None, dry_run: bool = False) -> PolicyDiff:
     """Validate and apply a policy atomically; raises PolicyError listing every problem.
 
     `based_on` is the digest of the policy the editor started from: if lanes or intents
-    changed since, PolicyConflict is raised and nothing is applied.
+    changed since, PolicyConflict is raised and nothing is applied. A dry run does all the
+    work (so it finds every error applying would) in a transaction it then rolls back.
     """
     with transaction.atomic():
-        existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
-        if based_on is not None and based_on != digest():
-            last = AuditEvent.objects.first()
-            who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
-            raise PolicyConflict([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
-        lanes, intents, errors = parse(text)
-        models = validate(lanes, intents, errors)
-        if errors:
-            raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
-        saved: dict[str, Lane] = {}
-        before: dict[str, dict | None] = {}
-        defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
-        for spec in lanes:
-            values = dict(spec.values)
-            name = values.pop("name")
-            values["active_version"] = models[values["active_version"]]
-            values["refine_version"] = models[values["refine_version"]] if values.get("refine_version") else None
-            values.pop("fallback", None)
-            values.setdefault("cascade", False)
-            lane = existing.get(name) or Lane(name=name)
-            before[name] = export_lane(lane) if lane.pk else None
-            # Keys left out of the file take their defaults, so the file alone describes the lane:
-            # the model family's (steps, guidance, sizes) where it has them, else Laneway's.
-            version = values["active_version"]
-            family_defaults = families.lane_defaults(version.family, version.distilled)
-            lane_defaults = {**defaults, **(family_defaults.as_lane_fields() if family_defaults else {})}
-            for field, default in lane_defaults.items():
-                if field not in NOT_IN_POLICY and field not in values:
-                    setattr(lane, field, default)
-            for field, value in values.items():
-                setattr(lane, field, value)
-            if "queue" not in values:
-                lane.queue = ""
-            if lane.enabled:
-                lane.draining = False
-            try:
-                lane.full_clean(exclude=["fallback"], validate_unique=False)
-            except ValidationError as exc:
-                problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
-                raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
-            save_lane(lane)
-            saved[name] = lane
-        for spec in lanes:
-            lane = saved[spec.values["name"]]
-            fallback = spec.values.get("fallback")
-            lane.fallback = saved[fallback] if fallback else None
-            lane.save(update_fields=["fallback"])
-        for name, lane in saved.items():
-            after = export_lane(lane)
-            if after != before[name]:
-                AuditEvent.record(by, "policy.lane", lane=lane, before=before[name] or {}, after=after)
-            record_release(lane, by, "policy")
-        dropped = list(Lane.objects.exclude(name__in=saved).filter(enabled=True))
-        for lane in dropped:
-            AuditEvent.record(by, "policy.lane", lane=lane, before={"enabled": True}, after={"enabled": False})
-        disabled = Lane.objects.filter(pk__in=[lane.pk for lane in dropped]).update(
-            enabled=False, draining=False, revision=F("revision") + 1
+        diff = _apply(text, by, based_on)
+        if dry_run:
+            transaction.set_rollback(True)
+        diff.applied = not dry_run
+    return diff
+
+
+def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
+    existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
+    if based_on is not None and based_on != digest():
+        last = AuditEvent.objects.first()
+        who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
+        raise PolicyConflict([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
+    lanes, intents, errors = parse(text)
+    models = validate(lanes, intents, errors)
+    if errors:
+        raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
+    saved: dict[str, Lane] = {}
+    before: dict[str, dict | None] = {}
+    routes_before = {
+        r.intent: {"lane": r.lane.name, "priority": r.priority, "label": r.label}
+        for r in Route.objects.select_related("lane")
+    }
+    waiting = Job.objects.filter(state__in=(Job.State.QUEUED, Job.State.DEFERRED))
+    waiting_by_lane = {row["lane__name"]: row["n"] for row in waiting.values("lane__name").annotate(n=Count("pk"))}
+    defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
+    for spec in lanes:
+        values = dict(spec.values)
+        name = values.pop("name")
+        values["active_version"] = models[values["active_version"]]
+        values["refine_version"] = models[values["refine_version"]] if values.get("refine_version") else None
+        values.pop("fallback", None)
+        values.setdefault("cascade", False)
+        lane = existing.get(name) or Lane(name=name)
+        before[name] = export_lane(lane) if lane.pk else None
+        # Keys left out of the file take their defaults, so the file alone describes the lane:
+        # the model family's (steps, guidance, sizes) where it has them, else Laneway's.
+        version = values["active_version"]
+        family_defaults = families.lane_defaults(version.family, version.distilled)
+        lane_defaults = {**defaults, **(family_defaults.as_lane_fields() if family_defaults else {})}
+        for field, default in lane_defaults.items():
+            if field not in NOT_IN_POLICY and field not in values:
+                setattr(lane, field, default)
+        for field, value in values.items():
+            setattr(lane, field, value)
+        if "queue" not in values:
+            lane.queue = ""
+        if lane.enabled:
+            lane.draining = False
+        try:
+            lane.full_clean(exclude=["fallback"], validate_unique=False)
+        except ValidationError as exc:
+            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+            raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
+        save_lane(lane)
+        saved[name] = lane
+    for spec in lanes:
+        lane = saved[spec.values["name"]]
+        fallback = spec.values.get("fallback")
+        lane.fallback = saved[fallback] if fallback else None
+        lane.save(update_fields=["fallback"])
+    diff = PolicyDiff(lanes=len(saved), intents=len(intents))
+    for name, lane in saved.items():
+        after = export_lane(lane)
+        if after != before[name]:
+            AuditEvent.record(by, "policy.lane", lane=lane, before=before[name] or {}, after=after)
+        old = before[name]
+        if old is None:
+            diff.added_lanes.append(name)
+        elif old.get("enabled") and not lane.enabled:
+            diff.disabled_lanes.append(name)
+        elif after != old:
+            diff.changed_lanes[name] = [key for key in after if key != "name" and after.get(key) != old.get(key)]
+        record_release(lane, by, "policy")
+    dropped = list(Lane.objects.exclude(name__in=saved).filter(enabled=True))
+    for lane in dropped:
+        AuditEvent.record(by, "policy.lane", lane=lane, before={"enabled": True}, after={"enabled": False})
+    Lane.objects.filter(pk__in=[lane.pk for lane in dropped]).update(
+        enabled=False, draining=False, revision=F("revision") + 1
+    )
+    diff.disabled_lanes = sorted([*diff.disabled_lanes, *(lane.name for lane in dropped)])
+    diff.removed_intents = sorted(set(routes_before) - set(intents))
+    Route.objects.exclude(intent__in=intents).delete()
+    for intent, entry in intents.items():
+        Route.objects.update_or_create(
+            intent=intent,
+            defaults={
+                "lane": saved[entry["lane"]],
+                "priority": entry.get("priority") or Priority.STANDARD,
+                "label": entry.get("label") or "",
+            },
         )
-        Route.objects.exclude(intent__in=intents).delete()
-        for intent, entry in intents.items():
-            Route.objects.update_or_create(
-                intent=intent,
-                defaults={
-                    "lane": saved[entry["lane"]],
-                    "priority": entry.get("priority") or Priority.STANDARD,
-                    "label": entry.get("label") or "",
-                },
-            )
-        # A version a lane now serves is active; one no lane serves any more is merely validated.
-        for version in ModelVersion.objects.filter(status__in=ModelVersion.DEPLOYABLE):
-            version.sync_status()
-        stranded = unreachable_intents(set(Lane.objects.filter(enabled=True).values_list("pk", flat=True)))
-        if stranded:
-            raise PolicyError([f"intent {intent!r} would reach no enabled lane" for intent in stranded])
-    return {"lanes": len(saved), "intents": len(intents), "disabled": disabled}
+    # A version a lane now serves is active; one no lane serves any more is merely validated.
+    for version in ModelVersion.objects.filter(status__in=ModelVersion.DEPLOYABLE):
+        version.sync_status()
+    stranded = unreachable_intents(set(Lane.objects.filter(enabled=True).values_list("pk", flat=True)))
+    if stranded:
+        raise PolicyError([f"intent {intent!r} would reach no enabled lane" for intent in stranded])
+    for intent in sorted(intents):
+        now = {
+            "lane": intents[intent]["lane"],
+            "priority": intents[intent].get("priority") or Priority.STANDARD,
+            "label": intents[intent].get("label") or "",
+        }
+        if intent not in routes_before:
+            diff.added_intents.append(intent)
+        elif now != routes_before[intent]:
+            diff.changed_intents[intent] = [k for k in now if now[k] != routes_before[intent][k]]
+    touched = [*diff.changed_lanes, *diff.disabled_lanes]
+    diff.affected_jobs = {name: waiting_by_lane[name] for name in sorted(touched) if waiting_by_lane.get(name)}
+    consumed = Worker.objects.consumed_queues()
+    diff.unconsumed_lanes = sorted(lane.name for lane in saved.values() if lane.enabled and lane.unconsumed(consumed))
+    diff.changed_lanes = dict(sorted(diff.changed_lanes.items()))
+    diff.added_lanes.sort()
+
+    return diff
 
 
 def export_lane(lane: Lane) -> dict:

@@ -76,10 +76,25 @@ class PolicyIn(BodyIn):
     based_on: str | None = text(None, max_length=64)
 
 
+class PolicyChanges(Schema):
+    added_lanes: list[str]
+    changed_lanes: dict[str, list[str]] = Field(..., description="Lane → the policy keys that change.")
+    disabled_lanes: list[str] = Field(
+        ..., description="Enabled before, disabled after (left out of the file, or enabled: false)."
+    )
+    added_intents: list[str]
+    changed_intents: dict[str, list[str]] = Field(..., description="Intent → which of lane, priority, label change.")
+    removed_intents: list[str]
+    affected_jobs: dict[str, int] = Field(..., description="Changed or disabled lane → its queued and deferred jobs.")
+    unconsumed_lanes: list[str] = Field(..., description="Enabled lanes whose queue no live worker consumes.")
+
+
 class PolicyApplied(Schema):
     lanes: int
     intents: int
-    digest: str
+    digest: str = Field(..., description="The policy's digest after the call (unchanged on a dry run).")
+    applied: bool = Field(..., description="False on a dry run: nothing was changed.")
+    changes: PolicyChanges
 
 
 def version_out(version: ModelVersion) -> dict:
@@ -155,17 +170,25 @@ def get_policy(request):
 
 
 @router.put("/policy", response={200: PolicyApplied, **errors(409)}, tags=["policy"])
-def apply_policy(request, body: PolicyIn):
-    """Apply a whole policy atomically (admins).
+def apply_policy(request, body: PolicyIn, dry_run: bool = False):
+    """Apply a whole policy atomically (admins); the file replaces the whole policy.
 
-    422 lists every problem with its line; 409 if the policy changed since `based_on`."""
+    The answer lists what changed. With `?dry_run=true` nothing is applied: the answer lists
+    what applying would change. 422 lists every problem with its line; 409 if the policy
+    changed since `based_on`."""
     require_role(request.user, Role.ADMIN, "Only admins may change the routing policy.")
     try:
-        result = policy_file.apply(body.yaml, by=request.user, based_on=body.based_on)
+        diff = policy_file.apply(body.yaml, by=request.user, based_on=body.based_on, dry_run=dry_run)
     except policy_file.PolicyConflict as exc:
         raise ProblemError(409, " ".join(exc.errors)) from None
     except policy_file.PolicyError as exc:
         raise ProblemError(
             422, "The policy was not applied.", {str(i): e for i, e in enumerate(exc.errors, 1)}
         ) from None
-    return {"lanes": result["lanes"], "intents": result["intents"], "digest": policy_file.digest()}
+    return {
+        "lanes": diff.lanes,
+        "intents": diff.intents,
+        "digest": policy_file.digest(),
+        "applied": diff.applied,
+        "changes": diff.as_dict(),
+    }

@@ -18,7 +18,7 @@ from .fleet import (
     resolve_checkpoint,
     tensor_shapes,
 )
-from .jobs import Artifact, Job, Worker, with_live_counts
+from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "resolve_adapter",
     "resolve_checkpoint",
     "tensor_shapes",
+    "with_consumers",
     "with_live_counts",
 ]

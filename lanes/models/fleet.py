@@ -411,6 +411,7 @@ class Lane(models.Model):
     queued: int
     running: int
     deferred: int
+    no_consumer: bool  # set by with_consumers
 
     # What a canary is: cleared together whenever it ends (promoted, stopped, rolled back).
     CANARY_FIELDS = ("canary_version", "canary_percent", "canary_started_at")
@@ -485,6 +486,17 @@ class Lane(models.Model):
     @property
     def queues(self) -> list[str]:
         return [self.queue, self.refine_queue] if self.cascade else [self.queue]
+
+    @property
+    def job_queues(self) -> list[str]:
+        """The queues its new jobs are sent to: a hosted version's go to the hosted workers' queue (see dispatch)."""
+        if self.active_version.is_hosted:
+            return [settings.HOSTED_QUEUE]
+        return self.queues
+
+    def unconsumed(self, consumed: set[str]) -> bool:
+        """Whether a job sent to this lane now would wait on a queue that none of `consumed` is."""
+        return not set(self.job_queues) <= consumed
 
 
 def refine_partners(family: str) -> tuple[str, ...]:

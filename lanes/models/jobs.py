@@ -218,6 +218,18 @@ class Job(models.Model):
         elapsed = (timezone.now() - self.started_at).total_seconds()
         return max(0.0, elapsed / self.progress_step * (self.total_steps - self.progress_step))
 
+    @property
+    def waiting_queue(self) -> str:
+        if self.stage == self.Stage.REFINE_QUEUED:
+            return self.lane.refine_queue
+        return settings.HOSTED_QUEUE if self.model_version.is_hosted else self.lane.queue
+
+    def waiting_note(self) -> str:
+        """Why a queued or deferred job has not started: nobody consumes its queue, or every slot is busy."""
+        if self.waiting_queue not in Worker.objects.consumed_queues():
+            return f"no worker consumes lane {self.lane.name}"
+        return "waiting for a slot"
+
     def draft_artifact(self) -> Artifact | None:
         for artifact in self.artifacts.all():
             if artifact.stage == Artifact.Stage.DRAFT:
@@ -398,6 +410,14 @@ def with_live_counts(lanes: list[Lane]) -> list[Lane]:
     return lanes
 
 
+def with_consumers(lanes: list[Lane]) -> list[Lane]:
+    """The lanes, each with .no_consumer set: enabled, yet no live worker consumes its queue (one query)."""
+    consumed = Worker.objects.consumed_queues()
+    for lane in lanes:
+        lane.no_consumer = lane.enabled and lane.unconsumed(consumed)
+    return lanes
+
+
 class Artifact(models.Model):
     class Stage(models.TextChoices):
         DRAFT = "draft"
@@ -438,6 +458,12 @@ class WorkerQuerySet(models.QuerySet):
         now = now or timezone.now()
         window = settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS
         return self.filter(last_seen__gte=now - timedelta(seconds=window), stopped_at__isnull=True)
+
+    def consumed_queues(self) -> set[str]:
+        """The queues some live worker consumes now (as its last heartbeat reported them)."""
+        return {
+            queue for queues in self.alive().values_list("queues", flat=True) for queue in queues.split(",") if queue
+        }
 
 
 class Worker(models.Model):

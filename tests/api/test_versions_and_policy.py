@@ -57,6 +57,23 @@ def test_the_policy_round_trips_and_a_stale_digest_is_409(demo_lanes, callers):
     assert AuditEvent.objects.filter(action="lane.limits").count() == 1
 
 
+def test_a_policy_dry_run_answers_the_changes_and_applies_nothing(demo_lanes, callers):
+    current = callers["ops"].get("/policy").json()
+    partial = "routes:\n  - {name: solo, model: demo-tiny-sd-v1}\nintents:\n  draft: solo\n"
+    dry = callers["admin"].send("PUT", "/policy?dry_run=true", {"yaml": partial, "based_on": current["digest"]})
+    assert dry.status_code == 200, dry.content
+    body = dry.json()
+    assert body["applied"] is False and body["digest"] == current["digest"]
+    changes = body["changes"]
+    assert changes["added_lanes"] == ["solo"] and "fast-draft" in changes["disabled_lanes"]
+    assert "final" in changes["removed_intents"] and changes["changed_intents"] == {"draft": ["lane", "label"]}
+    assert changes["unconsumed_lanes"] == ["solo"]
+    assert callers["ops"].get("/policy").json() == current  # nothing applied
+    assert callers["admin"].send("PUT", "/policy?dry_run=maybe", {"yaml": partial}).status_code == 422
+    applied = callers["admin"].send("PUT", "/policy", {"yaml": partial, "based_on": current["digest"]}).json()
+    assert applied["applied"] is True and applied["changes"] == changes and applied["digest"] != current["digest"]
+
+
 def test_an_experiment_is_created_from_yaml_and_its_results_read(demo_lanes, callers):
     definition = "name: ab\nprompts: [p, q]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
     created = callers["admin"].post("/experiments", {"definition": definition})

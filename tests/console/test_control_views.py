@@ -237,3 +237,21 @@ def test_an_admin_marks_a_turbo_checkpoint_as_distilled(client, demo_lanes):
     form = {"name": "my-base", "location": "demo-tiny-sdxl", "dtype": "float16", "distilled": ""}
     assert client.post(reverse("version-new"), form).status_code == 302
     assert ModelVersion.objects.get(name="my-base").distilled is False  # detected: not a Flux schnell
+
+
+def test_a_lane_no_live_worker_consumes_is_flagged_on_the_lane_pages(client, demo_lanes):
+    client.force_login(make_user("olive", "ops"))
+    Worker.objects.create(ident="h:1", node="gpu0@h", hostname="h", pid=1, queues="celery,lane.preview")
+    Lane.objects.filter(name="fallback").update(enabled=False)  # disabled: nothing is sent there, no flag
+
+    def flagged(html: str) -> set[str]:
+        rows = html.split('<tr id="lane-')[1:]
+        return {row.split('"', 1)[0] for row in rows if "data-no-consumer" in row}
+
+    enabled = set(Lane.objects.filter(enabled=True).values_list("name", flat=True))
+    assert flagged(client.get(reverse("lane-list")).text) == enabled - {"preview"}
+    assert flagged(client.get(reverse("policy")).text) == enabled - {"preview"}
+    assert "no worker consumes this lane" in client.get(reverse("lane-detail", args=["fast-draft"])).text
+    assert "data-no-consumer" not in client.get(reverse("lane-detail", args=["preview"])).text
+    Worker.objects.create(ident="h:2", node="gpu1@h", hostname="h", pid=2, queues="lane.fast-draft")
+    assert "data-no-consumer" not in client.get(reverse("lane-detail", args=["fast-draft"])).text

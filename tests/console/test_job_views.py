@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from lanes import retention
 from lanes.actions import submit_brief
-from lanes.models import Job
+from lanes.models import Job, Worker
 from tests.lanes.finished import finished_job
 
 
@@ -140,3 +140,16 @@ def test_a_job_whose_image_was_pruned_says_so_instead_of_a_broken_image(
     kept = finished_job(creative, days_old=1, seed=2)
     page = creative_client.get(reverse("job-detail", args=[kept.pk]))
     assert reverse("job-image", args=[kept.pk, "final"]) in page.text and "pruned" not in page.text
+
+
+def test_a_job_waiting_on_a_lane_no_live_worker_consumes_says_so(creative_client, job):
+    assert job.state == Job.State.QUEUED
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert f"· no worker consumes lane {job.lane.name}" in page.text and "waiting for a slot" not in page.text
+    Worker.objects.create(ident="h:9", hostname="h", pid=9, queues="lane.other,celery")  # alive, elsewhere
+    Worker.objects.create(ident="h:8", hostname="h", pid=8, queues=job.lane.queue, stopped_at=timezone.now())
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert f"no worker consumes lane {job.lane.name}" in page.text
+    Worker.objects.create(ident="h:7", hostname="h", pid=7, queues=f"celery,{job.lane.queue}")
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert "· waiting for a slot" in page.text and "no worker consumes" not in page.text

@@ -3,9 +3,11 @@ import textwrap
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from lanes import policy
 from lanes.actions import submit_brief
-from lanes.models import Lane, Route
+from lanes.models import AuditEvent, Lane, LaneRelease, Route, Worker
 
 GOOD = textwrap.dedent(
     """\
@@ -60,7 +62,8 @@ def test_a_policy_piped_to_apply_policy_is_applied(demo_lanes):
 
 def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creative):
     message = apply(tmp_path, GOOD)
-    assert "2 lanes, 2 intents, 10 lanes not in the file disabled" in message
+    assert "2 lanes, 2 intents" in message and "added lanes: fast_draft, final_render" in message
+    assert "disabled lanes: fallback, fast-draft, final-render" in message
     fast = Lane.objects.get(name="fast_draft")
     assert (fast.max_concurrency, fast.default_steps, fast.fallback.name, fast.queue) == (
         2,
@@ -201,3 +204,81 @@ def test_keys_left_out_take_the_model_familys_lane_defaults(demo_lanes, tmp_path
     apply(tmp_path, text)
     flux.refresh_from_db()
     assert (flux.default_steps, flux.default_guidance, flux.max_steps) == (4, 0.0, 8)
+
+
+def test_applying_answers_with_what_it_changed(demo_lanes, creative):
+    waiting = submit_brief(creative, prompt="queued before the change", intent="draft")
+    enabled = sorted(Lane.objects.filter(enabled=True).values_list("name", flat=True))
+    intents = sorted(Route.objects.values_list("intent", flat=True))
+    diff = policy.apply(GOOD)
+    assert diff.applied and (diff.lanes, diff.intents) == (2, 2)
+    assert diff.added_lanes == ["fast_draft", "final_render"] and diff.changed_lanes == {}
+    assert diff.disabled_lanes == enabled
+    assert diff.removed_intents == [i for i in intents if i not in ("draft", "final")]
+    # draft was fast-draft, standard, "Fast draft"; final was final-render, critical, "Final render".
+    assert diff.changed_intents == {"draft": ["lane", "label"], "final": ["lane"]} and not diff.added_intents
+    assert diff.affected_jobs == {waiting.lane.name: 1}
+    assert diff.unconsumed_lanes == ["fast_draft", "final_render"]  # no worker is alive here
+    summary = diff.summary()
+    assert summary.startswith("added lanes: fast_draft, final_render; ")
+    assert f"disabled lanes: {', '.join(enabled)}" in summary and "1 queued job on changed or disabled lanes" in summary
+
+
+def test_a_dry_run_answers_the_same_and_changes_nothing(demo_lanes):
+    before, audits, releases = export(), AuditEvent.objects.count(), LaneRelease.objects.count()
+    dry = policy.apply(GOOD, dry_run=True)
+    assert not dry.applied and dry.added_lanes == ["fast_draft", "final_render"] and dry.disabled_lanes
+    assert export() == before and AuditEvent.objects.count() == audits and LaneRelease.objects.count() == releases
+    assert not Lane.objects.filter(name="fast_draft").exists()
+    real = policy.apply(GOOD)
+    assert real.applied and real.as_dict() == dry.as_dict()
+
+
+def test_a_dry_run_finds_the_errors_applying_would(demo_lanes):
+    stranding = export().replace("enabled: true", "enabled: false")  # every lane off: intents reach nothing
+    with pytest.raises(policy.PolicyError) as caught:
+        policy.apply(stranding, dry_run=True)
+    assert any("would reach no enabled lane" in e for e in caught.value.errors)
+    assert Lane.objects.filter(enabled=True).exists()
+
+
+def test_changed_lanes_and_intents_name_the_keys_that_change(demo_lanes):
+    text = export().replace("max_concurrency: 2", "max_concurrency: 3", 1)
+    text = text.replace("lane: fast-draft\n    priority: standard", "lane: fast-draft\n    priority: critical", 1)
+    diff = policy.apply(text)
+    assert diff.changed_lanes == {"fallback": ["max_concurrency"]}
+    assert list(diff.changed_intents.values()) == [["priority"]]
+    assert not (diff.added_lanes or diff.disabled_lanes or diff.removed_intents or diff.added_intents)
+    assert policy.apply(text).is_empty and policy.apply(text).summary() == "nothing changed"
+
+
+def test_disabling_a_lane_in_the_file_counts_as_disabled_and_lists_its_waiting_jobs(demo_lanes, creative):
+    waiting = submit_brief(creative, prompt="waits", intent="draft")
+    name = waiting.lane.name
+    text = export()
+    start = text.index(f"- name: {name}\n")
+    text = text[:start] + text[start:].replace("enabled: true", "enabled: false", 1)
+    diff = policy.apply(text, dry_run=True)
+    assert diff.disabled_lanes == [name] and name not in diff.changed_lanes
+    assert diff.affected_jobs == {name: 1}
+
+
+def test_a_lane_a_live_worker_consumes_is_not_reported_unconsumed(demo_lanes):
+    Worker.objects.create(ident="h:1", hostname="h", pid=1, queues="lane.fast_draft,celery")
+    Worker.objects.create(
+        ident="h:2", hostname="h", pid=2, queues="lane.final_render,lane.final_render.refine", stopped_at=timezone.now()
+    )
+    diff = policy.apply(GOOD, dry_run=True)
+    assert diff.unconsumed_lanes == ["final_render"]  # its only worker stopped
+
+
+def test_apply_policy_dry_run_prints_the_changes_and_changes_nothing(demo_lanes, tmp_path):
+    before = export()
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    out = io.StringIO()
+    call_command("apply_policy", str(path), "--dry-run", stdout=out)
+    printed = out.getvalue()
+    assert "Would apply" in printed and "added lanes: fast_draft, final_render" in printed
+    assert "disabled lanes: " in printed and "removed intents: " in printed and "nothing was changed" in printed
+    assert export() == before

@@ -15,20 +15,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("file", help="Policy YAML file, or - for standard input.")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Print what applying would change, and change nothing."
+        )
 
-    def handle(self, file: str, **options) -> None:
+    def handle(self, file: str, dry_run: bool = False, **options) -> None:
         self.stdin = options.get("stdin") or sys.stdin
         try:
             text = self.stdin.read() if file == "-" else Path(file).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"Cannot read {file}: {exc}") from None
         try:
-            result = apply(text)
+            diff = apply(text, dry_run=dry_run)
         except PolicyError as exc:
             raise CommandError(f"{file}: nothing was changed:\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Applied {file}: {result['lanes']} lanes, {result['intents']} intents"
-                + (f", {result['disabled']} lanes not in the file disabled" if result["disabled"] else "")
-            )
-        )
+        head = "Would apply" if dry_run else "Applied"
+        self.stdout.write(self.style.SUCCESS(f"{head} {file}: {diff.lanes} lanes, {diff.intents} intents"))
+        for line in diff.lines() or ["nothing changes" if dry_run else "nothing changed"]:
+            self.stdout.write(f"  {line}")
+        if dry_run:
+            self.stdout.write("Dry run: nothing was changed.")

@@ -7,6 +7,7 @@ from celery.bin.celery import celery as celery_cli
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from lanes.heartbeat import heartbeat
 from lanes.models import Lane
 
 
@@ -49,6 +50,8 @@ class Command(BaseCommand):
             queues += [settings.CELERY_TASK_DEFAULT_QUEUE, settings.HOUSEKEEPING_QUEUE]
         if not queues:
             raise CommandError("No lanes to serve: run `manage.py seed_demo` or apply a policy first.")
+        # Serving every lane means lanes created later too: the heartbeat adds their queues as they appear.
+        heartbeat.follow_lanes = not wanted
         name = "cpu"
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
