@@ -222,6 +222,12 @@ elif REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 else:
     raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://")
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL", _broker_default)
+# The cache's keys and the channel layer's channels start with this, so several deployments or test
+# runs can share one server and database. (Not the broker's queues: kombu's global_keyprefix loses
+# this stack's messages; give each its own Redis database for that.)
+KEY_PREFIX = _env("LANEWAY_KEY_PREFIX", "laneway")
+if not KEY_PREFIX.replace("-", "").replace("_", "").isalnum():
+    raise ImproperlyConfigured(f"LANEWAY_KEY_PREFIX={KEY_PREFIX!r} may hold only letters, digits, - and _")
 
 CHANNEL_LAYERS = {
     "default": {
@@ -240,7 +246,7 @@ CHANNEL_LAYERS = {
                     "max_connections": envint("CHANNEL_LAYER_MAX_CONNECTIONS", 2000, 10),
                 }
             ],
-            "prefix": _env("CHANNELS_PREFIX", "laneway"),
+            "prefix": _env("CHANNELS_PREFIX", KEY_PREFIX),
         },
     }
 }
@@ -248,7 +254,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "laneway",
+        "KEY_PREFIX": KEY_PREFIX,
     }
 }
 
