@@ -433,15 +433,27 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app and static/ folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+# LOG_FORMAT=json writes one JSON object a line (for a log collector); plain is for people.
+LOG_FORMAT = envchoice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "console.logs.JsonFormatter"},
+    },
+    "filters": {
+        "periodic_at_debug": {"()": "console.logs.PeriodicTasksAtDebug"},
+        "no_traceback_for_refusals": {"()": "console.logs.NoTracebackForRefusals"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
     # httpx logs every hosted-engine request at INFO; retries and failures are logged by lanes.hosted.
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
+        "django.request": {"filters": ["no_traceback_for_refusals"]},
+        "celery.worker.strategy": {"filters": ["periodic_at_debug"]},
+        "celery.app.trace": {"filters": ["periodic_at_debug"]},
         "httpx": {"level": "WARNING"},
         "axes": {"level": "WARNING"},  # it logs every successful login at INFO
     },

@@ -26,6 +26,7 @@ def import_settings(**env) -> subprocess.CompletedProcess:
         ({"JOB_TIME_LIMIT": "1"}, "JOB_TIME_LIMIT=1 must be at least 10"),
         ({"WORKER_HEARTBEAT_SECONDS": "fast"}, "WORKER_HEARTBEAT_SECONDS='fast' is not a number"),
         ({"LANEWAY_DEVICE": "tpu"}, "LANEWAY_DEVICE='tpu' must be one of auto, cpu, cuda"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml' must be one of plain, json"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),
         ({"DATABASE_URL": "nonsense://x"}, "DATABASE_URL is not a valid database URL"),
         (
