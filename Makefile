@@ -3,7 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/laneway
-REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+# Checkouts testing at once on one machine: each uses a Redis database (1-15) picked from its path
+# (the test database name and key prefix are derived in tests/settings.py the same way).
+CHECKOUT_DB := $(shell printf '%s' '$(CURDIR)' | cksum | awk '{print $$1 % 15 + 1}')
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/$(CHECKOUT_DB)
 
 .PHONY: run setup test test-embedded test-scaleout lint bench
 

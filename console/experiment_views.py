@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
@@ -23,17 +24,8 @@ from lanes.models import Job
 from .access import get_experiment_for_user, get_lane_for_user
 from .forms import ExperimentCanaryForm, ExperimentForm
 
-EXAMPLE = """\
-name: sale-posters
-samples: 2
-seed: 1000
-prompts:
-  - A summer sale poster, bold type
-  - {prompt: "Grand opening banner over a shop", expected_text: GRAND OPENING}
-arms:
-  - {name: current, lane: fast-draft}
-  - {name: candidate, lane: fast-draft, version: demo-tiny-sd-v2}
-"""
+# The New experiment form starts from the README's example (one file, so they cannot drift apart).
+EXAMPLE = (settings.BASE_DIR / "examples" / "sale-posters.yaml").read_text()
 
 
 @login_required

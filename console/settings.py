@@ -222,6 +222,12 @@ elif REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 else:
     raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://")
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL", _broker_default)
+# The cache's keys and the channel layer's channels start with this, so several deployments or test
+# runs can share one server and database. (Not the broker's queues: kombu's global_keyprefix loses
+# this stack's messages; give each its own Redis database for that.)
+KEY_PREFIX = _env("LANEWAY_KEY_PREFIX", "laneway")
+if not KEY_PREFIX.replace("-", "").replace("_", "").isalnum():
+    raise ImproperlyConfigured(f"LANEWAY_KEY_PREFIX={KEY_PREFIX!r} may hold only letters, digits, - and _")
 
 CHANNEL_LAYERS = {
     "default": {
@@ -240,7 +246,7 @@ CHANNEL_LAYERS = {
                     "max_connections": envint("CHANNEL_LAYER_MAX_CONNECTIONS", 2000, 10),
                 }
             ],
-            "prefix": _env("CHANNELS_PREFIX", "laneway"),
+            "prefix": _env("CHANNELS_PREFIX", KEY_PREFIX),
         },
     }
 }
@@ -248,7 +254,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "laneway",
+        "KEY_PREFIX": KEY_PREFIX,
     }
 }
 
@@ -427,15 +433,27 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app and static/ folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+# LOG_FORMAT=json writes one JSON object a line (for a log collector); plain is for people.
+LOG_FORMAT = envchoice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "console.logs.JsonFormatter"},
+    },
+    "filters": {
+        "periodic_at_debug": {"()": "console.logs.PeriodicTasksAtDebug"},
+        "no_traceback_for_refusals": {"()": "console.logs.NoTracebackForRefusals"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
     # httpx logs every hosted-engine request at INFO; retries and failures are logged by lanes.hosted.
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
+        "django.request": {"filters": ["no_traceback_for_refusals"]},
+        "celery.worker.strategy": {"filters": ["periodic_at_debug"]},
+        "celery.app.trace": {"filters": ["periodic_at_debug"]},
         "httpx": {"level": "WARNING"},
         "axes": {"level": "WARNING"},  # it logs every successful login at INFO
     },

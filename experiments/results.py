@@ -34,6 +34,11 @@ class CellResult:
     def passed(self) -> bool | None:
         return {"passed": True, "flagged": False}.get(self.verdict)
 
+    @property
+    def verdict_label(self) -> str:
+        """The verdict in words ("not applicable", not `not_applicable`)."""
+        return Verification.Status(self.verdict).label.lower() if self.verdict else ""
+
 
 def cell_results(experiment: Experiment) -> list[CellResult]:
     """One row per cell, read in a fixed number of queries."""

@@ -10,7 +10,7 @@ from accounts.models import Team
 from experiments import definition as definitions
 from experiments import results, runner
 from experiments.models import Experiment
-from lanes.models import Job, Lane, ModelVersion
+from lanes.models import Artifact, Job, Lane, ModelVersion, Verification
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -86,6 +86,28 @@ def test_results_show_the_grid_summary_and_plain_comparisons(client, admin, demo
     assert page.text.count('class="cell"') == 12
     flipped = client.get(reverse("experiment-detail", args=["views"]) + "?baseline=b")
     assert "run time: a is" in flipped.text and "slower than b" in flipped.text
+
+
+def test_grid_badges_name_the_verdict_in_words(client, admin, demo_lanes):
+    experiment = runner.create(admin, definitions.parse(DEFINITION))
+    finish(experiment, {"a": 1.0, "b": 0.5})
+    jobs = list(Job.objects.filter(experiment_cell__experiment=experiment).order_by("pk")[:2])
+    for job, status in zip(jobs, ["not_applicable", "flagged"], strict=True):
+        artifact = Artifact.objects.create(
+            job=job, path=f"artifacts/{job.pk}.png", width=8, height=8, sha256="0", size_bytes=9
+        )
+        Verification.objects.create(job=job, artifact=artifact, lane=job.lane, status=status)
+    client.force_login(admin)
+    page = client.get(reverse("experiment-detail", args=["views"])).text
+    assert '<span class="badge text-not_applicable">not applicable</span>' in page
+    assert '<span class="badge text-flagged">flagged</span>' in page
+    assert ">not_applicable" not in page
+
+
+def test_the_new_experiment_form_starts_from_the_readmes_example(client, admin, demo_lanes):
+    client.force_login(admin)
+    page = client.get(reverse("experiment-new")).text
+    assert "name: sale-posters" in page and "samples: 4" in page
 
 
 def test_csv_and_json_exports_parse_back_to_the_same_numbers(client, admin, demo_lanes):

@@ -20,6 +20,23 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+NO_CHROMIUM = "no Chromium"
+INSTALL_HINT = "install it with `sudo apt-get install -y chromium` (or set LANEWAY_CHROMIUM to its path)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how to get the browser tests that were skipped, so nobody skips them silently."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(NO_CHROMIUM)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} browser tests skipped: {NO_CHROMIUM} — {INSTALL_HINT}", yellow=True
+        )
+
+
 # The sync Playwright API runs an event loop in this thread while the tests use the ORM.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
@@ -31,7 +48,7 @@ def browser():
     if not CHROMIUM:
         if os.environ.get("CI"):
             pytest.fail("CI must have Chromium for the browser tests (.ci/run installs Debian's chromium).")
-        pytest.skip("no Chromium found (install Debian's chromium or set LANEWAY_CHROMIUM)")
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

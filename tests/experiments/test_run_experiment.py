@@ -1,10 +1,14 @@
 import io
+import re
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from experiments.models import Experiment
-from lanes.models import Job
+from experiments.paired import MIN_PAIRS
+from lanes.demo import seed_demo_v2
+from lanes.models import Job, ModelVersion
 from tests.conftest import make_user, running_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,3 +41,24 @@ def test_a_bad_file_starts_nothing(demo_lanes, tmp_path):
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("run_experiment", str(tmp_path / "missing.yaml"))
     assert not Experiment.objects.exists()
+
+
+def test_the_readmes_example_gives_every_comparison_figures(demo_lanes):
+    """examples/sale-posters.yaml, the README's A/B example, is big enough for the paired statistics."""
+    example = settings.BASE_DIR / "examples" / "sale-posters.yaml"
+    yaml_lines = [line for line in example.read_text().splitlines() if not line.startswith("#")]
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    assert "```yaml\n" + "\n".join(yaml_lines) + "\n```" in readme  # the README shows this very file
+    make_user("ada", "admin")
+    # As `make run`'s seed_demo leaves it: the second demo checkpoint, validated.
+    ModelVersion.objects.filter(pk=seed_demo_v2().pk).update(status=ModelVersion.Status.VALIDATED)
+    out = io.StringIO()
+    with running_worker():
+        call_command("run_experiment", str(example), "--timeout", "300", stdout=out, stderr=io.StringIO())
+    text = out.getvalue()
+    assert "too few pairs" not in text
+    # Each comparison of candidate against current has figures, on all 2 prompts × 4 seeds.
+    for metric in ("run time", "pass rate", "edit distance"):
+        line = re.search(rf"^  {metric}: .*$", text, re.MULTILINE)
+        assert line and "95% CI" in line[0] and f"n={2 * 4})" in line[0] and 2 * 4 >= MIN_PAIRS, text
+    assert Job.objects.filter(experiment_cell__experiment__name="sale-posters", state="succeeded").count() == 16
