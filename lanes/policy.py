@@ -30,7 +30,7 @@ from django.db import transaction
 from django.db.models import F
 
 from . import families, yamlfile
-from .changes import save_lane
+from .changes import describe_errors, save_lane
 from .control import unreachable_intents
 from .models import AuditEvent, Lane, ModelVersion, Priority, Route
 from .rollout import record_release
@@ -292,7 +292,7 @@ def apply(text: str, by=None, based_on: str | None = None) -> dict[str, int]:
             try:
                 lane.full_clean(exclude=["fallback"], validate_unique=False)
             except ValidationError as exc:
-                problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+                problems = describe_errors(exc.message_dict)
                 raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
             save_lane(lane)
             saved[name] = lane
