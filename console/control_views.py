@@ -41,6 +41,7 @@ from .forms import (
     ModeForm,
     RevisionForm,
     VersionForm,
+    error_summary,
 )
 
 
@@ -105,13 +106,19 @@ def _refused(request, lane: Lane, error: ControlError, **forms):
     status = 409 if isinstance(error, ConflictError) else 400
     lane.refresh_from_db()
     messages.error(request, str(error))
-    return render(request, "console/lane.html", _lane_context(request, lane, **forms), status=status)
+    return render(request, "console/lane.html", _lane_page(request, lane, **forms), status=status)
 
 
 def _invalid(request, lane: Lane, form, **forms):
-    problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    problems = error_summary(form)
     messages.error(request, f"Nothing changed: {problems}")
-    return render(request, "console/lane.html", _lane_context(request, lane, **forms), status=400)
+    return render(request, "console/lane.html", _lane_page(request, lane, **forms), status=400)
+
+
+def _lane_page(request, lane: Lane, **forms) -> dict:
+    """The lane page answering a refused POST: the browser's address goes back to the lane's
+    own URL (static/console/live.js), so a reload shows the lane instead of posting again."""
+    return {**_lane_context(request, lane, **forms), "page_url": reverse("lane-detail", args=[lane.name])}
 
 
 @ops_required
@@ -358,7 +365,7 @@ def version_adapter_new(request, name: str):
         else:
             messages.success(request, f"LoRA {adapter.name} registered for {version.name}; validating.")
             return redirect("version-detail", name=version.name)
-    problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    problems = error_summary(form)
     messages.error(request, f"Adapter not registered: {problems}")
     context = {
         "version": version,

@@ -1,5 +1,6 @@
 from django import forms
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
 
 from accounts.access import has_role
 from accounts.models import Role, Team
@@ -8,8 +9,22 @@ from lanes import families
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
 from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route
+from lanes.router import size_multiple
 from webhooks import endpoints, outbox
 from webhooks.models import WebhookError
+
+
+def error_summary(form: forms.BaseForm) -> str:
+    """A form's errors as one line for a message: each field by its label, and errors about
+    the whole form as plain sentences (never Django's `__all__` key)."""
+    parts = []
+    for name, errors in form.errors.items():
+        text = " ".join(errors)
+        if name == NON_FIELD_ERRORS or name not in form.fields:
+            parts.append(text)
+        else:
+            parts.append(f"{form[name].label}: {text}")
+    return "; ".join(parts)
 
 
 class BriefForm(forms.Form):
@@ -54,13 +69,32 @@ class BriefForm(forms.Form):
             self.fields["adapters"].choices = [(a, f"{a} (on {', '.join(ls)})") for a, ls in lanes_of.items()]
         else:
             del self.fields["adapters"]
-        routes = Route.objects.select_related("lane").order_by("intent")
+        routes = Route.objects.select_related("lane__active_version", "lane__canary_version").order_by("intent")
+        self.routes = list(routes)
         self.fields["intent"].choices = [
             (r.intent, f"{r.label or r.intent} → {r.lane.name}{'' if r.lane.enabled else ' (disabled)'}")
             for r in routes
         ]
         if not self.is_bound and routes:
             self.fields["intent"].initial = "draft" if any(r.intent == "draft" for r in routes) else routes[0].intent
+
+    @property
+    def chosen_intent(self) -> str:
+        if self.is_bound:
+            return str(self.data.get("intent", ""))
+        return str(self.fields["intent"].initial or "")
+
+    def lane_bounds(self) -> list[dict]:
+        """What each intent's lane accepts, shown on the form before anything is refused."""
+        return [
+            {
+                "intent": route.intent,
+                "lane": route.lane,
+                "multiple": size_multiple(route.lane),
+                "chosen": route.intent == self.chosen_intent,
+            }
+            for route in self.routes
+        ]
 
     def clean_prompt(self) -> str:
         prompt = self.cleaned_data["prompt"].strip()
@@ -103,6 +137,9 @@ class LimitsForm(forms.ModelForm):
     class Meta:
         model = Lane
         fields = OPS_FIELDS
+        labels = {
+            "latency_slo_ms": "Latency SLO (ms)",
+        }
 
 
 class ModeForm(RevisionForm):

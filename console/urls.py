@@ -73,4 +73,6 @@ urlpatterns = [
     path("api/v1/", api.urls),
     re_path(r"^api/v1/(?P<path>.*)$", api_not_found),
     path("admin/", admin.site.urls),
+    # Browsers ask for /favicon.ico whatever the page links to (the Django admin, API docs, images).
+    path("favicon.ico", views.favicon),
 ]

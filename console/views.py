@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseGone, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -42,6 +43,12 @@ def home(request):
     return redirect("job-list")
 
 
+@require_GET
+def favicon(request):
+    """Browsers ask for /favicon.ico on every site, whatever the page links to."""
+    return redirect(static("console/favicon.ico"), permanent=True)
+
+
 @login_required
 @require_GET
 def job_list(request):
@@ -53,12 +60,22 @@ def job_list(request):
     state = request.GET.get("state", "")
     if state in Job.State.values:
         jobs = jobs.filter(state=state)
+    else:
+        state = ""
+    # An experiment runs dozens of jobs at once: they would bury the briefs people submitted,
+    # so the list leaves them out unless asked (each experiment's page shows its own).
+    with_experiments = request.GET.get("experiments") == "1"
+    if not with_experiments:
+        jobs = jobs.filter(experiment_cell__isnull=True)
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(
-        request,
-        "console/job_list.html",
-        {"page": page, "jobs": page.object_list, "state": state, "states": Job.State.choices},
-    )
+    context = {
+        "page": page,
+        "jobs": page.object_list,
+        "state": state,
+        "states": Job.State.choices,
+        "with_experiments": with_experiments,
+    }
+    return render(request, "console/job_list.html", context)
 
 
 @login_required

@@ -13,6 +13,7 @@ from telemetry import push
 
 from . import adapters as lora
 from . import admission
+from .changes import describe_errors
 from .dispatch import dispatch
 from .models import Job, Priority
 from .rollout import pick_version
@@ -23,7 +24,7 @@ class BriefRejected(Exception):
     """A brief that cannot become a job; `errors` maps field names to messages."""
 
     def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        super().__init__(describe_errors(errors))
         self.errors = errors
 
 

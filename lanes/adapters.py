@@ -20,7 +20,7 @@ from django.core.validators import validate_slug
 from django.db import transaction
 
 from . import dispatch
-from .changes import ControlError, acting_user, locked_lane, record_change
+from .changes import ControlError, acting_user, describe_errors, locked_lane, record_change
 from .models import (
     Adapter,
     AuditEvent,
@@ -121,7 +121,7 @@ def register_adapter(
         if problem:
             errors["location"] = problem
     if errors or path is None:
-        raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+        raise ControlError(describe_errors(errors), errors)
     with transaction.atomic():
         adapter = Adapter.objects.create(
             version=version,

@@ -64,7 +64,7 @@ class Pressure:
             f"depth {self.depth}/{self.lane.defer_depth}"
             + (f" (+{behind} lower-priority queued)" if behind else "")
             + f" (hard cap {self.lane.hard_cap})",
-            f"{self.capacity} slots",
+            f"{self.capacity} slot{'s' if self.capacity != 1 else ''}",
         ]
         predicted = self.predicted_s  # None exactly when p95_run_s is
         if self.p95_run_s is not None and predicted is not None:

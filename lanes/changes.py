@@ -9,11 +9,24 @@ and its audit row commit together or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.contrib.auth.models import User
+from django.core.exceptions import NON_FIELD_ERRORS
 
 from webhooks import outbox
 
 from .models import AuditEvent, Lane, ModelVersion
+
+
+def describe_errors(errors: Mapping[str, str | list[str]]) -> str:
+    """'field: message; …' for people to read; errors about the whole object (Django's
+    `__all__`) are plain sentences, never prefixed with that key."""
+    parts = []
+    for field, message in errors.items():
+        text = message if isinstance(message, str) else " ".join(message)
+        parts.append(text if field == NON_FIELD_ERRORS else f"{field}: {text}")
+    return "; ".join(parts)
 
 
 class ControlError(Exception):

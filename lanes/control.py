@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from .admission import NoLaneAvailable, enabled_lane
-from .changes import ControlError, locked_lane, record_change
+from .changes import ControlError, describe_errors, locked_lane, record_change
 from .dispatch import dispatch_after_commit
 from .models import AuditEvent, Job, Lane, Route, Worker
 from .router import rerouted_fields
@@ -119,7 +119,7 @@ def update_limits(lane: Lane, values: dict, by, expected_revision: int | None = 
             lane.full_clean(validate_unique=False)
         except ValidationError as exc:
             errors = {k: " ".join(v) for k, v in exc.message_dict.items()}
-            raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors) from None
+            raise ControlError(describe_errors(errors), errors) from None
         record_change(lane, list(changed), by, "lane.limits", before={k: before[k] for k in changed}, after=changed)
     return lane
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 from PIL import Image
 
 from . import dispatch, families, lifecycle
-from .changes import ControlError, acting_user
+from .changes import ControlError, acting_user, describe_errors
 from .engines import LoraRef
 from .models import (
     Adapter,
@@ -89,7 +89,7 @@ def register_version(
         if distilled is None:
             distilled = distilled_detected
     if errors:
-        raise ControlError("; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+        raise ControlError(describe_errors(errors), errors)
     with transaction.atomic():
         version = ModelVersion.objects.create(
             name=name,

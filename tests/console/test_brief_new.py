@@ -128,3 +128,14 @@ def test_a_brief_picks_a_lora_its_lane_offers_and_a_wrong_pick_is_named(submit, 
     assert refused.status_code == 400 and "Lane preview does not offer the LoRA adapter(s) neon." in refused.text
     assert submit(intent="draft", adapters=["neon"]).status_code == 302
     assert Job.objects.get().adapters == [{"id": adapter.pk, "name": "neon", "weight": 0.6}]
+
+
+def test_the_form_shows_each_intents_lane_bounds_before_anything_is_refused(creative_client, demo_lanes):
+    page = creative_client.get(reverse("brief-new")).text
+    shown = '<p class="muted lane-bounds" data-intent="draft">On lane fast-draft: steps 1–12 (default 4)'
+    assert shown in page and "width and height 32–256 in multiples of 8 (default 64×64)" in page
+    assert '<p class="muted lane-bounds" data-intent="final" hidden>On lane final-render: steps 1–50' in page
+    # After a submit, the bounds shown are those of the intent the user picked.
+    answer = creative_client.post(reverse("brief-new"), {"prompt": "x", "intent": "final", "steps": "999"}).text
+    assert '<p class="muted lane-bounds" data-intent="final">On lane final-render' in answer
+    assert '<p class="muted lane-bounds" data-intent="draft" hidden>' in answer

@@ -74,6 +74,9 @@ def test_bad_lane_input_gets_a_message_and_a_4xx_and_changes_nothing(client, dem
               "canary_max_flag_rate_increase": 0.1}  # fmt: skip
     response = client.post(reverse("lane-limits", args=["fallback"]), fields)
     assert response.status_code == 400 and "must be at least the defer depth" in response.text
+    assert "__all__" not in response.text  # an error about the whole form reads as a sentence
+    assert 'data-page-url="/lanes/fallback/"' in response.text  # the address bar goes back to the lane
+    assert "Latency SLO (ms)" in response.text
     response = client.post(reverse("lane-limits", args=["fallback"]), {**fields, "max_concurrency": "many"})
     assert response.status_code == 400 and "Enter a whole number" in response.text
     assert Lane.objects.get(name="fallback").revision == lane.revision and not AuditEvent.objects.exists()

@@ -8,9 +8,12 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from experiments import definition as definitions
+from experiments import runner
 from lanes import retention
 from lanes.actions import submit_brief
 from lanes.models import Job, Worker
+from tests.conftest import make_user
 from tests.lanes.finished import finished_job
 
 
@@ -159,3 +162,31 @@ def test_a_job_waiting_on_a_lane_no_live_worker_consumes_says_so(creative_client
     Worker.objects.create(ident="h:7", hostname="h", pid=7, queues=f"celery,{job.lane.queue}")
     page = creative_client.get(reverse("job-detail", args=[job.pk]))
     assert "· waiting for a slot" in page.text and "no worker consumes" not in page.text
+
+
+def test_experiment_jobs_are_left_out_of_the_job_list_unless_asked_for(creative_client, creative, job):
+    experiment = runner.create(
+        make_user("ada", "admin"),
+        definitions.parse(
+            "name: ab\nprompts: [an experiment poster]\narms:\n  - {name: a, lane: fast-draft}\n  - {name: b, lane: preview}\n"
+        ),
+    )
+    runner.pump(experiment.pk)  # what on_commit does after a real request
+    cells = list(experiment.cells.exclude(job=None).values_list("job_id", flat=True))
+    assert cells  # the experiment made jobs
+    Job.objects.filter(pk__in=cells).update(owner=creative)
+    page = creative_client.get(reverse("job-list")).text
+    assert f'id="job-{job.pk}"' in page and not any(f'id="job-{pk}"' in page for pk in cells)
+    assert 'id="experiments-toggle" href="?experiments=1">Show experiment jobs' in page
+    shown = creative_client.get(reverse("job-list") + "?experiments=1&state=queued").text
+    assert f'id="job-{job.pk}"' in shown and all(f'id="job-{pk}"' in shown for pk in cells)
+    assert 'href="?state=queued">Hide experiment jobs' in shown
+
+
+def test_favicon_ico_is_there_for_every_page(client, db):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("console/favicon.ico")
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and b"".join(icon.streaming_content)[:4] == b"\x00\x00\x01\x00"
+    page = client.get(reverse("login")).text
+    assert '<link rel="icon" href="/static/console/favicon.svg" type="image/svg+xml">' in page

@@ -118,3 +118,14 @@ def test_the_queue_page_query_count_does_not_grow_with_items(creative_client, fl
     for _ in range(6):
         flagged()
     assert count() == few
+
+
+def test_a_re_rendered_job_and_its_original_link_to_each_other(creative_client, flagged):
+    item = flagged()
+    creative_client.post(reverse("review-action", args=[item.pk, "rerender"]), {"intent": "final"})
+    new = Job.objects.get(rerender_of=item.job)
+    original = creative_client.get(reverse("job-detail", args=[item.job_id])).text
+    assert f're-rendered by casey as <a href="{reverse("job-detail", args=[new.pk])}">job {new.pk}</a>' in original
+    assert "just now" in original and "0 minutes" not in original
+    again = creative_client.get(reverse("job-detail", args=[new.pk])).text
+    assert f'<a href="{reverse("job-detail", args=[item.job_id])}">job {item.job_id}</a>' in again

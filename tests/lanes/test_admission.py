@@ -131,3 +131,12 @@ def test_queued_background_work_does_not_push_standard_briefs_off_their_lane(cre
     Job.objects.filter(pk=background[0].pk).update(state=Job.State.RUNNING)  # a running job occupies a slot
     assert pressure(draft_lane, Priority.STANDARD).depth == 2
     assert [brief(creative).lane.name for _ in range(2)] == ["fast-draft", "fallback"]
+
+
+def test_the_reason_counts_slots_in_words(draft_lane):
+    Lane.objects.filter(pk=draft_lane.pk).update(max_concurrency=1)
+    draft_lane.refresh_from_db()
+    assert ", 1 slot" in pressure(draft_lane).describe() and "1 slots" not in pressure(draft_lane).describe()
+    Lane.objects.filter(pk=draft_lane.pk).update(max_concurrency=2)
+    draft_lane.refresh_from_db()
+    assert ", 2 slots" in pressure(draft_lane).describe()

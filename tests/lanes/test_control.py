@@ -7,7 +7,7 @@ from django.utils import timezone
 from console.celery import app
 from lanes import control
 from lanes.actions import submit_brief
-from lanes.changes import ConflictError, ControlError
+from lanes.changes import ConflictError, ControlError, describe_errors
 from lanes.engines import engine_cache
 from lanes.models import AuditEvent, Job, Lane, Worker
 from tests.conftest import make_user, running_worker, wait_for_job, wait_until, waiting_tasks
@@ -172,3 +172,8 @@ def test_beats_bookkeeping_goes_to_the_housekeeping_queue_any_worker_consumes(se
     procfile = (Path(settings.BASE_DIR) / "Procfile").read_text()
     consumers = [line for line in procfile.splitlines() if "housekeeping" in line and not line.startswith("#")]
     assert {line.split(":")[0] for line in consumers} == {"verifier", "hosted"}  # and every gpu_worker
+
+
+def test_errors_about_the_whole_object_read_as_plain_sentences():
+    errors = {"__all__": ["The hard cap must be at least the defer depth."], "steps": "Too many."}
+    assert describe_errors(errors) == "The hard cap must be at least the defer depth.; steps: Too many."
