@@ -332,7 +332,6 @@ def apply(text: str, by=None, based_on: str | None = None, dry_run: bool = False
     work (so it finds every error applying would) in a transaction it then rolls back.
     """
     with transaction.atomic():
-<<<<<<< HEAD
         diff = _apply(text, by, based_on)
         if dry_run:
             transaction.set_rollback(True)
@@ -385,7 +384,7 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
         try:
             lane.full_clean(exclude=["fallback"], validate_unique=False)
         except ValidationError as exc:
-            problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+            problems = describe_errors(exc.message_dict)
             raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
         save_lane(lane)
         saved[name] = lane
@@ -424,65 +423,6 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
                 "priority": entry.get("priority") or Priority.STANDARD,
                 "label": entry.get("label") or "",
             },
-=======
-        existing = {lane.name: lane for lane in Lane.objects.select_for_update()}
-        if based_on is not None and based_on != digest():
-            last = AuditEvent.objects.first()
-            who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
-            raise PolicyConflict([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
-        lanes, intents, errors = parse(text)
-        models = validate(lanes, intents, errors)
-        if errors:
-            raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
-        saved: dict[str, Lane] = {}
-        before: dict[str, dict | None] = {}
-        defaults = {f.name: f.get_default() for f in Lane._meta.concrete_fields if f.has_default()}
-        for spec in lanes:
-            values = dict(spec.values)
-            name = values.pop("name")
-            values["active_version"] = models[values["active_version"]]
-            values["refine_version"] = models[values["refine_version"]] if values.get("refine_version") else None
-            values.pop("fallback", None)
-            values.setdefault("cascade", False)
-            lane = existing.get(name) or Lane(name=name)
-            before[name] = export_lane(lane) if lane.pk else None
-            # Keys left out of the file take their defaults, so the file alone describes the lane:
-            # the model family's (steps, guidance, sizes) where it has them, else Laneway's.
-            version = values["active_version"]
-            family_defaults = families.lane_defaults(version.family, version.distilled)
-            lane_defaults = {**defaults, **(family_defaults.as_lane_fields() if family_defaults else {})}
-            for field, default in lane_defaults.items():
-                if field not in NOT_IN_POLICY and field not in values:
-                    setattr(lane, field, default)
-            for field, value in values.items():
-                setattr(lane, field, value)
-            if "queue" not in values:
-                lane.queue = ""
-            if lane.enabled:
-                lane.draining = False
-            try:
-                lane.full_clean(exclude=["fallback"], validate_unique=False)
-            except ValidationError as exc:
-                problems = describe_errors(exc.message_dict)
-                raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
-            save_lane(lane)
-            saved[name] = lane
-        for spec in lanes:
-            lane = saved[spec.values["name"]]
-            fallback = spec.values.get("fallback")
-            lane.fallback = saved[fallback] if fallback else None
-            lane.save(update_fields=["fallback"])
-        for name, lane in saved.items():
-            after = export_lane(lane)
-            if after != before[name]:
-                AuditEvent.record(by, "policy.lane", lane=lane, before=before[name] or {}, after=after)
-            record_release(lane, by, "policy")
-        dropped = list(Lane.objects.exclude(name__in=saved).filter(enabled=True))
-        for lane in dropped:
-            AuditEvent.record(by, "policy.lane", lane=lane, before={"enabled": True}, after={"enabled": False})
-        disabled = Lane.objects.filter(pk__in=[lane.pk for lane in dropped]).update(
-            enabled=False, draining=False, revision=F("revision") + 1
->>>>>>> phone
         )
     # A version a lane now serves is active; one no lane serves any more is merely validated.
     for version in ModelVersion.objects.filter(status__in=ModelVersion.DEPLOYABLE):
