@@ -2,12 +2,12 @@
 
 Renders --images posters with PIL in a real TTF font (lanes/typeset.py, the verifier's
 calibration set: correct, misspelt, missing, extra characters, wrong case, low contrast,
-rotated a little), verifies each
-against its expected text with the default lane policy (case-sensitive, threshold 0.95),
-and prints precision and recall of flagging (a flag is the positive) and OCR time per
-image. Ends with one line of JSON.
+rotated a little, and 32x32 and 64x64 previews and drafts with the text right or misspelt),
+verifies each against its expected text with the default lane policy (case-sensitive,
+threshold 0.95), and prints precision and recall of flagging (a flag is the positive) and
+OCR time per image (upscaling of small images included). Ends with one line of JSON.
 
-    .venv/bin/python bench/verify.py [--images 210] [--seed 0]
+    .venv/bin/python bench/verify.py [--images 240] [--seed 0]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import harness  # noqa: I001  (puts the repository on sys.path)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=210)
+    parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("LANEWAY_VAR_DIR", tempfile.mkdtemp(prefix="laneway-bench-verify-"))
