@@ -18,7 +18,8 @@ from telemetry import push
 from . import artifacts, dispatch
 from .actions import rerender_job
 from .models import Artifact, Job, Verification
-from .verification import expected_texts, overlay_text, verify_image
+from .typeset import overlay_text
+from .verification import expected_texts, verify_image
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from lanes.typeset import KINDS, labelled_set, render
-from lanes.verification import expected_texts, overlay_text, verify_image
+from lanes.typeset import KINDS, MIN_TEXT_PX, labelled_set, overlay_text, render, render_small
+from lanes.verification import expected_texts, upscale_factor, verify_image
 
 STRICT = SimpleNamespace(verify_threshold=0.95, verify_case_sensitive=True, verify_ignore_punctuation=False)
 
@@ -64,3 +66,45 @@ def test_an_auto_fixed_image_passes_verification_again():
     # With nothing detected, the text goes into a band at the bottom.
     blank = overlay_text(render(""), "GRAND OPENING", None)
     assert verify_image(blank, ["GRAND OPENING"], STRICT).status == "passed"
+
+
+def noise(side: int, seed: int = 0) -> Image.Image:
+    """What the demo checkpoint paints: no text at all."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+def test_small_images_are_upscaled_for_ocr_and_boxes_come_back_in_image_pixels():
+    assert [upscale_factor(s, s) for s in (32, 64, 100, 128, 255, 256, 1024)] == [8, 4, 3, 2, 2, 1, 1]
+    assert upscale_factor(512, 64) == 1  # a wide banner is read as it is
+    for side in (32, 64):
+        verdict = verify_image(render_small("SUMMER SALE", side), ["SUMMER SALE"], STRICT)
+        assert verdict.status == "passed", (side, verdict.reason)
+        for line in verdict.lines:
+            assert all(-1 <= x <= side + 1 and -1 <= y <= side + 1 for x, y in line.box), line.box
+    flagged = verify_image(render_small("SUMMER SAIE", 64), ["SUMMER SALE"], STRICT)
+    assert flagged.status == "flagged" and "read 'SUMMER SAIE'" in flagged.reason
+
+
+@pytest.mark.parametrize("side", [32, 64])
+@pytest.mark.parametrize("text", ["SUMMER SALE", "GRAND OPENING", "BIG SALE", "NEW ARRIVALS"])
+def test_auto_fix_passes_at_preview_and_draft_sizes(side, text):
+    original = noise(side)
+    assert verify_image(original, [text], STRICT).reason == f"missing: {text!r} was not found"
+    fixed = overlay_text(original, text, None)
+    assert fixed.size == (side, side)
+    verdict = verify_image(fixed, [text], STRICT)
+    assert verdict.status == "passed", verdict.reason
+    # Set no smaller than the OCR can read: each line read is at least MIN_TEXT_PX tall in the image.
+    for line in verdict.lines:
+        assert max(y for _, y in line.box) - min(y for _, y in line.box) >= MIN_TEXT_PX, line
+
+
+def test_auto_fix_over_a_tiny_detected_box_grows_it_to_cover_the_old_text():
+    image = render_small("SUMMER SAIE", 64)
+    flagged = verify_image(image, ["SUMMER SALE"], STRICT)
+    box = flagged.details()["scores"][0]["box"]
+    fixed = overlay_text(image, "SUMMER SALE", box)
+    verdict = verify_image(fixed, ["SUMMER SALE"], STRICT)
+    assert verdict.status == "passed", verdict.reason
+    assert all("SAIE" not in line.text for line in verdict.lines)  # the misspelling is painted over

@@ -36,13 +36,19 @@ def test_verification_runs_on_its_own_queue_and_flags_unreadable_text(demo_lanes
     assert verification.artifact.stage == "final" and verification.ocr_ms > 0
 
 
-def test_a_lane_that_allows_it_auto_fixes_and_verifies_again(worker, creative):
-    Lane.objects.filter(name="fast-draft").update(autofix=True, default_width=256, default_height=128)
-    job = wait_for_job(submit_brief(creative, prompt='A "BIG SALE" banner', intent="draft").pk)
+# At the lanes' own sizes: a 64x64 draft and a 32x32 preview hold text a few pixels tall.
+@pytest.mark.parametrize(("intent", "side"), [("draft", 64), ("preview", 32)])
+def test_a_lane_that_allows_it_auto_fixes_and_verifies_again(worker, creative, intent, side):
+    lane = Lane.objects.get(routes__intent=intent)
+    Lane.objects.filter(pk=lane.pk).update(autofix=True)
+    job = wait_for_job(submit_brief(creative, prompt='Sale banner "SUMMER SALE"', intent=intent).pk)
+    assert (job.lane_id, job.width, job.height) == (lane.pk, side, side)
     first, second = wait_for_verification(job.pk, count=2)
     assert first.status == "flagged" and first.decision == "fixed" and first.decided_by is None
     assert second.source == first and second.artifact.stage == Artifact.Stage.FIXED
+    assert (second.artifact.width, second.artifact.height) == (side, side)
     assert second.status == "passed", second.reason
+    assert second.details["scores"][0]["similarity"] == 1.0
     assert job.artifacts.filter(stage="final").exists()  # the original is kept
 
 
