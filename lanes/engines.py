@@ -512,8 +512,21 @@ class EngineCache:
             self._cond.wait(remaining)
 
     @contextmanager
-    def use(self, version: ModelVersion, *, width: int, height: int, batch: int = 1) -> Iterator[Engine]:
-        """An engine for the version, with activation memory for one call reserved; waits for room."""
+    def use(
+        self,
+        version: ModelVersion,
+        *,
+        width: int,
+        height: int,
+        batch: int = 1,
+        on_loading: Callable[[], None] | None = None,
+        on_loaded: Callable[[float], None] | None = None,
+    ) -> Iterator[Engine]:
+        """An engine for the version, with activation memory for one call reserved; waits for room.
+
+        When the call has to load the pipeline (a cold start), on_loading is called before and
+        on_loaded with the seconds it took after, so that the load is not counted as run time.
+        """
         device = current_device()
         key = (version.pk, version.content_hash, device.kind, version.dtype)
         with self._cond:
@@ -534,11 +547,16 @@ class EngineCache:
                 self._wait(room_for_weights, f"load {version.name}")
                 engine = self._engines.get(key)
                 if engine is None:
+                    if on_loading is not None:
+                        on_loading()
                     started = time.perf_counter()
                     pipe = load_pipeline(version, device)
                     engine = Engine(key, pipe, device, version.family, version.distilled)
                     self._engines[key] = engine
-                    log.info("loaded %s on %s in %.2fs", version.name, device.kind, time.perf_counter() - started)
+                    load_seconds = time.perf_counter() - started
+                    log.info("loaded %s on %s in %.2fs", version.name, device.kind, load_seconds)
+                    if on_loaded is not None:
+                        on_loaded(load_seconds)
             engine.in_use += 1
             try:
                 activations = engine.activation_bytes(width, height, batch)
@@ -572,6 +590,18 @@ class EngineCache:
                     self._retiring.remove(engine)
                     empty_device_cache()
                 self._cond.notify_all()
+
+    def warm(self, version: ModelVersion) -> float:
+        """Load the version's pipeline now (before any job asks for it); the seconds it took, 0 if loaded."""
+        took = 0.0
+
+        def loaded(seconds: float) -> None:
+            nonlocal took
+            took = seconds
+
+        with self.use(version, width=0, height=0, on_loaded=loaded):
+            pass
+        return took
 
     def loaded(self) -> list[tuple]:
         with self._cond:
