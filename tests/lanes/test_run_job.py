@@ -26,7 +26,8 @@ def test_a_brief_posted_over_http_becomes_a_png_of_the_requested_size(worker, cr
 
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.started_at and job.finished_at and job.dispatched_at
-    assert job.run_seconds > 0 and job.peak_memory_bytes > 0
+    assert job.run_seconds > 0 and job.peak_memory_bytes is not None
+    assert job.gpu_seconds == job.run_seconds  # CPU-seconds: device time is counted on any device
     assert job.device == "cpu" and job.worker
     artifact = job.artifacts.get()
     path = Path(media_root) / artifact.path

@@ -93,3 +93,14 @@ def test_a_cold_starts_model_load_stays_out_of_the_run_time_percentiles(creative
     Job.objects.filter(load_seconds__isnull=False).update(load_seconds=None)
     (stats,) = lane_stats("5m")
     assert stats.run_s[95] == pytest.approx(9.47) and stats.over_slo
+
+
+def test_device_seconds_on_a_cpu_are_counted_priced_and_labelled_cpu_seconds(constructed, settings):
+    settings.GPU_HOURLY_PRICES = {"CPU": 0.36, "default": 1.8}
+    Job.objects.filter(prompt="p", state="succeeded").update(device="cpu", gpu_name="CPU", gpu_seconds=0.5)
+    (stats,) = lane_stats("5m")
+    assert stats.gpu_seconds_per_image == pytest.approx(0.5) and stats.device_seconds_label == "CPU-s"
+    assert stats.cost_per_image == pytest.approx(0.5 * 0.36 / 3600)
+    Job.objects.filter(prompt="p", state="succeeded", seed__lte=10).update(device="cuda")
+    (stats,) = lane_stats("5m")
+    assert stats.device_seconds_label == "device-s"
