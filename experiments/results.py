@@ -29,6 +29,7 @@ class CellResult:
     score: float | None
     edit_distance: float | None
     image_sha256: str
+    device: str = ""  # "cpu" or "cuda": gpu_s is CPU-seconds and the peak an RSS rise on a CPU
 
     @property
     def passed(self) -> bool | None:
@@ -70,7 +71,7 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
                 queue_s=job.queue_seconds if job else None,
                 run_s=job.run_seconds if job else None,
                 gpu_s=job.gpu_seconds if job else None,
-                # GPU time at the accelerator's price, plus what a hosted engine charged.
+                # Device time (CPU-seconds on a CPU) at the device's price, plus what a hosted engine charged.
                 cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600 + job.api_cost
                 if job and job.gpu_seconds is not None
                 else None,
@@ -79,6 +80,7 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
                 score=round(similarity, 4) if similarity is not None else None,
                 edit_distance=round(1 - similarity, 4) if similarity is not None else None,
                 image_sha256=final.sha256 if final else "",
+                device=job.device if job else "",
             )
         )
     return rows
@@ -98,6 +100,8 @@ class ArmSummary:
     judged: int
     pass_rate: float | None
     mean_edit_distance: float | None
+    device_seconds_label: str = "GPU-s"  # "CPU-s" when every image ran on a CPU, "device-s" when mixed
+    peak_memory_label: str = ""  # "RSS rise" on a CPU: the peak is the process memory the job added
 
 
 def summarize(rows: list[CellResult], arm_names: list[str]) -> list[ArmSummary]:
@@ -111,6 +115,8 @@ def summarize(rows: list[CellResult], arm_names: list[str]) -> list[ArmSummary]:
         gpu = [r.gpu_s for r in done if r.gpu_s is not None]
         cost = [r.cost for r in done if r.cost is not None]
         peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
+        devices = {r.device for r in done if r.device}
+        on_cpu = "cpu" in devices
         summaries.append(
             ArmSummary(
                 arm=name,
@@ -125,6 +131,8 @@ def summarize(rows: list[CellResult], arm_names: list[str]) -> list[ArmSummary]:
                 judged=len(judged),
                 pass_rate=sum(1 for r in judged if r.passed) / len(judged) if judged else None,
                 mean_edit_distance=statistics.fmean(distances) if distances else None,
+                device_seconds_label=("CPU-s" if devices == {"cpu"} else "device-s") if on_cpu else "GPU-s",
+                peak_memory_label=("RSS rise" if devices == {"cpu"} else "GPU peak or RSS rise") if on_cpu else "",
             )
         )
     return summaries

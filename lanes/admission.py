@@ -97,11 +97,14 @@ def recent_p95_run_s(lane: Lane) -> float | None:
     rows = list(
         Job.objects.filter(lane=lane, state=Job.State.SUCCEEDED, finished_at__isnull=False, started_at__isnull=False)
         .order_by("-finished_at")
-        .values_list("started_at", "finished_at")[:RECENT_RUNS]
+        .values_list("started_at", "finished_at", "load_seconds")[:RECENT_RUNS]
     )
     if not rows:
         return None
-    return nearest_rank([(finished - started).total_seconds() for started, finished in rows], 95)
+    # A cold start's model load is not what the next job will wait for: only the run counts.
+    return nearest_rank(
+        [max(0.0, (finished - started).total_seconds() - (load or 0.0)) for started, finished, load in rows], 95
+    )
 
 
 # The classes a queued job must be in to be ahead of a brief of each class (keyed by str: the

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,6 +101,40 @@ class RunResult:
     @property
     def image(self) -> Image:
         return self.images[0]
+
+
+class RssPeak:
+    """How far the process's resident memory rose above its level at the start, sampled every few
+    milliseconds while the block runs (a CPU run's activations: torch's allocations are invisible to
+    tracemalloc). Other jobs running at the same time in the process count too."""
+
+    INTERVAL_S = 0.005
+
+    def __init__(self, process) -> None:
+        self.process = process
+        self.rise = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        self.rise = max(self.rise, self.process.memory_info().rss - self.start)
+
+    def __enter__(self) -> RssPeak:
+        self.start = self.process.memory_info().rss
+
+        def loop() -> None:
+            while not self._stop.wait(self.INTERVAL_S):
+                self._sample()
+
+        self._thread = threading.Thread(target=loop, name="laneway-rss-peak", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
 
 
 def tensor_storages(pipe) -> dict[int, int]:
@@ -266,16 +300,12 @@ class Engine:
         import torch
 
         cuda = self.device.kind == "cuda"
-        process = psutil.Process()
-        peak_rss = process.memory_info().rss
+        rss = None if cuda else RssPeak(psutil.Process())
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
 
         def step_end(_pipe, step: int, _timestep, callback_kwargs):
-            nonlocal peak_rss
-            if not cuda:
-                peak_rss = max(peak_rss, process.memory_info().rss)
             if on_step is not None:
                 on_step(step + 1)
             return callback_kwargs
@@ -285,7 +315,7 @@ class Engine:
         else:
             kwargs["callback_on_step_end"] = step_end
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), rss or nullcontext():
             images = self.invoke(pipe, **kwargs).images
         if cuda:
             torch.cuda.synchronize()
@@ -296,10 +326,11 @@ class Engine:
             measured = (peak - baseline) / max(pixels, 1)
             self.bytes_per_pixel = max(measured * 1.2, self.bytes_per_pixel * 0.5, 1.0)
         else:
-            peak = max(peak_rss, process.memory_info().rss)
-        return RunResult(
-            images=images, run_seconds=elapsed, gpu_seconds=elapsed if cuda else 0.0, peak_memory_bytes=peak
-        )
+            # The process's RSS is mostly loaded weights and libraries, the same for every job: what
+            # the call itself took is how far the RSS rose above where it started.
+            peak = rss.rise if rss is not None else 0
+        # Device-seconds on any device: a CPU worker's time is billed as CPU-seconds.
+        return RunResult(images=images, run_seconds=elapsed, gpu_seconds=elapsed, peak_memory_bytes=peak)
 
     def run(
         self,
@@ -518,8 +549,21 @@ class EngineCache:
             self._cond.wait(remaining)
 
     @contextmanager
-    def use(self, version: ModelVersion, *, width: int, height: int, batch: int = 1) -> Iterator[Engine]:
-        """An engine for the version, with activation memory for one call reserved; waits for room."""
+    def use(
+        self,
+        version: ModelVersion,
+        *,
+        width: int,
+        height: int,
+        batch: int = 1,
+        on_loading: Callable[[], None] | None = None,
+        on_loaded: Callable[[float], None] | None = None,
+    ) -> Iterator[Engine]:
+        """An engine for the version, with activation memory for one call reserved; waits for room.
+
+        When the call has to load the pipeline (a cold start), on_loading is called before and
+        on_loaded with the seconds it took after, so that the load is not counted as run time.
+        """
         device = current_device()
         key = (version.pk, version.content_hash, device.kind, version.dtype)
         with self._cond:
@@ -540,11 +584,16 @@ class EngineCache:
                 self._wait(room_for_weights, f"load {version.name}")
                 engine = self._engines.get(key)
                 if engine is None:
+                    if on_loading is not None:
+                        on_loading()
                     started = time.perf_counter()
                     pipe = load_pipeline(version, device)
                     engine = Engine(key, pipe, device, version.family, version.distilled)
                     self._engines[key] = engine
-                    log.info("loaded %s on %s in %.2fs", version.name, device.kind, time.perf_counter() - started)
+                    load_seconds = time.perf_counter() - started
+                    log.info("loaded %s on %s in %.2fs", version.name, device.kind, load_seconds)
+                    if on_loaded is not None:
+                        on_loaded(load_seconds)
             engine.in_use += 1
             try:
                 activations = engine.activation_bytes(width, height, batch)
@@ -578,6 +627,18 @@ class EngineCache:
                     self._retiring.remove(engine)
                     empty_device_cache()
                 self._cond.notify_all()
+
+    def warm(self, version: ModelVersion) -> float:
+        """Load the version's pipeline now (before any job asks for it); the seconds it took, 0 if loaded."""
+        took = 0.0
+
+        def loaded(seconds: float) -> None:
+            nonlocal took
+            took = seconds
+
+        with self.use(version, width=0, height=0, on_loaded=loaded):
+            pass
+        return took
 
     def loaded(self) -> list[tuple]:
         with self._cond:

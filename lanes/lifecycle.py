@@ -52,11 +52,23 @@ def _progress_recorder(job: Job, offset: int = 0):
     return on_step
 
 
-def use_engine(version: ModelVersion, *, width: int, height: int, batch: int = 1) -> AbstractContextManager:
-    """The engine that renders with a version: a hosted API, or a local pipeline under the memory budget."""
+def use_engine(version: ModelVersion, *, width: int, height: int, job: Job | None = None) -> AbstractContextManager:
+    """The engine that renders with a version: a hosted API, or a local pipeline under the memory budget
+    (a cold start shows the job as loading its model, and counts the load apart from the run)."""
     if version.is_hosted:
         return hosted.use(version)
-    return engines.engine_cache.use(version, width=width, height=height, batch=batch)
+    if job is None:
+        return engines.engine_cache.use(version, width=width, height=height)
+
+    def loading() -> None:
+        if job.mark_loading():
+            push.job_state(job)
+
+    def loaded(seconds: float) -> None:
+        job.mark_loaded(seconds)
+        push.job_state(job)
+
+    return engines.engine_cache.use(version, width=width, height=height, on_loading=loading, on_loaded=loaded)
 
 
 def lora_refs(job: Job) -> list[engines.LoraRef]:
@@ -120,7 +132,7 @@ def _run_claimed(job: Job) -> str:
     on_step = _progress_recorder(job)
     for attempt in (1, 2):
         try:
-            with use_engine(job.model_version, width=width, height=height) as engine:
+            with use_engine(job.model_version, width=width, height=height, job=job) as engine:
                 result = engine.run(
                     prompt=job.prompt,
                     seed=job.seed,
@@ -305,7 +317,14 @@ def _refine_batch(jobs: list[Job]) -> list:
                 record(step)
 
         version = upscaler or first.model_version
-        with engines.engine_cache.use(version, width=first.width, height=first.height, batch=len(indices)) as e:
+
+        def loaded(seconds: float) -> None:  # a cold start of the refine model: every job in the call waited
+            for i in indices:
+                jobs[i].mark_loaded(seconds)
+
+        with engines.engine_cache.use(
+            version, width=first.width, height=first.height, batch=len(indices), on_loaded=loaded
+        ) as e:
             common: dict[str, Any] = dict(
                 prompts=[jobs[i].prompt for i in indices],
                 images=[images[i] for i in indices],

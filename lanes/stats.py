@@ -46,7 +46,8 @@ class Stats:
     failed: int = 0
     ooms: int = 0
     deferrals: int = 0
-    gpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0  # device-seconds: GPU-seconds, and CPU-seconds of jobs a CPU worker ran
+    cpu_images: int = 0  # succeeded jobs that ran on a CPU
     cost: float = 0.0
     verified: int = 0
     verified_passed: int = 0
@@ -65,6 +66,13 @@ class Stats:
     @property
     def gpu_seconds_per_image(self) -> float | None:
         return self.gpu_seconds / self.succeeded if self.succeeded else None
+
+    @property
+    def device_seconds_label(self) -> str:
+        """What its device-seconds are: "GPU-s", "CPU-s" (every image rendered on a CPU), or "device-s" (both)."""
+        if not self.cpu_images:
+            return "GPU-s"
+        return "CPU-s" if self.cpu_images == self.succeeded else "device-s"
 
     @property
     def cost_per_image(self) -> float | None:
@@ -143,6 +151,15 @@ def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
     return result
 
 
+def run_duration() -> ExpressionWrapper:
+    """A job's run time in SQL: started to finished, less the time it waited for its model to load (a cold
+    start is not the lane's speed)."""
+    load = ExpressionWrapper(
+        Coalesce(F("load_seconds"), Value(0.0)) * Value(timedelta(seconds=1)), output_field=DurationField()
+    )
+    return ExpressionWrapper(F("finished_at") - F("started_at") - load, output_field=DurationField())
+
+
 def lane_stats(window: str = "5m", now=None) -> list[Stats]:
     span = WINDOWS[window]
     since = (now or timezone.now()) - span
@@ -160,7 +177,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
     succeeded = Q(state=Job.State.SUCCEEDED)
     ran = Q(state=Job.State.SUCCEEDED, started_at__isnull=False)
     queue = ExpressionWrapper(F("started_at") - F("submitted_at"), output_field=DurationField())
-    run = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    run = run_duration()
     percentiles = {}
     if connection.vendor == "postgresql":
         # One pass over the window: the percentiles ride along with the counts (FILTER clauses).
@@ -175,6 +192,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             failed=Count("id", filter=Q(state=Job.State.FAILED)),
             ooms=Sum("oom_count"),
             gpu=Sum("gpu_seconds", filter=succeeded),
+            cpu=Count("id", filter=succeeded & Q(device="cpu")),
             cost=_cost_expression(),
             **percentiles,
         )
@@ -183,6 +201,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
         s = entry(row["lane_id"], row["model_version_id"])
         s.finished, s.succeeded, s.failed = row["finished"], row["ok"], row["failed"]
         s.ooms, s.gpu_seconds, s.cost = row["ooms"] or 0, row["gpu"] or 0.0, row["cost"] or 0.0
+        s.cpu_images = row["cpu"]
         if percentiles and row[f"run_p{PERCENTILES[0]}"] is not None:
             s.queue_s = {q: _seconds(row[f"queue_p{q}"]) for q in PERCENTILES}
             s.run_s = {q: _seconds(row[f"run_p{q}"]) for q in PERCENTILES}

@@ -1,4 +1,5 @@
-"""GPU readings through NVML (nvidia-ml-py, imported as pynvml), or the process itself without a driver.
+"""GPU readings through NVML (nvidia-ml-py, imported as pynvml), or the worker process itself without a driver
+(its own CPU share and RSS).
 
 Only utilisation, memory, temperature and power are read: microseconds per call, fine at
 1-2 Hz. Process lists are never polled here (expensive, and the worker knows its jobs).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from .events import GpuReading
 
@@ -18,6 +20,7 @@ class Sampler:
     """Reads this worker's GPUs (those in CUDA_VISIBLE_DEVICES, or all); CPU and RSS when NVML is absent."""
 
     def __init__(self) -> None:
+        self._process: Any = None  # psutil.Process of this worker, kept: its CPU % is measured between reads
         self.nvml = None
         self.error = ""
         self.handles: list[tuple[int, object, str]] = []
@@ -60,15 +63,19 @@ class Sampler:
             )
         return readings
 
-    @staticmethod
-    def _process_reading() -> GpuReading:
+    def _process_reading(self) -> GpuReading:
         import psutil
 
-        process = psutil.Process()
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(interval=None)  # the first call only starts the measurement
+        process = self._process
         return GpuReading(
             gpu_index=None,
             name="CPU",
-            utilization_pct=psutil.cpu_percent(interval=None),
+            # This worker's own CPU since the last read, as a share of all cores: the whole machine's
+            # figure would show other processes' work as this worker's.
+            utilization_pct=process.cpu_percent(interval=None) / (psutil.cpu_count() or 1),
             memory_used_bytes=process.memory_info().rss,
             memory_total_bytes=psutil.virtual_memory().total,
             temperature_c=None,

@@ -76,7 +76,8 @@ class Timings(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     run_seconds: float | None
-    gpu_seconds: float | None
+    load_seconds: float | None  # a cold start: the model load the job waited for, apart from its run
+    gpu_seconds: float | None  # device-seconds: CPU-seconds on a CPU worker
     queued_seconds: float | None
 
 
@@ -198,6 +199,7 @@ def job_out(job: Job) -> dict:
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "run_seconds": job.run_seconds,
+            "load_seconds": job.load_seconds,
             "gpu_seconds": job.gpu_seconds,
             "queued_seconds": queued,
         },

@@ -8,7 +8,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.access import visible_rows
@@ -64,6 +65,7 @@ class Job(models.Model):
 
     class Stage(models.TextChoices):
         DRAFT = "draft"
+        LOADING = "loading"  # the draft (or only) stage waits for its model to load on the worker
         REFINE_QUEUED = "refine-queued"
         REFINING = "refining"
 
@@ -122,8 +124,14 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     run_seconds = models.FloatField(null=True, blank=True, help_text="Wall time of the pipeline call.")
-    gpu_seconds = models.FloatField(null=True, blank=True, help_text="Accelerator time billed to the job (0 on CPU).")
-    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    # A cold start: loading the model the job waited for, apart from its run (kept out of run-time figures).
+    load_seconds = models.FloatField(null=True, blank=True, help_text="Time spent loading the model for this job.")
+    gpu_seconds = models.FloatField(
+        null=True, blank=True, help_text="Device time billed to the job: GPU-seconds, or CPU-seconds on a CPU worker."
+    )
+    peak_memory_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="Peak GPU memory allocated; on CPU, the peak rise of the process's RSS."
+    )
     device = models.CharField(max_length=20, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     gpu_index = models.SmallIntegerField(null=True, blank=True)
@@ -305,6 +313,9 @@ class Job(models.Model):
             progress_step=0,
             attempts=F("attempts") + 1,
             error="",
+            load_seconds=None,
+            # A run lost while its model loaded starts again from the draft stage.
+            stage=Case(When(stage=self.Stage.LOADING, then=Value(self.Stage.DRAFT)), default=F("stage")),
         )
         if claimed:
             self.state, self.started_at, self.worker, self.gpu_index, self.device = (
@@ -315,9 +326,36 @@ class Job(models.Model):
                 device,
             )
             self.progress_step, self.attempts, self.error = 0, self.attempts + 1, ""
+            self.load_seconds = None
+            if self.stage == self.Stage.LOADING:
+                self.stage = self.Stage.DRAFT
             # A rollout change may have moved the job to another version while it waited for a slot.
             self.refresh_from_db(fields=["model_version", "adapters", "version_note"])
         return bool(claimed)
+
+    def mark_loading(self) -> bool:
+        """The running draft (or only) stage waits for its model to load: shown as "loading model…"."""
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker, stage=self.Stage.DRAFT)
+        if done.update(stage=self.Stage.LOADING):
+            self.stage = self.Stage.LOADING
+            return True
+        return False
+
+    def mark_loaded(self, seconds: float) -> None:
+        """Count a model load against the job's load time (not its run time); a loading stage goes on drafting."""
+        Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            load_seconds=Coalesce(F("load_seconds"), Value(0.0)) + Value(seconds),
+            stage=Case(When(stage=self.Stage.LOADING, then=Value(self.Stage.DRAFT)), default=F("stage")),
+        )
+        self.load_seconds = (self.load_seconds or 0.0) + seconds
+        if self.stage == self.Stage.LOADING:
+            self.stage = self.Stage.DRAFT
+
+    @property
+    def run_only_seconds(self) -> float | None:
+        """Started to finished, less the time its model took to load (what run-time figures count)."""
+        execution = self.execution_seconds
+        return None if execution is None else max(0.0, execution - (self.load_seconds or 0.0))
 
     def record_progress(self, step: int) -> None:
         self.progress_step = step

@@ -18,7 +18,9 @@
       el.dataset.series = key;
       const title = document.createElement("h3");
       title.textContent = s.worker + " · " + (s.gpu === null ? "CPU only" : "GPU " + s.gpu) + " " + (s.name || "");
-      el.innerHTML = '<p class="gpu-now"><span data-util>–</span> utilisation · <span data-mem>–</span> memory</p><div class="chart" data-chart></div>';
+      // Without a GPU the figure is the worker process's own CPU share, not the machine's.
+      const what = s.gpu === null ? "worker process CPU" : "utilisation";
+      el.innerHTML = '<p class="gpu-now"><span data-util>–</span> ' + what + ' · <span data-mem>–</span> memory</p><div class="chart" data-chart></div>';
       el.prepend(title);
       grid.appendChild(el);
     }
@@ -34,7 +36,7 @@
       charts[key] = new uPlot({
         width: Math.max(240, box.clientWidth || 320), height: 150,
         scales: { x: { time: true }, y: { range: [0, 100] } },
-        series: [{}, { label: "util %", stroke: "#2456d6", width: 2 }, { label: "mem %", stroke: "#e4007c", width: 2 }],
+        series: [{}, { label: s.gpu === null ? "process CPU %" : "util %", stroke: "#2456d6", width: 2 }, { label: "mem %", stroke: "#e4007c", width: 2 }],
         axes: [{}, { size: 40 }],
         legend: { show: true },
       }, data, box);

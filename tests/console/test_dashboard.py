@@ -79,3 +79,14 @@ def test_the_dashboard_query_count_does_not_grow_with_lanes_jobs_or_samples(ops_
         submit_brief(creative, prompt=f"more {i}", intent="final")
         GpuSample.objects.create(worker="gpu0@a:1", gpu_index=0, utilization_pct=50, taken_at=timezone.now())
     assert count() == few
+
+
+def test_a_cpu_workers_card_and_lane_figures_say_they_are_cpu(ops_client, fleet):
+    now = timezone.now()
+    GpuSample.objects.create(worker="cpu-9@b", gpu_index=None, name="CPU", utilization_pct=3.0,
+                             memory_used_bytes=1 << 30, memory_total_bytes=8 << 30, taken_at=now)  # fmt: skip
+    Job.objects.filter(lane=fleet, state="succeeded").update(device="cpu", gpu_name="CPU", gpu_seconds=0.25)
+    page = ops_client.get(reverse("dashboard"))
+    assert "worker process CPU" in page.text  # the CPU card: its own process, not the machine
+    assert page.text.count("> utilisation ·") == 1  # the GPU card keeps its NVML utilisation
+    assert "0.250 <small>CPU-s</small>" in page.text

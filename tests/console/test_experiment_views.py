@@ -179,3 +179,22 @@ def test_pause_resume_and_cancel_from_the_page(client, admin, demo_lanes, settin
         ("experiment.start", "ada", "views"), ("experiment.pause", "ada", "views"),
         ("experiment.resume", "ada", "views"), ("experiment.cancel", "ada", "views"),
     ]  # fmt: skip
+
+
+def test_on_a_cpu_the_summary_shows_cpu_seconds_and_each_arms_own_rss_rise(client, admin, demo_lanes):
+    experiment = runner.create(admin, definitions.parse(DEFINITION))
+    finish(experiment, {"a": 1.0, "b": 0.5})
+    jobs = Job.objects.filter(experiment_cell__experiment=experiment)
+    jobs.filter(experiment_cell__arm__name="a").update(device="cpu", gpu_seconds=1.0, peak_memory_bytes=50 << 20)
+    jobs.filter(experiment_cell__arm__name="b").update(device="cpu", gpu_seconds=0.5, peak_memory_bytes=20 << 20)
+    by_arm = {s.arm: s for s in results.summarize(results.cell_results(experiment), ["a", "b"])}
+    assert (by_arm["a"].gpu_s_per_image, by_arm["b"].gpu_s_per_image) == (1.0, 0.5)
+    assert by_arm["a"].peak_memory_bytes == 50 << 20 and by_arm["b"].peak_memory_bytes == 20 << 20
+    assert {s.device_seconds_label for s in by_arm.values()} == {"CPU-s"}
+    client.force_login(admin)
+    page = client.get(reverse("experiment-detail", args=["views"]))
+    assert "1.000 <small>CPU-s</small>" in page.text and "0.500 <small>CPU-s</small>" in page.text
+    assert "50.0\xa0MB <small>RSS rise</small>" in page.text and "20.0\xa0MB <small>RSS rise</small>" in page.text
+    jobs.update(device="cuda")
+    page = client.get(reverse("experiment-detail", args=["views"]))
+    assert "<small>GPU-s</small>" in page.text and "RSS rise" not in page.text

@@ -190,3 +190,33 @@ def test_favicon_ico_is_there_for_every_page(client, db):
     assert icon.status_code == 200 and b"".join(icon.streaming_content)[:4] == b"\x00\x00\x01\x00"
     page = client.get(reverse("login")).text
     assert '<link rel="icon" href="/static/console/favicon.svg" type="image/svg+xml">' in page
+
+
+def test_a_job_whose_model_loads_reads_loading_model_then_shows_the_load_apart_from_the_run(creative_client, job):
+    assert job.mark_running("gpu0@host", 0, "cuda", "NVIDIA L4") and job.mark_loading()
+    for name in ("job-detail", "job-card"):
+        page = creative_client.get(reverse(name, args=[job.pk]), headers={"HX-Request": "true"})
+        assert "loading model…" in page.text and f"step 0/{job.total_steps}" not in page.text
+        assert 'data-job-stage="loading"' in page.text  # the live script re-reads the job when the stage moves on
+    job.mark_loaded(8.09)
+    job.refresh_from_db()
+    assert (job.stage, job.load_seconds) == (Job.Stage.DRAFT, pytest.approx(8.09))
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert "loading model…" not in page.text and f"step 0/{job.total_steps}" in page.text
+    started = timezone.now() - timedelta(seconds=9.47)
+    Job.objects.filter(pk=job.pk).update(started_at=started, finished_at=started + timedelta(seconds=9.47))
+    job.mark_succeeded(run_seconds=1.2, gpu_seconds=1.2, peak_memory_bytes=1 << 20)
+    Job.objects.filter(pk=job.pk).update(finished_at=started + timedelta(seconds=9.47))
+    page = creative_client.get(reverse("job-detail", args=[job.pk]))
+    assert "<dt>Run</dt><dd>1.380 s" in page.text and 'id="load-seconds">8.090 s' in page.text
+    assert "<dt>GPU-s</dt><dd>1.200</dd>" in page.text
+
+
+def test_a_job_lost_while_its_model_loaded_starts_again_from_the_draft_stage(job):
+    assert job.mark_running("gpu0@host", 0, "cuda") and job.mark_loading()
+    assert job.requeue_from("gpu0@host")
+    job.refresh_from_db()
+    assert job.stage == Job.Stage.LOADING and job.state == Job.State.QUEUED
+    assert job.mark_running("gpu1@host", 1, "cuda")
+    job.refresh_from_db()
+    assert (job.stage, job.load_seconds) == (Job.Stage.DRAFT, None)

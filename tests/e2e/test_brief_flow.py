@@ -54,3 +54,39 @@ def test_a_creative_logs_in_submits_a_brief_and_sees_the_image_without_reloading
     card.locator("a").first.click()
     expect(page.get_by_role("heading", name=f"Job {job.pk}")).to_be_visible()
     expect(page.locator("dl.facts")).to_contain_text("demo-tiny-sd-v1")
+
+
+def test_a_job_waiting_for_a_cold_model_reads_loading_model_live(
+    demo_lanes, live_server_url, page, creative, monkeypatch
+):
+    import threading
+
+    from lanes import engines
+    from lanes.actions import submit_brief
+
+    monkeypatch.setattr(engines, "engine_cache", engines.EngineCache(budget_bytes=None))  # a fresh worker
+    release = threading.Event()
+    real_load = engines.load_pipeline
+
+    def held_load(version, device):  # the load lasts until the browser has shown it
+        release.wait(60)
+        return real_load(version, device)
+
+    monkeypatch.setattr(engines, "load_pipeline", held_load)
+    page.goto(f"{live_server_url}/login/")
+    page.fill("input[name=username]", "casey")
+    page.fill("input[name=password]", "casey-password-1")
+    page.click("button[type=submit]")
+    job = submit_brief(creative, prompt="After a restart", intent="draft")
+    page.goto(f"{live_server_url}/jobs/{job.pk}/")
+    expect(page.locator("#live-status")).to_have_text("live")
+    text = page.locator("[data-progress-text]")
+    try:
+        with running_worker():
+            expect(text).to_have_text("loading model…", timeout=30_000)
+            release.set()
+            expect(page.locator(f"#job-detail-{job.pk} [data-state]")).to_have_text("succeeded", timeout=60_000)
+    finally:
+        release.set()
+    expect(page.locator("#load-seconds")).to_contain_text("not counted as run time")
+    assert Job.objects.get(pk=job.pk).load_seconds > 0

@@ -140,3 +140,18 @@ def test_the_reason_counts_slots_in_words(draft_lane):
     Lane.objects.filter(pk=draft_lane.pk).update(max_concurrency=2)
     draft_lane.refresh_from_db()
     assert ", 2 slots" in pressure(draft_lane).describe()
+
+
+def test_admission_predicts_from_run_time_without_a_cold_starts_model_load(creative, draft_lane):
+    from lanes.admission import recent_p95_run_s
+
+    started = timezone.now() - timedelta(seconds=30)
+    for i, (run, load) in enumerate([(9.474, 8.09)] + [(1.0, None)] * 9):
+        Job.objects.create(owner=creative, prompt="p", intent="draft", lane=draft_lane,
+                           model_version=draft_lane.active_version, seed=i, width=64, height=64, steps=4,
+                           guidance=7.5, state="succeeded", submitted_at=started, started_at=started,
+                           finished_at=started + timedelta(seconds=run), load_seconds=load)  # fmt: skip
+    assert recent_p95_run_s(draft_lane) == pytest.approx(1.384)
+    assert "p95 run 1384 ms" in pressure(draft_lane).describe()
+    Job.objects.update(load_seconds=None)
+    assert recent_p95_run_s(draft_lane) == pytest.approx(9.474)

@@ -1,11 +1,13 @@
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from lanes.engines import EngineCache, MemoryBudgetError, load_pipeline
+from lanes.engines import EngineCache, MemoryBudgetError, RssPeak, load_pipeline
 from lanes.engines import current_device as device
 from lanes.models import CheckpointError, ModelVersion, hash_checkpoint, resolve_checkpoint
 
@@ -90,7 +92,21 @@ def test_the_demo_checkpoint_loads_with_from_pretrained_and_is_reproducible(demo
     assert steps_seen == [1, 2, 3]
     assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
     assert not np.array_equal(np.asarray(first.image), np.asarray(third.image))
-    assert first.gpu_seconds == 0.0 and first.peak_memory_bytes > 0
+    # On CPU: CPU-seconds are the device time, and the peak is the RSS the call added, not the process's.
+    assert first.gpu_seconds == first.run_seconds > 0
+    assert 0 <= first.peak_memory_bytes < psutil.Process().memory_info().rss
+
+
+def test_the_cpu_peak_is_how_far_the_process_rss_rose_while_the_block_ran():
+    process = psutil.Process()
+    with RssPeak(process) as peak:
+        block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, written, so resident
+        time.sleep(0.05)  # alive across several samples
+        del block
+    assert peak.rise >= 60 << 20
+    with RssPeak(process) as idle:
+        time.sleep(0.05)
+    assert idle.rise < 16 << 20
 
 
 def test_the_engine_cache_loads_a_version_once(demo_checkpoint):

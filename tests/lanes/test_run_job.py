@@ -26,7 +26,8 @@ def test_a_brief_posted_over_http_becomes_a_png_of_the_requested_size(worker, cr
 
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.started_at and job.finished_at and job.dispatched_at
-    assert job.run_seconds > 0 and job.peak_memory_bytes > 0
+    assert job.run_seconds > 0 and job.peak_memory_bytes is not None
+    assert job.gpu_seconds == job.run_seconds  # CPU-seconds: device time is counted on any device
     assert job.device == "cpu" and job.worker
     artifact = job.artifacts.get()
     path = Path(media_root) / artifact.path
@@ -203,3 +204,29 @@ def test_a_budget_too_small_for_two_pipelines_evicts_and_no_job_fails(worker, cr
     assert {job.state for job in done} == {"succeeded"}
     assert cache.evictions >= 1
     assert cache.used_bytes() <= cache.budget
+
+
+def test_a_cold_start_shows_loading_and_records_the_load_apart_from_the_run(worker, creative, monkeypatch):
+    import time
+
+    from lanes import engines
+
+    monkeypatch.setattr(engines, "engine_cache", engines.EngineCache(budget_bytes=None))  # nothing loaded yet
+    real_load = engines.load_pipeline
+    stages_while_loading = []
+
+    def slow_load(version, device):
+        # What the console reads while the model loads; then a load long enough to tell apart from the run.
+        stages_while_loading.extend(Job.objects.filter(state=Job.State.RUNNING).values_list("stage", flat=True))
+        time.sleep(0.6)
+        return real_load(version, device)
+
+    monkeypatch.setattr(engines, "load_pipeline", slow_load)
+    cold = wait_for_job(submit_brief(creative, prompt="Cold start", intent="draft").pk)
+    warm = wait_for_job(submit_brief(creative, prompt="Warm", intent="draft").pk)
+
+    assert stages_while_loading == [Job.Stage.LOADING]
+    assert cold.state == warm.state == Job.State.SUCCEEDED and cold.stage == Job.Stage.DRAFT
+    assert cold.load_seconds >= 0.6 and warm.load_seconds is None
+    assert cold.execution_seconds >= cold.load_seconds
+    assert cold.run_only_seconds == pytest.approx(cold.execution_seconds - cold.load_seconds)

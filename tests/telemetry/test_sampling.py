@@ -121,3 +121,32 @@ def test_a_running_worker_samples_itself(worker):
         lambda: GpuSample.objects.filter(worker=worker_ident()).first(), what="no sample from the worker"
     )
     assert sample.gpu_index is None and sample.memory_used_bytes > 0  # CPU-only here
+
+
+def test_without_a_gpu_utilisation_is_the_worker_processs_own_cpu_not_the_machines():
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    sampler = Sampler()
+    sampler.read()  # starts the measurement
+    # Another process keeps a core busy while this one sleeps: an idle worker reads (close to) zero.
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"]
+    )
+    try:
+        time.sleep(0.5)
+        (idle,) = sampler.read()
+    finally:
+        busy.wait()
+    assert idle["utilization_pct"] < 10
+
+    # This process burns CPU itself: the reading follows its own CPU time, as a share of every core.
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.process_time() - cpu < 0.3:
+        pass
+    (working,) = sampler.read()
+    expected = 100 * (time.process_time() - cpu) / (time.perf_counter() - wall) / psutil.cpu_count()
+    assert working["utilization_pct"] == pytest.approx(expected, rel=0.3)

@@ -7,8 +7,9 @@ from celery.bin.celery import celery as celery_cli
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from lanes import engines
 from lanes.heartbeat import heartbeat
-from lanes.models import Lane
+from lanes.models import CheckpointError, Lane, ModelVersion
 
 
 class Command(BaseCommand):
@@ -24,13 +25,19 @@ class Command(BaseCommand):
             "Per-lane caps are enforced inside the worker; this only bounds the total.",
         )
         parser.add_argument("--no-control", action="store_true", help="Do not consume the control queue.")
+        parser.add_argument(
+            "--warm",
+            action="store_true",
+            help="Load the served lanes' pipelines (active, canary and refine versions of enabled lanes) "
+            "before consuming, so that no job waits for a cold start.",
+        )
         parser.add_argument("--loglevel", default="INFO")
 
-    def handle(self, gpu, lanes, concurrency, no_control, loglevel, **options) -> None:
+    def handle(self, gpu, lanes, concurrency, no_control, loglevel, warm=False, **options) -> None:
         if concurrency is not None and concurrency < 1:
             raise CommandError("--concurrency must be at least 1.")
         wanted = [name.strip() for name in lanes.split(",") if name.strip()]
-        qs = Lane.objects.all()
+        qs = Lane.objects.select_related("active_version", "canary_version", "refine_version")
         if wanted:
             qs = qs.filter(name__in=wanted)
             missing = set(wanted) - set(qs.values_list("name", flat=True))
@@ -56,6 +63,8 @@ class Command(BaseCommand):
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
             name = f"gpu{gpu}"
+        if warm:
+            self.warm(lanes_served)
         argv = [
             "worker",
             "--pool=threads",
@@ -77,3 +86,24 @@ class Command(BaseCommand):
             celery_cli.params[0].default = None
         if code:
             raise SystemExit(code)
+
+    def warm(self, lanes: list[Lane]) -> None:
+        """Load the local versions the lanes render with; one that cannot load is reported and skipped (its
+        jobs fail with the loader's message as they would have anyway), and the worker starts regardless."""
+        versions: dict[int, ModelVersion] = {}
+        for lane in lanes:
+            if lane.enabled:
+                for version in (
+                    lane.active_version,
+                    lane.canary_version,
+                    lane.refine_version if lane.cascade else None,
+                ):
+                    if version is not None and not version.is_hosted:
+                        versions.setdefault(version.pk, version)
+        for version in versions.values():
+            try:
+                seconds = engines.engine_cache.warm(version)
+            except (CheckpointError, engines.MemoryBudgetError) as exc:
+                self.stderr.write(f"Could not warm {version.name}: {exc}")
+                continue
+            self.stdout.write(f"Warmed {version.name} in {seconds:.2f} s.")
