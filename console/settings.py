@@ -371,7 +371,8 @@ def envprices(name: str, default: str) -> dict[str, float]:
     return prices
 
 
-# What one GPU-hour costs, by accelerator model ("default" for the rest). CPU time is free.
+# What one GPU-hour costs, by accelerator model ("default" for the rest). CPU time is free unless a
+# "CPU" price is given (e.g. "default=2.50,CPU=0.36").
 GPU_HOURLY_PRICES = envprices("GPU_HOURLY_PRICES", "default=2.50")
 
 # Workers and jobs.

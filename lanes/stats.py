@@ -97,18 +97,23 @@ def nearest_rank(values, q: float) -> float | None:
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
+CPU = "CPU"  # the gpu_name of a job that ran on a CPU
+
+
 def price_per_hour(gpu_name: str) -> float:
-    """What an hour of this accelerator costs (GPU_HOURLY_PRICES, by model name, else its default)."""
+    """What an hour of this accelerator costs (GPU_HOURLY_PRICES, by model name, else its default; a
+    CPU's time is free unless a `CPU` price is set)."""
     prices = settings.GPU_HOURLY_PRICES
-    return prices.get(gpu_name, prices["default"])
+    return prices.get(gpu_name, 0.0 if gpu_name == CPU else prices["default"])
 
 
 def _cost_expression():
     """What the jobs cost, in SQL: GPU-seconds × the job's accelerator price (price_per_hour), plus what
     a hosted engine charged, summed."""
     prices = settings.GPU_HOURLY_PRICES
+    named = {CPU: 0.0, **{name: price for name, price in prices.items() if name != "default"}}
     per_hour = Case(
-        *(When(gpu_name=name, then=Value(price)) for name, price in prices.items() if name != "default"),
+        *(When(gpu_name=name, then=Value(price)) for name, price in named.items()),
         default=Value(prices["default"]),
         output_field=FloatField(),
     )
