@@ -139,14 +139,16 @@ def test_without_a_gpu_utilisation_is_the_worker_processs_own_cpu_not_the_machin
     try:
         time.sleep(0.5)
         (idle,) = sampler.read()
+        wall, cpu = time.perf_counter(), time.process_time()  # the next reading's window starts here
     finally:
         busy.wait()
     assert idle["utilization_pct"] < 10
 
     # This process burns CPU itself: the reading follows its own CPU time, as a share of every core.
-    wall, cpu = time.perf_counter(), time.process_time()
     while time.process_time() - cpu < 0.3:
         pass
     (working,) = sampler.read()
     expected = 100 * (time.process_time() - cpu) / (time.perf_counter() - wall) / psutil.cpu_count()
-    assert working["utilization_pct"] == pytest.approx(expected, rel=0.3)
+    # The same window as the sampler's (it starts at the idle reading), so only the scheduling of a
+    # loaded machine separates the two figures.
+    assert working["utilization_pct"] == pytest.approx(expected, rel=0.3, abs=5)
