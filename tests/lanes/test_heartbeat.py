@@ -45,7 +45,8 @@ def test_a_worker_serving_every_lane_consumes_a_lane_created_after_it_started(de
         assert job.lane.name == "late-lane" and Job.objects.get(pk=job.pk).state == Job.State.QUEUED
         assert job.waiting_note() == "no worker consumes lane late-lane"
 
-        assert following.follow() == [queue]  # one heartbeat later
+        # One heartbeat later: this one, or the worker's own heartbeat thread if it beat first.
+        assert following.follow() in ([queue], [])
         wait_until(lambda: queue in heartbeat.live_queues(), what=f"{queue} consumed without a restart")
         assert wait_for_job(job.pk).state == Job.State.SUCCEEDED
         following.beat()
