@@ -188,35 +188,31 @@ def _version_failed_to_load(job: Job, exc: engines.LoadError) -> str:
     note = f"Retried on {serving.name}: {version.name} failed to load and was taken out of service."
     if missing:
         note += f" Without LoRA {', '.join(missing)}: not offered for {serving.name}."
-    moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
-        state=Job.State.QUEUED, worker="", gpu_index=None, started_at=None, progress_step=0,
-        model_version=serving, adapters=adapters, version_note=note[:300],
-    )  # fmt: skip
-    if not moved:
+    if not _requeue(job, model_version=serving, adapters=adapters, version_note=note[:300]):
         return "discarded"
     log.warning("job %s: %s; retried on %s", job.pk, reason, serving.name)
-    job.refresh_from_db()
-    push.job_state(job)
-    dispatch(job)
     return f"retried on {serving.name}"
 
 
 def _requeue_on_fallback(job: Job, fallback: Lane) -> str:
     reason = f"out of GPU memory on {job.lane.name}; retried on fallback {fallback.name}"
+    if not _requeue(job, **rerouted_fields(job, fallback, reason)):
+        return "discarded"
+    return "rerouted after OOM"
+
+
+def _requeue(job: Job, **fields) -> bool:
+    """Put a job this worker is running back in the queue with `fields` changed, and send it (False if it
+    is no longer this worker's)."""
     moved = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, worker=job.worker).update(
-        state=Job.State.QUEUED,
-        worker="",
-        gpu_index=None,
-        started_at=None,
-        progress_step=0,
-        **rerouted_fields(job, fallback, reason),
+        state=Job.State.QUEUED, worker="", gpu_index=None, started_at=None, progress_step=0, **fields
     )
     if not moved:
-        return "discarded"
+        return False
     job.refresh_from_db()
     dispatch(job)
     push.job_state(job)
-    return "rerouted after OOM"
+    return True
 
 
 def _store_draft(job: Job, result) -> str:

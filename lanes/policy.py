@@ -116,24 +116,15 @@ class PolicyDiff:
     def lines(self) -> list[str]:
         """The changes in words, one line per kind (none: nothing changes)."""
         out = []
-        if self.added_lanes:
-            out.append(f"added lanes: {', '.join(self.added_lanes)}")
-        if self.changed_lanes:
-            out.append(
-                "changed lanes: "
-                + "; ".join(f"{name} ({', '.join(keys)})" for name, keys in self.changed_lanes.items())
-            )
-        if self.disabled_lanes:
-            out.append(f"disabled lanes: {', '.join(self.disabled_lanes)}")
-        if self.added_intents:
-            out.append(f"added intents: {', '.join(self.added_intents)}")
-        if self.changed_intents:
-            out.append(
-                "changed intents: "
-                + "; ".join(f"{name} ({', '.join(keys)})" for name, keys in self.changed_intents.items())
-            )
-        if self.removed_intents:
-            out.append(f"removed intents: {', '.join(self.removed_intents)}")
+        for kind, names in (
+            ("added lanes", self.added_lanes), ("changed lanes", self.changed_lanes),
+            ("disabled lanes", self.disabled_lanes), ("added intents", self.added_intents),
+            ("changed intents", self.changed_intents), ("removed intents", self.removed_intents),
+        ):  # fmt: skip
+            if isinstance(names, dict):  # name -> the keys that change
+                names = [f"{name} ({', '.join(keys)})" for name, keys in names.items()]
+            if names:
+                out.append(f"{kind}: {('; ' if kind.startswith('changed') else ', ').join(names)}")
         if self.affected_jobs:
             total = sum(self.affected_jobs.values())
             where = ", ".join(f"{n} on {lane}" for lane, n in self.affected_jobs.items())
