@@ -8,9 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+DROPPED = ("CI", "LANEWAY_CHROMIUM", "LANEWAY_VAR_DIR", "DATABASE_URL", "REDIS_URL", "TEST_DATABASE_NAME")
+
+
 def test_a_run_without_chromium_ends_with_how_to_install_it(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "LANEWAY_CHROMIUM", "LANEWAY_VAR_DIR")}
-    # No chromium on PATH; a var/ of its own, so this run's test database is not the outer run's.
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED}
+    # No chromium on PATH; the embedded default in a var/ of its own, so this run's test database
+    # (SQLite or, in the PostgreSQL pass, the outer run's PostgreSQL one) is never the outer run's.
     env.update(PATH=str(tmp_path), LANEWAY_VAR_DIR=str(tmp_path / "var"))
     node = "tests/e2e/test_security.py::test_a_retire_still_asks_first_without_inline_script"
     result = subprocess.run(
