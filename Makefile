@@ -26,11 +26,11 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements.txt $(VENV)/.installed
 setup: $(VENV)/.installed
 	$(BIN)/python manage.py bootstrap
 
-# Starts the embedded Valkey (unless REDIS_URL is set), the ASGI web server, one worker and beat.
+# Starts the embedded Valkey (unless REDIS_URL is set), then the Procfile's web server, workers and beat;
+# Ctrl-C stops them, then Valkey, and exits 0.
 run: setup
 	@echo "Laneway console: http://$${LANEWAY_HOST:-127.0.0.1}:$${LANEWAY_PORT:-8000}/  (Ctrl-C stops everything)"
-	@if [ -z "$$REDIS_URL" ]; then procs="valkey web worker verifier hosted imagesapi beat"; else procs="web worker verifier hosted imagesapi beat"; fi; \
-	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start -f Procfile $$procs
+	@PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python manage.py run_console
 
 # The whole suite on the embedded default, then on PostgreSQL + Redis when they answer
 # (always in CI, where .ci/run starts them).

@@ -19,11 +19,20 @@ PERIODIC_TASKS = frozenset(
 
 
 class PeriodicTasksAtDebug(logging.Filter):
-    """On celery's received/succeeded loggers: beat's bookkeeping tasks go down to DEBUG."""
+    """On celery's received/succeeded loggers and beat's "Sending due task": beat's bookkeeping tasks
+    go down to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         data = getattr(record, "data", None)
-        if record.levelno == logging.INFO and isinstance(data, dict) and data.get("name") in PERIODIC_TASKS:
+        # celery.beat: info('Scheduler: Sending due task %s (%s)', entry.name, entry.task)
+        sent = (
+            record.args[-1]
+            if isinstance(record.args, tuple) and record.args and isinstance(record.args[-1], str)
+            else None
+        )
+        if record.levelno == logging.INFO and (
+            (isinstance(data, dict) and data.get("name") in PERIODIC_TASKS) or sent in PERIODIC_TASKS
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

@@ -455,6 +455,7 @@ LOGGING = {
         "django.request": {"filters": ["no_traceback_for_refusals"]},
         "celery.worker.strategy": {"filters": ["periodic_at_debug"]},
         "celery.app.trace": {"filters": ["periodic_at_debug"]},
+        "celery.beat": {"filters": ["periodic_at_debug"]},
         "httpx": {"level": "WARNING"},
         "axes": {"level": "WARNING"},  # it logs every successful login at INFO
     },

@@ -53,3 +53,16 @@ def test_the_json_format_is_one_object_a_line_with_the_traceback():
     entry = json.loads(line)
     assert entry["level"] == "ERROR" and entry["logger"] == "lanes.tasks" and entry["message"] == "job 7 failed"
     assert "ValueError: bad value" in entry["exception"] and entry["time"][:2] == "20"
+
+
+def test_beats_own_sending_lines_for_bookkeeping_go_to_debug(caplog):
+    from celery.beat import info  # the function beat logs "Sending due task" with
+
+    with caplog.at_level(logging.INFO, logger="celery.beat"):
+        info("Scheduler: Sending due task %s (%s)", "release-deferred", "lanes.tasks.release_deferred_jobs")
+        info("Scheduler: Sending due task %s (%s)", "nightly-report", "reports.tasks.nightly")
+        info("beat: Starting...")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Scheduler: Sending due task nightly-report (reports.tasks.nightly)",
+        "beat: Starting...",
+    ]
