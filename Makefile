@@ -2,11 +2,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/laneway
-# Checkouts testing at once on one machine: each uses a Redis database (1-15) picked from its path
-# (the test database name and key prefix are derived in tests/settings.py the same way).
-CHECKOUT_DB := $(shell printf '%s' '$(CURDIR)' | cksum | awk '{print $$1 % 15 + 1}')
-REDIS_TEST_URL ?= redis://127.0.0.1:6379/$(CHECKOUT_DB)
 
 .PHONY: run setup test test-embedded test-scaleout lint bench
 
@@ -32,14 +27,10 @@ run: setup
 	@echo "Laneway console: http://$${LANEWAY_HOST:-127.0.0.1}:$${LANEWAY_PORT:-8000}/  (Ctrl-C stops everything)"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/python manage.py run_console
 
-# The whole suite on the embedded default, then on PostgreSQL + Redis when they answer
-# (always in CI, where .ci/run starts them).
+# The whole suite on the embedded default and, at the same time, on PostgreSQL + Redis when they
+# answer (always in CI, where .ci/run starts them): tests/passes.py. PYTEST_ARGS go to both passes.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
-	@if $(BIN)/python tests/services.py "$(PG_TEST_URL)" "$(REDIS_TEST_URL)"; then \
-		DATABASE_URL="$(PG_TEST_URL)" REDIS_URL="$(REDIS_TEST_URL)" $(BIN)/python -m pytest; \
-	elif [ -n "$$CI" ]; then echo "CI: PostgreSQL and Redis must be running" >&2; exit 1; \
-	else echo "Skipped the PostgreSQL + Redis pass: no server at $(PG_TEST_URL) / $(REDIS_TEST_URL)"; fi
+	$(BIN)/python tests/passes.py $(PYTEST_ARGS)
 
 # ruff (lint and format) on everything; mypy with django-stubs on accounts, lanes, telemetry, webhooks, experiments.
 lint: $(VENV)/.installed-dev

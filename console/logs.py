@@ -48,6 +48,15 @@ class NoTracebackForRefusals(logging.Filter):
         return True
 
 
+class NoEmptyFp32Warning(logging.Filter):
+    """On diffusers.models.modeling_utils: its own SDXL VAE upcast (`vae.to(torch.float32)`) warns that
+    "modules ... should be kept in float32: []" — an empty list, so nothing is wrong. Other warnings
+    from there (a checkpoint's unused or missing weights) still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []." not in record.getMessage()
+
+
 class JsonFormatter(logging.Formatter):
     """LOG_FORMAT=json: one JSON object a line (time, level, logger, message, and the traceback if any)."""
 

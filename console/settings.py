@@ -434,6 +434,10 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app and static/ folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+# A model load or the demo build logs one line; tqdm bars (Hugging Face's loading and saving) in a
+# worker's log are noise. Set HF_HUB_DISABLE_PROGRESS_BARS=0 to see them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 # LOG_FORMAT=json writes one JSON object a line (for a log collector); plain is for people.
 LOG_FORMAT = envchoice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
@@ -446,6 +450,7 @@ LOGGING = {
     "filters": {
         "periodic_at_debug": {"()": "console.logs.PeriodicTasksAtDebug"},
         "no_traceback_for_refusals": {"()": "console.logs.NoTracebackForRefusals"},
+        "no_empty_fp32_warning": {"()": "console.logs.NoEmptyFp32Warning"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO").upper()},
@@ -457,6 +462,10 @@ LOGGING = {
         "celery.app.trace": {"filters": ["periodic_at_debug"]},
         "celery.beat": {"filters": ["periodic_at_debug"]},
         "httpx": {"level": "WARNING"},
+        # transformers warns once per class that it uses the PIL image processors because torchvision is
+        # not installed: Laneway needs no torchvision (its pipelines' image processors are unused).
+        "transformers.utils.import_utils": {"level": "ERROR"},
+        "diffusers.models.modeling_utils": {"filters": ["no_empty_fp32_warning"]},
         "axes": {"level": "WARNING"},  # it logs every successful login at INFO
     },
 }

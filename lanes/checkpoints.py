@@ -274,7 +274,9 @@ def build_demo_upscaler(path: Path, base: Path, seed: int = 0) -> Path:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()
     source = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
     torch.manual_seed(seed)
     # The upscaler's UNet sees the noisy latents and the upsampled low-res latents (8 channels),
@@ -318,9 +320,11 @@ def build_demo_lora(base: Path, target: Path, seed: int = 0, rank: int = 4) -> P
     """
     import torch
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    diffusers_logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(base, local_files_only=True)
     unet = getattr(pipe, "unet", None)
     denoiser, prefix = (unet, "unet_lora_layers") if unet is not None else (pipe.transformer, "transformer_lora_layers")

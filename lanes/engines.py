@@ -440,7 +440,7 @@ def load_pipeline(version: ModelVersion, device: Device):
     extra = {"safety_checker": None, "requires_safety_checker": False} if spec.value == "sd15" else {}
     try:
         if path.is_dir():
-            pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
+            pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
         else:
             config = version.config_path()
             if config is None:
@@ -448,6 +448,7 @@ def load_pipeline(version: ModelVersion, device: Device):
                     f"Single-file checkpoint {version.location!r} needs a config folder (config_location) "
                     "because configs cannot be downloaded."
                 )
+            # from_single_file has no `dtype` yet (diffusers 0.42), only the older name.
             pipe = cls.from_single_file(path, config=str(config), torch_dtype=dtype, local_files_only=True, **extra)
     except CheckpointError:
         raise

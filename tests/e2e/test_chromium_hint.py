@@ -17,8 +17,9 @@ def test_a_run_without_chromium_ends_with_how_to_install_it(tmp_path):
     # (SQLite or, in the PostgreSQL pass, the outer run's PostgreSQL one) is never the outer run's.
     env.update(PATH=str(tmp_path), LANEWAY_VAR_DIR=str(tmp_path / "var"))
     node = "tests/e2e/test_security.py::test_a_retire_still_asks_first_without_inline_script"
+    # --no-migrations: its test database straight from the models (seconds); the test is skipped anyway.
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider", "--no-migrations"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
