@@ -147,7 +147,7 @@ def judge(lane: Lane, version: ModelVersion, shadow_report: Report | None = None
     elif passing.n < need or passing.estimate is None:
         reasons.append(f"too few verified pairs to judge text ({passing.n}, need {need})")
     else:
-        increase, limit = -passing.estimate, lane.canary_max_flag_rate_increase
+        increase, limit = 0.0 - passing.estimate, lane.canary_max_flag_rate_increase  # 0.0 - x: never "-0.0%"
         line = f"flag rate {increase:+.1%} (limit +{limit:.1%})"
         (reasons if increase > limit else notes).append(line)
         if distance.estimate is not None:
