@@ -5,18 +5,16 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from PIL import Image
 
 from experiments import shadow as comparison
-from lanes import artifacts, shadow
+from lanes import shadow
 from lanes.actions import submit_brief
 from lanes.demo import DEMO_CHECKPOINT
-from lanes.models import Artifact, Job, Lane, ModelVersion, Verification, hash_checkpoint
+from lanes.models import Lane, ModelVersion, hash_checkpoint
 from tests.conftest import make_user
+from tests.experiments.shadowed import OK, finish, make_pairs
 
 pytestmark = pytest.mark.django_db
-
-OK = ("succeeded", 1.0, 1.0, "passed", 1.0)
 
 
 @pytest.fixture
@@ -50,50 +48,24 @@ def lane(demo_lanes):
     return lane
 
 
-def finish(job: Job, state: str, run_s: float, gpu_s: float, verdict: str | None, similarity: float) -> None:
-    """Store what a worker and the OCR check leave behind: the state, timings, the image and its verdict."""
-    Job.objects.filter(pk=job.pk).update(state=state, run_seconds=run_s, gpu_seconds=gpu_s, device="cpu")
-    job.refresh_from_db()
-    if state != Job.State.SUCCEEDED:
-        return
-    artifact = artifacts.store_png(job, Image.new("RGB", (8, 8), (job.seed % 256, 0, 0)), Artifact.Stage.FINAL)
-    if verdict is not None:
-        Verification.objects.create(
-            job=job, artifact=artifact, lane=job.lane, model_version=job.model_version, expected=["SALE"],
-            status=verdict, details={"scores": [{"expected": "SALE", "similarity": similarity}]},
-        )  # fmt: skip
-
-
-def pairs(maker, shadowed: list[tuple], production: tuple = OK) -> None:
-    """One production job and its shadow job per entry of `shadowed`: (state, run s, GPU-s, verdict, similarity)."""
-    for seed, figures in enumerate(shadowed, start=100):
-        job = submit_brief(
-            maker, prompt=f"A poster saying SALE {seed}", expected_text="SALE", intent="draft", seed=seed
-        )
-        finish(job, *production)
-        copy = shadow.sample(job)
-        assert copy is not None
-        finish(copy, *figures)
-
-
 @pytest.fixture
 def running(lane, v2, admin):
     return shadow.start(lane, v2, 100, admin)
 
 
 def test_without_enough_finished_pairs_the_gate_stays_shut(lane, v2, maker, running):
-    pairs(maker, [OK] * 5)
+    make_pairs(maker, [OK] * 5)
     job = submit_brief(maker, prompt="A poster saying SALE", expected_text="SALE", intent="draft", seed=1)
     finish(job, *OK)
     shadow.sample(job)  # its shadow still waits: the pair does not count yet
     assert shadow.gate(lane, v2) == (False, "too few finished pairs to judge (5, need 6).")
     lane.canary_min_samples = 8  # the lane's own minimum, when above the statistics' minimum
-    pairs(maker, [OK] * 2)
+    make_pairs(maker, [OK] * 2)
     assert shadow.gate(lane, v2) == (False, "too few finished pairs to judge (7, need 8).")
 
 
 def test_a_shadow_like_production_passes_with_each_figure_named(lane, v2, maker, running):
-    pairs(maker, [("succeeded", 1.1, 1.1, "passed", 1.0)] * 7 + [("succeeded", 1.2, 1.2, "passed", 0.97)])
+    make_pairs(maker, [("succeeded", 1.1, 1.1, "passed", 1.0)] * 7 + [("succeeded", 1.2, 1.2, "passed", 0.97)])
     passed, why = shadow.gate(lane, v2)
     assert passed, why
     assert why.startswith("passed, 8 pairs: error rate 0.0% vs 0.0% (+0.0%, limit +5.0%)")
@@ -111,7 +83,7 @@ def test_a_shadow_like_production_passes_with_each_figure_named(lane, v2, maker,
 
 
 def test_a_slower_shadow_fails_on_run_time_and_cost(lane, v2, maker, running):
-    pairs(maker, [("succeeded", 2.0, 2.0, "passed", 1.0)] * 8)
+    make_pairs(maker, [("succeeded", 2.0, 2.0, "passed", 1.0)] * 8)
     passed, why = shadow.gate(lane, v2)
     assert not passed
     assert why == (
@@ -120,13 +92,13 @@ def test_a_slower_shadow_fails_on_run_time_and_cost(lane, v2, maker, running):
 
 
 def test_a_shadow_that_fails_more_often_fails_on_its_error_rate(lane, v2, maker, running):
-    pairs(maker, [OK] * 6 + [("failed", None, None, None, 0)] * 2)
+    make_pairs(maker, [OK] * 6 + [("failed", None, None, None, 0)] * 2)
     passed, why = shadow.gate(lane, v2)
     assert not passed and why.startswith("failed, 8 pairs: error rate 25.0% vs 0.0% (+25.0%, limit +5.0%)")
 
 
 def test_a_shadow_that_garbles_text_fails_on_flag_rate_and_edit_distance(lane, v2, maker, running):
-    pairs(maker, [OK] * 4 + [("succeeded", 1.0, 1.0, "flagged", 0.5)] * 4)
+    make_pairs(maker, [OK] * 4 + [("succeeded", 1.0, 1.0, "flagged", 0.5)] * 4)
     passed, why = shadow.gate(lane, v2)
     assert not passed
     assert why == "failed, 8 pairs: flag rate +50.0% (limit +10.0%); mean edit distance +0.250 (limit +0.050)."
@@ -134,14 +106,14 @@ def test_a_shadow_that_garbles_text_fails_on_flag_rate_and_edit_distance(lane, v
 
 def test_text_is_judged_only_when_the_briefs_carry_it(lane, v2, maker, running):
     no_text = ("succeeded", 1.0, 1.0, None, 0)
-    pairs(maker, [no_text] * 8, production=no_text)
+    make_pairs(maker, [no_text] * 8, production=no_text)
     passed, why = shadow.gate(lane, v2)
     assert passed and "text: no sampled brief expects text" in why
 
 
 def test_too_few_verified_pairs_keep_the_gate_shut(lane, v2, maker, running):
     no_text = ("succeeded", 1.0, 1.0, None, 0)
-    pairs(maker, [OK] * 3 + [no_text] * 5)
+    make_pairs(maker, [OK] * 3 + [no_text] * 5)
     passed, why = shadow.gate(lane, v2)
     assert not passed and why.endswith("too few verified pairs to judge text (3, need 6).")
 
@@ -149,7 +121,7 @@ def test_too_few_verified_pairs_keep_the_gate_shut(lane, v2, maker, running):
 def test_a_version_never_shadowed_or_no_longer_deployable_does_not_pass(lane, v2, maker, admin):
     assert shadow.gate(lane, v2) == (False, "gate-v2 has not shadowed lane fast-draft.")
     shadow.start(lane, v2, 100, admin)
-    pairs(maker, [OK] * 8)
+    make_pairs(maker, [OK] * 8)
     assert shadow.gate(lane, v2)[0]
     ModelVersion.objects.filter(pk=v2.pk).update(status=ModelVersion.Status.INVALID)
     assert shadow.gate(lane, v2) == (
