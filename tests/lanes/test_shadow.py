@@ -114,7 +114,7 @@ def test_a_shadow_renders_each_sampled_brief_again_on_its_version_hidden_from_th
     assert set(Job.objects.visible_to(maker)) == set(production)
     assert set(Job.objects.visible_to(admin)) == set(production)
     assert not Verification.objects.visible_to(maker).filter(job__shadow_of__isnull=False).exists()
-    delivered = sorted(d.payload["id"] for d in Delivery.objects.filter(event="job.succeeded"))
+    delivered = sorted(d.payload["data"]["id"] for d in Delivery.objects.filter(event="job.succeeded"))
     assert delivered == sorted(job.pk for job in production)
 
     report = comparison.report(run)
