@@ -249,3 +249,22 @@ def test_a_second_shadow_on_a_lane_and_a_stale_page_are_refused(demo_lanes, v2, 
     with pytest.raises(ConflictError):
         shadow.stop(lane, admin, expected_revision=1)
     assert list(Shadow.objects.running()) == [first]
+
+
+def test_a_brief_the_shadow_cannot_take_is_skipped_and_counted_with_the_reason(demo_lanes, v2, admin, maker):
+    lane = draft_lane()
+    Lane.objects.filter(pk=lane.pk).update(defer_depth=1, hard_cap=1)
+    run = shadow.start(lane, v2, 100, admin)
+    production, later = finished(maker, 1), finished(maker, 4)
+    Job.objects.create(
+        owner=maker, prompt="running", intent="draft", lane=lane, model_version=lane.active_version, seed=3,
+        width=64, height=64, steps=4, guidance=7.5, state=Job.State.RUNNING,
+    )  # fmt: skip
+    copy = shadow.sample(production)  # the lane is at its hard cap: admission refuses the shadow job too
+    assert copy.state == Job.State.REJECTED and copy.shadow_of == production
+    run.refresh_from_db()
+    assert run.skipped == 1 and f"job {production.pk}: lane fast-draft at its hard cap" in run.last_skip
+    Lane.objects.filter(pk=lane.pk).update(enabled=False)
+    assert shadow.sample(later) is None
+    run.refresh_from_db()
+    assert run.skipped == 2 and run.last_skip.endswith("lane fast-draft is not enabled")
