@@ -127,3 +127,26 @@ def test_a_version_never_shadowed_or_no_longer_deployable_does_not_pass(lane, v2
     assert shadow.gate(lane, v2) == (
         False, "gate-v2 is failed validation: it cannot serve, whatever its shadow showed."
     )  # fmt: skip
+
+
+def test_the_gate_judges_the_versions_latest_shadow_only(lane, v2, maker, admin, running):
+    make_pairs(maker, [OK] * 8)
+    assert shadow.gate(lane, v2)[0]
+    shadow.stop(lane, admin)
+    shadow.start(lane, v2, 100, admin)  # a new shadow starts from nothing
+    assert shadow.gate(lane, v2) == (False, "too few finished pairs to judge (0, need 6).")
+
+
+def test_without_the_experiments_app_listening_the_gate_stays_shut(lane, v2, maker, running):
+    from experiments.shadow import on_shadow_gate
+    from lanes.signals import shadow_gate
+
+    make_pairs(maker, [OK] * 8)
+    assert shadow_gate.disconnect(dispatch_uid="experiments.on_shadow_gate")
+    try:
+        assert shadow.gate(lane, v2) == (
+            False, "no shadow comparison is installed (the experiments app judges shadows)"
+        )  # fmt: skip
+    finally:
+        shadow_gate.connect(on_shadow_gate, dispatch_uid="experiments.on_shadow_gate")
+    assert shadow.gate(lane, v2)[0]
