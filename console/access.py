@@ -35,6 +35,13 @@ def get_lane_for_user(request, name: str, deploy: bool = False) -> Lane:
     return get_object_or_404(Lane.objects.select_related(*related), name=name)
 
 
+def get_shadow_job_for_user(request, lane_name: str, job_id: int) -> Job:
+    """A shadow job of the lane, for admins only (it is nobody's brief: no job page shows it)."""
+    require_role(request.user, Role.ADMIN, "Shadow renders are shown to admins.")
+    queryset = Job.objects.filter(shadow_of__isnull=False, lane__name=lane_name).prefetch_related("artifacts")
+    return get_object_or_404(queryset, pk=job_id)
+
+
 def get_version_for_user(request, name: str) -> ModelVersion:
     require_role(request.user, Role.ADMIN, "Model versions are managed by admins.")
     return get_object_or_404(ModelVersion, name=name)

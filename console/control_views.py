@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import admin_required, has_role, ops_required
 from accounts.models import Role
-from lanes import adapters, canary, control, families, registry, rollout
+from lanes import adapters, canary, control, families, registry, rollout, shadow
 from lanes.changes import ConflictError, ControlError
 from lanes.models import (
     Adapter,
@@ -40,6 +40,7 @@ from .forms import (
     LimitsForm,
     ModeForm,
     RevisionForm,
+    ShadowForm,
     VersionForm,
     error_summary,
 )
@@ -83,6 +84,8 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
         "adapter_links": LaneAdapter.objects.filter(lane=lane).select_related("adapter__version"),
         "adapter_form": forms.get("adapter_form") or LaneAdapterForm(lane=lane, initial=initial),
         "drained": lane.draining and not (lane.queued or lane.running or lane.deferred),
+        "shadow": shadow.running(lane),
+        "shadow_form": forms.get("shadow_form") or ShadowForm(initial=initial),
     }
 
 

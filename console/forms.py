@@ -161,6 +161,12 @@ class CanaryForm(ActivateForm):
     percent = forms.IntegerField(min_value=1, max_value=99, initial=10, help_text="Share of new jobs, 1–99 %.")
 
 
+class ShadowForm(ActivateForm):
+    percent = forms.IntegerField(
+        min_value=1, max_value=100, initial=10, help_text="Share of the lane's briefs rendered again, 1–100 %."
+    )
+
+
 class VersionForm(forms.Form):
     name = forms.SlugField(max_length=100)
     family = forms.ChoiceField(

@@ -4,7 +4,7 @@ from django.urls import path, re_path
 
 from . import control_views as control
 from . import experiment_views as experiments
-from . import metrics_views, token_views, views
+from . import metrics_views, shadow_views, token_views, views
 from . import webhook_views as webhooks
 from .api import api
 from .api.core import not_found as api_not_found
@@ -36,6 +36,10 @@ urlpatterns = [
     path("lanes/<slug:name>/canary/end/", control.lane_end_canary, name="lane-end-canary"),
     path("lanes/<slug:name>/promote/", control.lane_promote, name="lane-promote"),
     path("lanes/<slug:name>/rollback/", control.lane_rollback, name="lane-rollback"),
+    path("lanes/<slug:name>/shadow/", shadow_views.shadow_detail, name="lane-shadow"),
+    path("lanes/<slug:name>/shadow/start/", shadow_views.shadow_start, name="lane-shadow-start"),
+    path("lanes/<slug:name>/shadow/stop/", shadow_views.shadow_stop, name="lane-shadow-stop"),
+    path("lanes/<slug:name>/shadow/jobs/<int:job_id>/<str:stage>.png", shadow_views.shadow_image, name="shadow-image"),
     path("lanes/<slug:name>/adapters/", control.lane_adapter_link, name="lane-adapter-link"),
     path(
         "lanes/<slug:name>/adapters/<int:adapter_id>/remove/", control.lane_adapter_unlink, name="lane-adapter-unlink"

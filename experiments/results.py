@@ -49,41 +49,50 @@ def cell_results(experiment: Experiment) -> list[CellResult]:
         .prefetch_related("job__artifacts")
         .order_by("prompt_index", "sample_index", "arm__position")
     )
+    verifications = first_verifications([c.job_id for c in cells if c.job_id])
+    return [
+        job_result(cell.arm.name, cell.prompt_index, cell.sample_index, cell.seed, cell.job,
+                   verifications.get(cell.job_id) if cell.job_id else None)
+        for cell in cells
+    ]  # fmt: skip
+
+
+def first_verifications(job_ids: list[int]) -> dict[int, Verification]:
+    """Each job's own verification (the first, not an auto-fix's re-check), in one query."""
     verifications: dict[int, Verification] = {}
-    job_ids = [c.job_id for c in cells if c.job_id]
     for v in Verification.objects.filter(job_id__in=job_ids, source__isnull=True).order_by("created_at"):
         verifications.setdefault(v.job_id, v)
-    rows = []
-    for cell in cells:
-        job = cell.job
-        verification = verifications.get(job.pk) if job else None
-        scores = (verification.details or {}).get("scores", []) if verification else []
-        similarity = statistics.fmean(s["similarity"] for s in scores) if scores else None
-        final = job.final_artifact() if job else None
-        rows.append(
-            CellResult(
-                arm=cell.arm.name,
-                prompt_index=cell.prompt_index,
-                sample_index=cell.sample_index,
-                seed=cell.seed,
-                job_id=cell.job_id,
-                state=job.state if job else "pending",
-                queue_s=job.queue_seconds if job else None,
-                run_s=job.run_seconds if job else None,
-                gpu_s=job.gpu_seconds if job else None,
-                # Device time (CPU-seconds on a CPU) at the device's price, plus what a hosted engine charged.
-                cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600 + job.api_cost
-                if job and job.gpu_seconds is not None
-                else None,
-                peak_memory_bytes=job.peak_memory_bytes if job else None,
-                verdict=verification.status if verification else "",
-                score=round(similarity, 4) if similarity is not None else None,
-                edit_distance=round(1 - similarity, 4) if similarity is not None else None,
-                image_sha256=final.sha256 if final else "",
-                device=job.device if job else "",
-            )
-        )
-    return rows
+    return verifications
+
+
+def job_result(
+    arm: str, prompt_index: int, sample_index: int, seed: int, job: Job | None, verification: Verification | None
+) -> CellResult:
+    """One rendered (or pending) prompt x seed on one arm, with its figures (shadow pairs use it too)."""
+    scores = (verification.details or {}).get("scores", []) if verification else []
+    similarity = statistics.fmean(s["similarity"] for s in scores) if scores else None
+    final = job.final_artifact() if job else None
+    return CellResult(
+        arm=arm,
+        prompt_index=prompt_index,
+        sample_index=sample_index,
+        seed=seed,
+        job_id=job.pk if job else None,
+        state=job.state if job else "pending",
+        queue_s=job.queue_seconds if job else None,
+        run_s=job.run_seconds if job else None,
+        gpu_s=job.gpu_seconds if job else None,
+        # Device time (CPU-seconds on a CPU) at the device's price, plus what a hosted engine charged.
+        cost=job.gpu_seconds * price_per_hour(job.gpu_name) / 3600 + job.api_cost
+        if job and job.gpu_seconds is not None
+        else None,
+        peak_memory_bytes=job.peak_memory_bytes if job else None,
+        verdict=verification.status if verification else "",
+        score=round(similarity, 4) if similarity is not None else None,
+        edit_distance=round(1 - similarity, 4) if similarity is not None else None,
+        image_sha256=final.sha256 if final else "",
+        device=job.device if job else "",
+    )
 
 
 @dataclass

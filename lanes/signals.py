@@ -33,3 +33,8 @@ def announce_finished(job) -> None:
 # queryset of job ids (`.values("job_id")`, never holding NULL) whose images must be kept. Experiments
 # keep their cells' jobs this way. A receiver that raises stops the pruning: nothing is deleted.
 retention_holds = Signal()
+
+# Sent (synchronously) by lanes.shadow.gate to ask whether a version's shadow on a lane passes: a
+# receiver gets `lane` and `version` and returns (passed, why). The experiments app answers it with
+# its paired statistics; lanes cannot import them.
+shadow_gate = Signal()

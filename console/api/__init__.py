@@ -1,7 +1,7 @@
 """Laneway's HTTP API, /api/v1/: the same action functions and access helpers as the console's views,
 described by an OpenAPI 3.1 document at /api/v1/openapi.json and browsable at /api/v1/docs."""
 
-from . import experiments, fleet, jobs, lanes, review, versions, webhooks
+from . import experiments, fleet, jobs, lanes, review, shadows, versions, webhooks
 from .core import BearerToken, LanewayAPI, RateLimit, Session, install_error_handlers
 
 api = LanewayAPI(
@@ -20,5 +20,5 @@ api = LanewayAPI(
     openapi_url="/openapi.json",
 )
 install_error_handlers(api)
-for module in (jobs, review, lanes, versions, experiments, fleet, webhooks):
+for module in (jobs, review, lanes, shadows, versions, experiments, fleet, webhooks):
     api.add_router("", module.router)

@@ -20,6 +20,7 @@ from .fleet import (
 )
 from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
+from .shadow import Shadow
 
 __all__ = [
     "HASH_CHUNK_BYTES",
@@ -34,6 +35,7 @@ __all__ = [
     "ModelVersion",
     "Priority",
     "Route",
+    "Shadow",
     "endpoint_hash",
     "Verification",
     "Worker",

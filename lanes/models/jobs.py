@@ -17,11 +17,13 @@ from accounts.models import Team
 from webhooks import outbox
 
 from .fleet import Lane, ModelVersion, Priority
+from .shadow import Shadow
 
 
 class JobQuerySet(models.QuerySet):
     def visible_to(self, user) -> JobQuerySet:
-        return visible_rows(self, user, "owner", "team_id")
+        # A shadow job is nobody's brief: admins see it on its shadow's page only.
+        return visible_rows(self.filter(shadow_of__isnull=True), user, "owner", "team_id")
 
     def live_counts(self) -> dict[tuple[int, str], int]:
         """Queued, running and deferred jobs per (lane id, state), in one grouped query."""
@@ -138,6 +140,9 @@ class Job(models.Model):
     gpu_name = models.CharField(max_length=100, blank=True, help_text="The accelerator's model, for pricing.")
     error = models.TextField(blank=True)
     rerender_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rerenders")
+    # A shadow render (lanes/shadow.py): the production job it copies, and the shadow that sampled it.
+    shadow_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="shadows")
+    shadow_run = models.ForeignKey(Shadow, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
 
     objects = JobQuerySet.as_manager()
 
@@ -152,6 +157,11 @@ class Job(models.Model):
             models.Index(fields=["owner", "-submitted_at"]),
             models.Index(fields=["state", "lane"]),
             models.Index(fields=["lane", "finished_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["shadow_of"], condition=Q(shadow_of__isnull=False), name="one_shadow_job_per_job"
+            )
         ]
 
     def __str__(self) -> str:

@@ -16,7 +16,8 @@ from .jobs import Artifact, Job
 
 class VerificationQuerySet(models.QuerySet):
     def visible_to(self, user) -> VerificationQuerySet:
-        return visible_rows(self, user, "job__owner", "job__team_id")
+        # A shadow job's image goes to nobody's review: it is never delivered.
+        return visible_rows(self.filter(job__shadow_of__isnull=True), user, "job__owner", "job__team_id")
 
     def awaiting_review(self) -> VerificationQuerySet:
         return self.filter(status=Verification.Status.FLAGGED, decision="")
