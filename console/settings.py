@@ -363,6 +363,12 @@ GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
 TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)
 TELEMETRY_RETENTION_SECONDS = envint("TELEMETRY_RETENTION_SECONDS", 24 * 3600, 60)
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+# Autoscaling signals (/metrics, `manage.py scale_hint`; the formula is in lanes/scaling.py): rates are
+# measured over the last SCALE_WINDOW_SECONDS, desired workers get SCALE_HEADROOM × what Little's law
+# asks, and never exceed SCALE_MAX_WORKERS per lane.
+SCALE_WINDOW_SECONDS = envint("SCALE_WINDOW_SECONDS", 300, 10)
+SCALE_HEADROOM = envfloat("SCALE_HEADROOM", 1.25, 1.0)
+SCALE_MAX_WORKERS = envint("SCALE_MAX_WORKERS", 16, 1)
 # /healthz: how long each check (database connect, broker connect) may take before it counts as down.
 HEALTHZ_TIMEOUT_SECONDS = envfloat("HEALTHZ_TIMEOUT_SECONDS", 2.0, 0.1)
 
