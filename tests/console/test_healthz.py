@@ -35,8 +35,8 @@ def test_it_answers_200_with_both_checks_when_database_and_broker_answer(client)
 @pytest.mark.django_db
 @pytest.mark.parametrize("scheme", ["redis://127.0.0.1:{port}/0", "amqp://guest:guest@127.0.0.1:{port}//"])
 def test_it_answers_503_naming_the_broker_when_the_broker_port_is_closed(client, monkeypatch, scheme):
-    monkeypatch.setattr(app.conf, "broker_url", scheme.format(port=closed_port()))
-    monkeypatch.setattr(app.conf, "broker_write_url", None)
+    # The URL producers connect to (broker_url unless set apart); restored to the real one afterwards.
+    monkeypatch.setattr(app.conf, "broker_write_url", scheme.format(port=closed_port()))
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()
