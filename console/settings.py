@@ -369,7 +369,8 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 SCALE_WINDOW_SECONDS = envint("SCALE_WINDOW_SECONDS", 300, 10)
 SCALE_HEADROOM = envfloat("SCALE_HEADROOM", 1.25, 1.0)
 SCALE_MAX_WORKERS = envint("SCALE_MAX_WORKERS", 16, 1)
-# /healthz: how long each check (database connect, broker connect) may take before it counts as down.
+# /healthz: how long the broker may take to accept a connection before it counts as down (the database's
+# connect is bounded by DB_CONNECT_TIMEOUT, and a pooled connection's wait by DB_POOL_TIMEOUT).
 HEALTHZ_TIMEOUT_SECONDS = envfloat("HEALTHZ_TIMEOUT_SECONDS", 2.0, 0.1)
 
 

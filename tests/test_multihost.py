@@ -208,10 +208,11 @@ def host_env(host: Host) -> dict[str, str]:
         ALLOWED_HOSTS=f"{host.address},localhost",
         MODELS_ROOT=str(settings.MODELS_ROOT),
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        # Quick failure detection for a test: a worker is lost after 3 missed 1-second heartbeats, beat
-        # reconciles every second, and a queued job whose message died with a host is re-sent after 10 s.
+        # Quick failure detection for a test: a worker is lost after 5 missed 1-second heartbeats (a busy
+        # machine can delay a few), beat reconciles every second, and a queued job whose message died
+        # with a host is re-sent after 10 s.
         WORKER_HEARTBEAT_SECONDS="1",
-        WORKER_LOST_AFTER_BEATS="3",
+        WORKER_LOST_AFTER_BEATS="5",
         RECONCILE_EVERY="1",
         REDISPATCH_AFTER_SECONDS="10",
         ADMISSION_CONTROL="false",
@@ -278,19 +279,14 @@ def test_two_gpu_hosts_share_the_work_and_a_dead_hosts_jobs_finish_on_the_other_
 
         # 2. Long renders; once gpu1 is rendering, the whole host dies.
         second = submit(4, 60)
-        wait_until(
+        # With 58 of its 60 steps to go, this job is still rendering on gpu1 when the host dies.
+        witness = wait_until(
             lambda: Job.objects.filter(
                 pk__in=second, state=Job.State.RUNNING, worker__startswith="gpu1:", progress_step__gte=2
-            ).exists(),
+            ).first(),
             timeout=90, what="a long render running on gpu1",
         )  # fmt: skip
         network.kill_host(gpu1)
-        on_dead_host = set(
-            Job.objects.filter(pk__in=second, state=Job.State.RUNNING, worker__startswith="gpu1:").values_list(
-                "pk", flat=True
-            )
-        )
-        assert on_dead_host
         wait_until(
             lambda: Job.objects.filter(pk__in=second, state__in=Job.TERMINAL).count() == len(second),
             timeout=150, what=lambda: f"the long renders: {list(Job.objects.filter(pk__in=second).values_list('state', 'worker'))}",
@@ -306,6 +302,8 @@ def test_two_gpu_hosts_share_the_work_and_a_dead_hosts_jobs_finish_on_the_other_
     assert images == {job.pk: 1 for job in jobs}
     for job in jobs:
         assert job.attempts == 1 + job.lost_workers, (job.pk, job.attempts, job.lost_workers)
-    for job in jobs.filter(pk__in=on_dead_host):
+    witness.refresh_from_db()
+    assert witness.lost_workers == 1 and witness.worker.startswith("gpu2:"), witness.worker
+    for job in jobs.filter(lost_workers__gt=0):  # every job the dead host held finished on the other
         assert job.lost_workers == 1 and job.worker.startswith("gpu2:"), (job.pk, job.worker)
     assert all(Path(settings.MEDIA_ROOT, artifact.path).is_file() for artifact in Artifact.objects.filter(job__in=jobs))

@@ -59,6 +59,9 @@ class Processes:
             **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
             "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": broker, "MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "RECONCILE_EVERY": "1", "ADMISSION_CONTROL": "false",
+            # tests.settings beats every 0.5 s: a worker busy importing diffusers on a loaded machine can
+            # miss 3 beats and be taken for lost. 10 missed beats (5 s) still find a killed one quickly.
+            "WORKER_LOST_AFTER_BEATS": "10",
         }  # fmt: skip
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -84,7 +87,7 @@ def test_a_brief_renders_over_rabbitmq_and_a_killed_workers_job_is_requeued_and_
     processes = Processes(tmp_path, rabbitmq)
     port = free_port()
     python = sys.executable
-    worker = [python, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--loglevel", "WARNING"]
+    worker = [python, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--loglevel", "INFO"]
     try:
         processes.start("web", [str(Path(python).parent / "uvicorn"), "console.asgi:application",
                                 "--host", "127.0.0.1", "--port", str(port), "--no-access-log"])  # fmt: skip
