@@ -147,6 +147,8 @@ if LANEWAY_HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = envbool("HSTS_PRELOAD", False)
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    # Probes call /healthz over plain HTTP from inside the cluster.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 if envbool("LANEWAY_PROXY_SSL", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -188,11 +190,18 @@ if DATABASE_URL:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if "postgres" in _db["ENGINE"]:
         _db.setdefault("TEST", {})["NAME"] = _env("TEST_DATABASE_NAME", f"test_{_db['NAME']}")
+        # A database host that does not answer fails a request (and /healthz) in seconds, not minutes.
+        _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", envint("DB_CONNECT_TIMEOUT", 5, 1))
         if envbool("DB_POOL", True):
             # Under ASGI every request runs in a fresh thread, so per-thread persistent
             # connections never get reused: a process-wide pool does.
             _db["CONN_MAX_AGE"] = 0
-            _db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": envint("DB_POOL_SIZE", 20, 1)}
+            _db.setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 1,
+                "max_size": envint("DB_POOL_SIZE", 20, 1),
+                # How long a request waits for a pooled connection (all busy, or the database down).
+                "timeout": envfloat("DB_POOL_TIMEOUT", 10.0, 0.1),
+            }
 else:
     # WAL + IMMEDIATE transactions + a busy timeout: the web server, the worker and beat
     # all write, and without IMMEDIATE SQLite raises "database is locked" despite the timeout.
@@ -354,6 +363,15 @@ GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
 TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)
 TELEMETRY_RETENTION_SECONDS = envint("TELEMETRY_RETENTION_SECONDS", 24 * 3600, 60)
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+# Autoscaling signals (/metrics, `manage.py scale_hint`; the formula is in lanes/scaling.py): rates are
+# measured over the last SCALE_WINDOW_SECONDS, desired workers get SCALE_HEADROOM × what Little's law
+# asks, and never exceed SCALE_MAX_WORKERS per lane.
+SCALE_WINDOW_SECONDS = envint("SCALE_WINDOW_SECONDS", 300, 10)
+SCALE_HEADROOM = envfloat("SCALE_HEADROOM", 1.25, 1.0)
+SCALE_MAX_WORKERS = envint("SCALE_MAX_WORKERS", 16, 1)
+# /healthz: how long the broker may take to accept a connection before it counts as down (the database's
+# connect is bounded by DB_CONNECT_TIMEOUT, and a pooled connection's wait by DB_POOL_TIMEOUT).
+HEALTHZ_TIMEOUT_SECONDS = envfloat("HEALTHZ_TIMEOUT_SECONDS", 2.0, 0.1)
 
 
 def envprices(name: str, default: str) -> dict[str, float]:

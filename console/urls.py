@@ -4,7 +4,7 @@ from django.urls import path, re_path
 
 from . import control_views as control
 from . import experiment_views as experiments
-from . import metrics_views, shadow_views, token_views, views
+from . import health_views, metrics_views, shadow_views, token_views, views
 from . import webhook_views as webhooks
 from .api import api
 from .api.core import not_found as api_not_found
@@ -74,6 +74,7 @@ urlpatterns = [
     path("webhooks/<int:endpoint_id>/delete/", webhooks.webhook_delete, name="webhook-delete"),
     path("webhooks/deliveries/<int:delivery_id>/redeliver/", webhooks.webhook_redeliver, name="webhook-redeliver"),
     path("metrics", metrics_views.metrics, name="metrics"),
+    path("healthz", health_views.healthz, name="healthz"),
     path("api/v1/", api.urls),
     re_path(r"^api/v1/(?P<path>.*)$", api_not_found),
     path("admin/", admin.site.urls),

@@ -9,6 +9,7 @@ from prometheus_client.registry import Collector
 from telemetry.models import GpuSample
 
 from .models import Job, Lane, Worker
+from .scaling import lane_signals
 
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -71,3 +72,36 @@ class LanewayCollector(Collector):
             if sample.memory_total_bytes is not None:
                 total.add_metric(key, sample.memory_total_bytes)
         yield from (util, used, total)
+
+        yield from scaling_families()
+
+
+def scaling_families() -> list[GaugeMetricFamily]:
+    """The autoscaling signals of lanes/scaling.py, per lane (KEDA scales on laneway_lane_desired_workers)."""
+    depth = GaugeMetricFamily(
+        "laneway_lane_queue_depth",
+        "Jobs waiting (queued or deferred) per lane and priority class.",
+        labels=["lane", "class"],
+    )
+    arrivals = GaugeMetricFamily(
+        "laneway_lane_arrival_rate", "Jobs submitted per second over SCALE_WINDOW_SECONDS.", labels=["lane"]
+    )
+    service = GaugeMetricFamily(
+        "laneway_lane_service_rate", "Jobs finished per second over SCALE_WINDOW_SECONDS.", labels=["lane"]
+    )
+    run = GaugeMetricFamily(
+        "laneway_lane_mean_run_seconds", "Mean run time of jobs that succeeded in the window.", labels=["lane"]
+    )
+    desired = GaugeMetricFamily(
+        "laneway_lane_desired_workers",
+        "Workers the lane needs: Little's law with headroom (see README).",
+        labels=["lane"],
+    )
+    for signal in lane_signals():
+        for priority, n in signal.queue_depth.items():
+            depth.add_metric([signal.lane, priority], n)
+        arrivals.add_metric([signal.lane], signal.arrival_rate)
+        service.add_metric([signal.lane], signal.service_rate)
+        run.add_metric([signal.lane], signal.mean_run_seconds)
+        desired.add_metric([signal.lane], signal.desired_workers)
+    return [depth, arrivals, service, run, desired]

@@ -32,6 +32,7 @@ MATRIX = {
     "dashboard": ("GET", "ops"),
     "dashboard-samples": ("GET", "ops"),
     "metrics": ("GET", "ops"),
+    "healthz": ("GET", None),
     "policy": ("GET", "ops"),
     "policy-yaml": ("GET", "ops"),
     "lane-list": ("GET", "ops"),

@@ -40,7 +40,7 @@ def test_metrics_need_a_token_or_an_ops_login(client, creative, ops_user, jobs, 
 
 
 def test_metrics_parse_back_to_the_jobs_and_samples(admin_client, jobs, django_assert_max_num_queries):
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(16):  # a constant number, whatever the jobs and lanes
         families = scrape(admin_client)
     depth = {(s.labels["lane"], s.labels["state"]): s.value for s in families["laneway_jobs"].samples}
     assert depth[("fast-draft", "succeeded")] == 4 and depth[("fast-draft", "queued")] == 1
