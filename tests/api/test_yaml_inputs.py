@@ -47,7 +47,8 @@ def test_a_hostile_policy_is_a_422_and_changes_nothing(demo_lanes, callers, case
     before = list(Lane.objects.order_by("name").values())
     started = time.monotonic()
     response = callers["admin"].send("PUT", "/policy", {"yaml": POLICY[case]})
-    assert time.monotonic() - started < 2, "reading it took too long"
+    # Read, not run: a definition that were expanded would take minutes; a loaded machine takes seconds.
+    assert time.monotonic() - started < 20, "reading it took too long"
     assert response.status_code == 422, (case, response.status_code, response.content[:300])
     assert response["Content-Type"] == "application/problem+json" and response.json()["errors"]
     assert list(Lane.objects.order_by("name").values()) == before
@@ -58,6 +59,7 @@ def test_a_hostile_policy_is_a_422_and_changes_nothing(demo_lanes, callers, case
 def test_a_hostile_experiment_is_a_422_and_creates_nothing(demo_lanes, callers, case):
     started = time.monotonic()
     response = callers["admin"].post("/experiments", {"definition": EXPERIMENT[case]})
-    assert time.monotonic() - started < 2, "reading it took too long"
+    # Read, not run: a definition that were expanded would take minutes; a loaded machine takes seconds.
+    assert time.monotonic() - started < 20, "reading it took too long"
     assert response.status_code == 422, (case, response.status_code, response.content[:300])
     assert not Experiment.objects.exists()
