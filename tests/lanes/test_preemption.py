@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 from PIL import Image
 
