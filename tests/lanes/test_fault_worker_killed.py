@@ -81,7 +81,7 @@ def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_eq
         background = submit_brief(casey, **brief, priority="background")
         wait_until(
             lambda: Job.objects.filter(pk=background.pk, state=Job.State.RUNNING, progress_step__gte=2).exists(),
-            timeout=90, what="the background job running on the GPU worker",
+            timeout=180, what="the background job running on the GPU worker",  # a cold worker on a busy machine
         )  # fmt: skip
         critical = submit_brief(casey, prompt="critical", intent="draft", seed=1, steps=60, priority="critical")
         paused = wait_until(
