@@ -4,12 +4,15 @@ One CPU worker runs the tiny pipeline. The intents of all three priority classes
 one lane (final: critical, draft: standard, preview: background), with a cheaper fallback
 lane, as in the incident that motivated Laneway. Each scenario runs in a fresh stack:
 
-- unloaded: critical briefs one at a time on an idle fleet;
+- unloaded: critical briefs one at a time on an idle fleet (kept for continuity);
+- alone: the burst's own critical arrivals, at the same times with the same seeds, and
+  nothing else: what critical latency would be if the rest of the burst did not exist;
 - admission_on / admission_off: the same seeded burst, submitted over HTTP at three times
-  the rate the fleet can serve, with ADMISSION_CONTROL on or off.
+  the rate the fleet can serve, with ADMISSION_CONTROL on or off (step-boundary preemption on);
+- on_no_preempt: admission on, PREEMPTION=false.
 
 Latency is the job's finished_at - submitted_at. Prints per-class p50/p95 and the counts,
-then one line of JSON.
+then one line of JSON. `--runs N` repeats the whole set and prints a JSON line per run.
 
     .venv/bin/python bench/burst.py [--briefs 90]
 """
@@ -88,6 +91,8 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
         ids, rejected = [], {cls: 0 for _, cls, _ in MIX}
         started = time.monotonic()
         for n, (intent, cls) in enumerate(plan):
+            if scenario == "alone" and cls != "critical":
+                continue  # the same critical arrivals, at the same times, and nothing else
             time.sleep(max(0.0, started + n / rate - time.monotonic()))
             status, job_id = session.submit(prompt=f"burst {n}", intent=intent, seed=str(n))
             if status == 429:
@@ -103,7 +108,7 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
             mine = [j for j in jobs if j.priority == cls]
             done = [(j.finished_at - j.submitted_at).total_seconds() for j in mine if j.state == "succeeded"]
             result["classes"][cls] = {
-                "submitted": sum(1 for _, c in plan if c == cls),
+                "submitted": sum(1 for _, c in plan if c == cls and (scenario != "alone" or c == "critical")),
                 "succeeded": len(done),
                 "p50_s": round(percentile(done, 50), 3),
                 "p95_s": round(percentile(done, 95), 3),
@@ -113,20 +118,20 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
                 "failed": sum(1 for j in mine if j.state == "failed"),
             }
         result["ooms"] = sum(j.oom_count for j in jobs)
+        result["preemptions"] = sum(j.preemptions for j in jobs)
         result["lost_jobs"] = sum(1 for j in jobs if j.state not in Job.TERMINAL)
         return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--briefs", type=int, default=90)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run(args.child, args.briefs, args.rate)))
-        return
+SCENARIOS = (
+    ("alone", {"ADMISSION_CONTROL": "true"}),
+    ("admission_on", {"ADMISSION_CONTROL": "true", "PREEMPTION": "true"}),
+    ("admission_off", {"ADMISSION_CONTROL": "false", "PREEMPTION": "true"}),
+    ("on_no_preempt", {"ADMISSION_CONTROL": "true", "PREEMPTION": "false"}),
+)
 
+
+def one_run(briefs: int) -> dict:
     unloaded = json.loads(run_child(__file__, ["--child", "unloaded"], {}, "unloaded"))
     rate = 3 * unloaded["capacity_per_s"]
     print(
@@ -135,36 +140,46 @@ def main() -> None:
         file=sys.stderr,
     )
     results = {}
-    for scenario, flag in (("admission_on", "true"), ("admission_off", "false")):
-        line = run_child(
-            __file__,
-            ["--child", scenario, "--briefs", str(args.briefs), "--rate", str(rate)],
-            {"ADMISSION_CONTROL": flag},
-            scenario,
-        )
+    for scenario, env in SCENARIOS:
+        line = run_child(__file__, ["--child", scenario, "--briefs", str(briefs), "--rate", str(rate)], env, scenario)
         results[scenario] = r = json.loads(line)
-        print(f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}", file=sys.stderr)
+        print(f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}, preemptions {r['preemptions']}", file=sys.stderr)
         for cls, c in r["classes"].items():
-            print(
-                f"  {cls:10s} n={c['submitted']:3d} ok={c['succeeded']:3d} "
-                f"p50 {c['p50_s']:.3f} s p95 {c['p95_s']:.3f} s "
-                f"deferred {c['deferred']} rerouted {c['rerouted']} rejected {c['rejected']} failed {c['failed']}",
-                file=sys.stderr,
-            )
-    print(
-        json.dumps(
-            {
-                "bench": "burst",
-                "critical_p95_s": {
-                    "unloaded": round(unloaded["critical_p95_s"], 3),
-                    "admission_on": results["admission_on"]["classes"]["critical"]["p95_s"],
-                    "admission_off": results["admission_off"]["classes"]["critical"]["p95_s"],
-                },
-                "lost_jobs": results["admission_on"]["lost_jobs"] + results["admission_off"]["lost_jobs"],
-                "ooms": results["admission_on"]["ooms"] + results["admission_off"]["ooms"],
-            }
-        )
-    )
+            if c["submitted"]:
+                print(
+                    f"  {cls:10s} n={c['submitted']:3d} ok={c['succeeded']:3d} "
+                    f"p50 {c['p50_s']:.3f} s p95 {c['p95_s']:.3f} s "
+                    f"deferred {c['deferred']} rerouted {c['rerouted']} rejected {c['rejected']} failed {c['failed']}",
+                    file=sys.stderr,
+                )
+    burst = [name for name, _ in SCENARIOS if name != "alone"]
+    return {
+        "bench": "burst",
+        "critical_p95_s": {
+            "alone": results["alone"]["classes"]["critical"]["p95_s"],
+            "unloaded": round(unloaded["critical_p95_s"], 3),
+            **{name: results[name]["classes"]["critical"]["p95_s"] for name in burst},
+        },
+        "standard_p95_s": {name: results[name]["classes"]["standard"]["p95_s"] for name in burst},
+        "background_p95_s": {name: results[name]["classes"]["background"]["p95_s"] for name in burst},
+        "preemptions": results["admission_on"]["preemptions"],
+        "lost_jobs": sum(r["lost_jobs"] for r in results.values()),
+        "ooms": sum(r["ooms"] for r in results.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--briefs", type=int, default=90)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run(args.child, args.briefs, args.rate)))
+        return
+    for _ in range(args.runs):
+        print(json.dumps(one_run(args.briefs)), flush=True)
 
 
 if __name__ == "__main__":

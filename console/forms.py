@@ -139,6 +139,7 @@ class LimitsForm(forms.ModelForm):
         fields = OPS_FIELDS
         labels = {
             "latency_slo_ms": "Latency SLO (ms)",
+            "preemptible": "Preemptible (running jobs pause for a higher class)",
         }
 
 

@@ -358,6 +358,12 @@ ADMISSION_CONTROL = envbool("ADMISSION_CONTROL", True)
 # GPU memory budget of one worker in MiB (engines + activations). 0: 90% of the card on CUDA,
 # unlimited on CPU. On CUDA the process is capped with set_per_process_memory_fraction.
 GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
+# Step-boundary preemption (lanes.preemption): a running job pauses for a higher class waiting for its
+# lane's slot on this GPU; a job paused PREEMPT_MAX_PAUSES times, or PREEMPT_MAX_PAUSED_SECONDS in all,
+# is not paused again (and a pause past that time takes the next free slot first).
+PREEMPTION = envbool("PREEMPTION", True)
+PREEMPT_MAX_PAUSES = envint("PREEMPT_MAX_PAUSES", 3, 0)
+PREEMPT_MAX_PAUSED_SECONDS = envfloat("PREEMPT_MAX_PAUSED_SECONDS", 30.0, 0.0)
 
 # Telemetry: sampling period of each worker, how long samples are kept, who may scrape /metrics.
 TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)

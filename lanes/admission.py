@@ -97,13 +97,17 @@ def recent_p95_run_s(lane: Lane) -> float | None:
     rows = list(
         Job.objects.filter(lane=lane, state=Job.State.SUCCEEDED, finished_at__isnull=False, started_at__isnull=False)
         .order_by("-finished_at")
-        .values_list("started_at", "finished_at", "load_seconds")[:RECENT_RUNS]
+        .values_list("started_at", "finished_at", "load_seconds", "paused_seconds")[:RECENT_RUNS]
     )
     if not rows:
         return None
-    # A cold start's model load is not what the next job will wait for: only the run counts.
+    # A cold start's model load (or a pause for a higher class) is not what the next job will wait for.
     return nearest_rank(
-        [max(0.0, (finished - started).total_seconds() - (load or 0.0)) for started, finished, load in rows], 95
+        [
+            max(0.0, (finished - started).total_seconds() - (load or 0.0) - paused)
+            for started, finished, load, paused in rows
+        ],
+        95,
     )
 
 

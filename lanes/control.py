@@ -25,6 +25,7 @@ OPS_FIELDS = (
     "max_concurrency",
     "defer_depth",
     "hard_cap",
+    "preemptible",
     "latency_slo_ms",
     "canary_window_minutes",
     "canary_min_samples",

@@ -629,6 +629,28 @@ class EngineCache:
                     empty_device_cache()
                 self._cond.notify_all()
 
+    def fits(self, version: ModelVersion, *, width: int, height: int, batch: int = 1) -> bool:
+        """Whether a call would find room now: the engines in use (or retiring) and every reserved activation,
+        paused jobs' included, stay; idle engines would be evicted. A version not loaded yet counts its
+        weights' estimate and its family's activation prior."""
+        budget = self.budget
+        if budget is None or version.is_hosted:
+            return True
+        device = current_device()
+        key = (version.pk, version.content_hash, device.kind, version.dtype)
+        with self._cond:
+            engine = self._engines.get(key)
+            kept: dict[int, int] = {}
+            for other in [*self._engines.values(), *self._retiring]:
+                if other.in_use or other is engine:
+                    kept.update(other.storages)
+            used = sum(kept.values()) + self._reserved
+        if engine is not None:
+            return used + engine.activation_bytes(width, height, batch) <= budget
+        itemsize = 4 if device.kind == "cpu" or version.dtype == "float32" else 2
+        activations = batch * width * height * families.get(version.family).prior_bytes_per_pixel * itemsize
+        return used + estimate_weights_bytes(version, device.kind) + activations <= budget
+
     def warm(self, version: ModelVersion) -> float:
         """Load the version's pipeline now (before any job asks for it); the seconds it took, 0 if loaded."""
         took = 0.0

@@ -3,7 +3,8 @@
 `run` claims a queued job (a conditional UPDATE, so a duplicate message does nothing),
 waits for a slot of its lane on this GPU, renders under the memory budget, and stores the
 image with the job's transition in one transaction. A cascade stores its draft and queues
-the refine stage, which `refine` runs batched with other waiting jobs. An out-of-memory
+the refine stage, which `refine` runs batched with other waiting jobs. A running job may pause
+at a step boundary for a higher class waiting for its slot (lanes.preemption). An out-of-memory
 error moves the job to its lane's fallback once, or splits a refine batch once.
 Afterwards deferred work is released, and the finish is announced (lanes.signals).
 """
@@ -30,10 +31,11 @@ from .batching import refine_batcher
 from .dispatch import dispatch, queue_refine, release_deferred
 from .heartbeat import worker_ident
 from .models import Adapter, Artifact, CheckpointError, Job, Lane, ModelVersion, Worker
+from .preemption import JobStopped, Need, Preemptor
 from .review import start_verification
 from .router import rerouted_fields
 from .signals import announce_finished
-from .slots import slots
+from .slots import Slot, slots
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +109,14 @@ def run(job_id: int) -> str:
         return "missing"
     if job.state != Job.State.QUEUED:
         return f"skipped: {job.state}"
-    with slots.acquire(job.lane_id, job.priority):
-        outcome = _run_claimed(job)
+    with slots.acquire(job.lane_id, job.priority, info=Need.of(job)) as slot:
+        outcome = _run_claimed(job, slot)
     release_deferred(job.lane)
     announce_finished(job)
     return outcome
 
 
-def _run_claimed(job: Job) -> str:
+def _run_claimed(job: Job, slot: Slot) -> str:
     device = engines.current_device()
     if not job.mark_running(worker_ident(), device.gpu_index, device.kind, device.name):
         return "skipped: claimed elsewhere"
@@ -129,7 +131,13 @@ def _run_claimed(job: Job) -> str:
 
     scale = job.refine_scale if job.is_cascade else 1
     width, height = job.width // scale, job.height // scale
-    on_step = _progress_recorder(job)
+    record = _progress_recorder(job)
+    preemptor = Preemptor(job, slot)
+
+    def on_step(step: int) -> None:
+        record(step)
+        preemptor(step)
+
     for attempt in (1, 2):
         try:
             with use_engine(job.model_version, width=width, height=height, job=job) as engine:
@@ -144,6 +152,9 @@ def _run_claimed(job: Job) -> str:
                     adapters=lora_refs(job),
                 )
             break
+        except JobStopped as exc:  # cancelled while paused: unwinding the call freed its memory
+            log.info("%s", exc)
+            return "stopped while paused"
         except Exception as exc:  # a pipeline error fails the job, never the worker
             if not engines.is_oom(exc):
                 if isinstance(exc, engines.LoadError):
@@ -158,6 +169,9 @@ def _run_claimed(job: Job) -> str:
             if attempt == 2:
                 return _fail(job, exc)
 
+    # Time paused at a step boundary is not run time.
+    result.run_seconds = max(0.0, result.run_seconds - preemptor.paused_seconds)
+    result.gpu_seconds = max(0.0, result.gpu_seconds - preemptor.paused_seconds)
     if job.is_cascade:
         return _store_draft(job, result)
     stored = _store_if(

@@ -61,6 +61,7 @@ LANE_KEYS: dict[str, tuple[str, type, float | None]] = {
     "latency_slo_ms": ("latency_slo_ms", int, 1),
     "defer_depth": ("defer_depth", int, 1),
     "hard_cap": ("hard_cap", int, 1),
+    "preemptible": ("preemptible", bool, None),
     "verify": ("verify", bool, None),
     "verify_threshold": ("verify_threshold", float, 0),
     "verify_case_sensitive": ("verify_case_sensitive", bool, None),

@@ -44,18 +44,23 @@ class LanewayCollector(Collector):
                 deferrals=Count("id", filter=Q(deferred_at__isnull=False)),
                 rejections=Count("id", filter=Q(admission=Job.Admission.REJECTED)),
                 ooms=Sum("oom_count"),
+                preemptions=Sum("preemptions"),
             )
             .order_by()
         )
         deferrals = GaugeMetricFamily("laneway_deferrals", "Jobs ever deferred by admission.", labels=["lane"])
         rejections = GaugeMetricFamily("laneway_rejections", "Briefs rejected at the hard cap.", labels=["lane"])
         ooms = GaugeMetricFamily("laneway_ooms", "CUDA out-of-memory errors caught.", labels=["lane"])
+        preemptions = GaugeMetricFamily(
+            "laneway_preemptions", "Times running jobs paused at a step boundary for a higher class.", labels=["lane"]
+        )
         for row in per_lane:
             name = lanes.get(row["lane_id"], "?")
             deferrals.add_metric([name], row["deferrals"])
             rejections.add_metric([name], row["rejections"])
             ooms.add_metric([name], row["ooms"] or 0)
-        yield from (deferrals, rejections, ooms)
+            preemptions.add_metric([name], row["preemptions"] or 0)
+        yield from (deferrals, rejections, ooms, preemptions)
 
         yield GaugeMetricFamily("laneway_workers_alive", "Workers heartbeating.", value=Worker.objects.alive().count())
 

@@ -6,6 +6,9 @@ on running workers within REFRESH seconds, without a restart. Jobs waiting for a
 the same lane are served by priority class, then in arrival order, and on a lane with two
 or more slots one is kept for critical work, so a critical job that reaches this worker
 starts without waiting for a standard or background job to finish.
+
+A running job may hand its slot back at a step boundary (`pause`, see lanes.preemption) and
+wait for one again, ahead of the jobs of its class that arrived after it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import itertools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import close_old_connections
 
@@ -24,6 +29,21 @@ from .models import Lane, Priority
 
 REFRESH = 1.0
 RANK: dict[str, int] = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BACKGROUND: 2}
+FIRST = -1  # the rank of a paused job that has waited its limit: it takes the next slot that frees
+
+
+@dataclass(eq=False)
+class Slot:
+    """A job's place on its lane: waiting, holding a slot, or paused (waiting again, slot handed over)."""
+
+    lane_id: int
+    ticket: tuple[int, int]  # (rank, arrival): lower is served first
+    info: Any = None  # what the job needs, for whoever decides to preempt for it (lanes.preemption)
+    held: bool = False
+
+    @property
+    def rank(self) -> int:
+        return self.ticket[0]
 
 
 class LaneSlots:
@@ -31,6 +51,7 @@ class LaneSlots:
         self._cond = threading.Condition()
         self._running: dict[int, int] = defaultdict(int)
         self._waiting: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self._slots: dict[tuple[int, int], Slot] = {}
         self._limits: dict[int, tuple[int, float]] = {}
         self._arrivals = itertools.count()
 
@@ -53,36 +74,80 @@ class LaneSlots:
         with self._cond:
             return sum(self._running.values())
 
-    @contextmanager
-    def acquire(self, lane_id: int, priority: str = Priority.STANDARD) -> Iterator[None]:
-        ticket = (RANK.get(priority, 1), next(self._arrivals))
+    def outranking(self, slot: Slot) -> Slot | None:
+        """The next job in line for the slot's lane when it outranks the slot's job and no slot is free for it."""
         with self._cond:
-            heapq.heappush(self._waiting[lane_id], ticket)
+            queue = self._waiting[slot.lane_id]
+            if not queue or queue[0][0] >= slot.rank:
+                return None
+        limit = self.limit(slot.lane_id)  # outside the lock: it may read the database
+        with self._cond:
+            queue = self._waiting[slot.lane_id]
+            if not queue or queue[0][0] >= slot.rank or self._running[slot.lane_id] < limit:
+                return None
+            return self._slots[queue[0]]
+
+    def _wait_turn(self, slot: Slot, check: Callable[[], None] | None = None, first_after: float | None = None) -> None:
+        """Wait in line until the slot's job may run (it then holds a slot). `check` runs about every REFRESH
+        seconds and may raise to give up; past the monotonic time `first_after` the job goes to the front."""
+        lane_id = slot.lane_id
+        with self._cond:
+            heapq.heappush(self._waiting[lane_id], slot.ticket)
+            self._slots[slot.ticket] = slot
         try:
             while True:
+                if check is not None:
+                    check()
                 limit = self.limit(lane_id)
                 with self._cond:
                     queue = self._waiting[lane_id]
+                    if first_after is not None and slot.rank != FIRST and time.monotonic() >= first_after:
+                        queue.remove(slot.ticket)
+                        self._slots.pop(slot.ticket)
+                        slot.ticket = (FIRST, slot.ticket[1])
+                        self._slots[slot.ticket] = slot
+                        queue.append(slot.ticket)
+                        heapq.heapify(queue)
                     # Non-critical work leaves one slot free for critical work when there are two or more.
-                    usable = limit if ticket[0] == 0 or limit < 2 else limit - 1
-                    if self._running[lane_id] < usable and queue[0] == ticket:
+                    usable = limit if slot.rank <= 0 or limit < 2 else limit - 1
+                    if self._running[lane_id] < usable and queue[0] == slot.ticket:
                         heapq.heappop(queue)
+                        self._slots.pop(slot.ticket)
                         self._running[lane_id] += 1
+                        slot.held = True
                         self._cond.notify_all()  # the next in line may fit too
-                        break
+                        return
                     self._cond.wait(REFRESH)
         except BaseException:
             with self._cond:
-                self._waiting[lane_id].remove(ticket)
+                self._waiting[lane_id].remove(slot.ticket)
+                self._slots.pop(slot.ticket, None)
                 heapq.heapify(self._waiting[lane_id])
                 self._cond.notify_all()
             raise
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running[lane_id] -= 1
+
+    def _release(self, slot: Slot) -> None:
+        with self._cond:
+            if slot.held:
+                slot.held = False
+                self._running[slot.lane_id] -= 1
                 self._cond.notify_all()
+
+    def pause(self, slot: Slot, check: Callable[[], None] | None = None, first_after: float | None = None) -> None:
+        """Hand the slot over and wait for one again (see `_wait_turn` for `check` and `first_after`).
+
+        The job keeps its arrival number, so it resumes before the jobs of its class that came after it."""
+        self._release(slot)
+        self._wait_turn(slot, check, first_after)
+
+    @contextmanager
+    def acquire(self, lane_id: int, priority: str = Priority.STANDARD, info: Any = None) -> Iterator[Slot]:
+        slot = Slot(lane_id, (RANK.get(priority, 1), next(self._arrivals)), info)
+        self._wait_turn(slot)
+        try:
+            yield slot
+        finally:
+            self._release(slot)
             close_old_connections()
 
 

@@ -45,6 +45,7 @@ class Stats:
     succeeded: int = 0
     failed: int = 0
     ooms: int = 0
+    preemptions: int = 0  # times its jobs paused at a step boundary for a higher class
     deferrals: int = 0
     gpu_seconds: float = 0.0  # device-seconds: GPU-seconds, and CPU-seconds of jobs a CPU worker ran
     cpu_images: int = 0  # succeeded jobs that ran on a CPU
@@ -158,9 +159,10 @@ def _percentiles(queryset, expression) -> dict[tuple, dict[int, float]]:
 
 def run_duration() -> ExpressionWrapper:
     """A job's run time in SQL: started to finished, less the time it waited for its model to load (a cold
-    start is not the lane's speed)."""
+    start is not the lane's speed) and the time it was paused for a higher class."""
     load = ExpressionWrapper(
-        Coalesce(F("load_seconds"), Value(0.0)) * Value(timedelta(seconds=1)), output_field=DurationField()
+        (Coalesce(F("load_seconds"), Value(0.0)) + F("paused_seconds")) * Value(timedelta(seconds=1)),
+        output_field=DurationField(),
     )
     return ExpressionWrapper(F("finished_at") - F("started_at") - load, output_field=DurationField())
 
@@ -196,6 +198,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             ok=Count("id", filter=succeeded),
             failed=Count("id", filter=Q(state=Job.State.FAILED)),
             ooms=Sum("oom_count"),
+            preemptions=Sum("preemptions"),
             gpu=Sum("gpu_seconds", filter=succeeded),
             cpu=Count("id", filter=succeeded & Q(device="cpu")),
             cost=_cost_expression(),
@@ -206,7 +209,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
         s = entry(row["lane_id"], row["model_version_id"])
         s.finished, s.succeeded, s.failed = row["finished"], row["ok"], row["failed"]
         s.ooms, s.gpu_seconds, s.cost = row["ooms"] or 0, row["gpu"] or 0.0, row["cost"] or 0.0
-        s.cpu_images = row["cpu"]
+        s.cpu_images, s.preemptions = row["cpu"], row["preemptions"] or 0
         if percentiles and row[f"run_p{PERCENTILES[0]}"] is not None:
             s.queue_s = {q: _seconds(row[f"queue_p{q}"]) for q in PERCENTILES}
             s.run_s = {q: _seconds(row[f"run_p{q}"]) for q in PERCENTILES}

@@ -52,6 +52,7 @@ class LaneOut(Schema):
     max_concurrency: int
     defer_depth: int
     hard_cap: int
+    preemptible: bool
     latency_slo_ms: int
     default_priority: str
     steps: dict
@@ -76,6 +77,7 @@ class LimitsIn(BodyIn):
     max_concurrency: int | None = Field(None, ge=1, le=1000)
     defer_depth: int | None = Field(None, ge=1, le=1_000_000)
     hard_cap: int | None = Field(None, ge=1, le=1_000_000)
+    preemptible: bool | None = None
     latency_slo_ms: int | None = Field(None, ge=1, le=86_400_000)
     canary_window_minutes: int | None = Field(None, ge=1, le=10_080)
     canary_min_samples: int | None = Field(None, ge=1, le=1_000_000)
@@ -117,7 +119,8 @@ def lane_out(lane: Lane, stats: list) -> dict:
         "canary_version": lane.canary_version.name if lane.canary_version_id else None,
         "canary_percent": lane.canary_percent, "fallback": lane.fallback.name if lane.fallback_id else None,
         "max_concurrency": lane.max_concurrency, "defer_depth": lane.defer_depth, "hard_cap": lane.hard_cap,
-        "latency_slo_ms": lane.latency_slo_ms, "default_priority": lane.default_priority,
+        "preemptible": lane.preemptible, "latency_slo_ms": lane.latency_slo_ms,
+        "default_priority": lane.default_priority,
         "steps": {"default": lane.default_steps, "min": lane.min_steps, "max": lane.max_steps},
         "size": {
             "width": lane.default_width, "height": lane.default_height, "min": lane.min_size, "max": lane.max_size

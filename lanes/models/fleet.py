@@ -351,6 +351,8 @@ class Lane(models.Model):
     # is deferred, standard work goes to the fallback), and past which every brief is refused.
     defer_depth = models.PositiveIntegerField(default=8, validators=[MinValueValidator(1)])
     hard_cap = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
+    # Its running jobs may pause at a step boundary for a higher class waiting for the lane (lanes.preemption).
+    preemptible = models.BooleanField(default=True, db_default=True)
     # Cascade: a draft at the lane's size and steps, then a batched img2img refine at scale x.
     cascade = models.BooleanField(default=False)
     refine_scale = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)])

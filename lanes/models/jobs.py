@@ -121,6 +121,11 @@ class Job(models.Model):
     # Times its worker was lost under it (killed, crashed, cut off): not the job's fault, so counted apart
     # from its own failures (an error fails it at once; an OOM is retried in place, see oom_count).
     lost_workers = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Step-boundary preemption (lanes.preemption): times paused, seconds paused, and the current pause.
+    preemptions = models.PositiveSmallIntegerField(default=0, db_default=0)
+    paused_seconds = models.FloatField(default=0.0, db_default=0.0)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_for = models.CharField(max_length=10, choices=Priority.choices, blank=True)
     submitted_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -173,7 +178,16 @@ class Job(models.Model):
 
     @property
     def is_cancellable(self) -> bool:
-        return self.state in self.CANCELLABLE
+        return self.state in self.CANCELLABLE or self.is_paused
+
+    @property
+    def is_paused(self) -> bool:
+        """Running, but paused at a step boundary while a higher class renders in its slot."""
+        return self.state == self.State.RUNNING and self.paused_at is not None
+
+    @property
+    def paused_for_seconds(self) -> float:
+        return (timezone.now() - self.paused_at).total_seconds() if self.paused_at else 0.0
 
     @property
     def is_cascade(self) -> bool:
@@ -321,6 +335,7 @@ class Job(models.Model):
             gpu_name=gpu_name,
             device=device,
             progress_step=0,
+            paused_at=None,
             attempts=F("attempts") + 1,
             error="",
             load_seconds=None,
@@ -363,13 +378,43 @@ class Job(models.Model):
 
     @property
     def run_only_seconds(self) -> float | None:
-        """Started to finished, less the time its model took to load (what run-time figures count)."""
+        """Started to finished, less the time its model took to load and the time it was paused (what run-time
+        figures count)."""
         execution = self.execution_seconds
-        return None if execution is None else max(0.0, execution - (self.load_seconds or 0.0))
+        if execution is None:
+            return None
+        return max(0.0, execution - (self.load_seconds or 0.0) - (self.paused_seconds or 0.0))
 
     def record_progress(self, step: int) -> None:
         self.progress_step = step
         Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(progress_step=step)
+
+    def mark_paused(self, for_priority: str) -> bool:
+        """Paused at a step boundary to hand its slot to a `for_priority` job; False if no longer running here."""
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, state=self.State.RUNNING, worker=self.worker).update(
+            paused_at=now, paused_for=for_priority, preemptions=F("preemptions") + 1
+        )
+        if done:
+            self.paused_at, self.paused_for, self.preemptions = now, for_priority, self.preemptions + 1
+        return bool(done)
+
+    def mark_resumed(self) -> bool:
+        """Back in a slot after a pause; False if it was cancelled (or taken from this worker) meanwhile."""
+        paused = self.paused_for_seconds
+        done = Job.objects.filter(
+            pk=self.pk, state=self.State.RUNNING, worker=self.worker, paused_at__isnull=False
+        ).update(paused_at=None, paused_seconds=F("paused_seconds") + paused)
+        if done:
+            self.paused_at = None
+            self.paused_seconds += paused
+        return bool(done)
+
+    def still_paused(self) -> bool:
+        """Whether the row still says this worker's paused run counts (not cancelled, requeued or deleted)."""
+        return Job.objects.filter(
+            pk=self.pk, state=self.State.RUNNING, worker=self.worker, paused_at__isnull=False
+        ).exists()
 
     def mark_succeeded(
         self,
@@ -416,8 +461,10 @@ class Job(models.Model):
         return bool(done)
 
     def cancel(self) -> bool:
-        done = Job.objects.filter(pk=self.pk, state__in=self.CANCELLABLE).update(
-            state=self.State.CANCELLED, finished_at=timezone.now()
+        """Cancel a job that has not started, or one paused at a step boundary (its worker stops it)."""
+        paused = Q(state=self.State.RUNNING, paused_at__isnull=False)
+        done = Job.objects.filter(Q(state__in=self.CANCELLABLE) | paused, pk=self.pk).update(
+            state=self.State.CANCELLED, finished_at=timezone.now(), paused_at=None
         )
         if done:
             self.refresh_from_db()
@@ -439,7 +486,7 @@ class Job(models.Model):
             else:
                 done = running.update(
                     state=self.State.QUEUED, worker="", gpu_index=None, progress_step=0, started_at=None,
-                    lost_workers=losses,
+                    lost_workers=losses, paused_at=None,
                 )  # fmt: skip
             if done:
                 self.refresh_from_db()

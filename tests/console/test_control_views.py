@@ -258,3 +258,21 @@ def test_a_lane_no_live_worker_consumes_is_flagged_on_the_lane_pages(client, dem
     assert "data-no-consumer" not in client.get(reverse("lane-detail", args=["preview"])).text
     Worker.objects.create(ident="h:2", node="gpu1@h", hostname="h", pid=2, queues="lane.fast-draft")
     assert "data-no-consumer" not in client.get(reverse("lane-detail", args=["fast-draft"])).text
+
+
+def test_ops_opt_a_lane_out_of_preemption_with_the_limits_form(client, demo_lanes):
+    client.force_login(make_user("olive", "ops"))
+    lane = Lane.objects.get(name="fallback")
+    page = client.get(reverse("lane-detail", args=["fallback"]))
+    assert 'name="preemptible"' in page.text and "Preemptible" in page.text
+    fields = {"revision": lane.revision, "max_concurrency": lane.max_concurrency, "defer_depth": lane.defer_depth,
+              "hard_cap": lane.hard_cap, "latency_slo_ms": lane.latency_slo_ms,
+              "canary_window_minutes": lane.canary_window_minutes, "canary_min_samples": lane.canary_min_samples,
+              "canary_max_error_rate_increase": lane.canary_max_error_rate_increase,
+              "canary_max_p95_ratio": lane.canary_max_p95_ratio,
+              "canary_max_flag_rate_increase": lane.canary_max_flag_rate_increase}  # fmt: skip
+    # An unticked checkbox sends nothing: the lane opts out.
+    response = client.post(reverse("lane-limits", args=["fallback"]), fields)
+    assert response.status_code in (200, 302), response.text
+    assert Lane.objects.get(name="fallback").preemptible is False
+    assert AuditEvent.objects.get(action="lane.limits").after == {"preemptible": False}

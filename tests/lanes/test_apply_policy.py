@@ -52,6 +52,13 @@ def test_export_apply_export_is_identical(demo_lanes, tmp_path):
     assert export() == before
 
 
+def test_a_lane_opts_out_of_preemption_in_the_policy_and_the_export_says_so(demo_lanes):
+    assert "preemptible: true" in export()
+    text = export().replace("preemptible: true", "preemptible: false", 1)
+    call_command("apply_policy", "-", stdin=io.StringIO(text), stdout=io.StringIO())
+    assert export() == text and Lane.objects.filter(preemptible=False).count() == 1
+
+
 def test_a_policy_piped_to_apply_policy_is_applied(demo_lanes):
     text = export().replace("max_concurrency: 2", "max_concurrency: 3", 1)
     assert text != export()
@@ -119,6 +126,10 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
         (GOOD.replace("intents:", "extras: 1\nintents:"), ["line 15: unknown key 'extras' (expected routes, intents)"]),
         (GOOD.replace("strength: 0.5", "strength: 0.5, sharpen: 2"), ["line 14: unknown cascade key 'sharpen'"]),
         (GOOD.replace("sample_steps: 50", "sample_steps: fifty"), ["line 10: sample_steps must be int, not 'fifty'"]),
+        (
+            GOOD.replace("sample_steps: 50", "sample_steps: 50\n    preemptible: maybe"),
+            ["line 11: preemptible must be bool, not 'maybe'"],
+        ),
         (
             GOOD.replace("name: final_render", "name: fast_draft").replace(
                 "fallback: final_render", "fallback: fast_draft"

@@ -62,3 +62,51 @@ def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_fin
     finally:
         if gpu.poll() is None:
             gpu.kill()
+
+
+def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_equals_its_seed(demo_lanes):
+    Lane.objects.filter(name="fast-draft").update(max_steps=60, max_concurrency=1)
+    env = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
+        "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    }  # fmt: skip
+    gpu = subprocess.Popen(
+        [sys.executable, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--no-control", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    casey = make_user("casey")
+    brief = dict(prompt="paused when its worker dies", intent="draft", seed=99, steps=60)
+    try:
+        background = submit_brief(casey, **brief, priority="background")
+        wait_until(
+            lambda: Job.objects.filter(pk=background.pk, state=Job.State.RUNNING, progress_step__gte=2).exists(),
+            timeout=180, what="the background job running on the GPU worker",  # a cold worker on a busy machine
+        )  # fmt: skip
+        critical = submit_brief(casey, prompt="critical", intent="draft", seed=1, steps=60, priority="critical")
+        paused = wait_until(
+            lambda: Job.objects.filter(pk=background.pk, paused_at__isnull=False).first(),
+            timeout=60, what="the background job paused for the critical one",
+        )  # fmt: skip
+        gpu.send_signal(signal.SIGKILL)
+        gpu.wait(10)
+        assert paused.preemptions == 1 and paused.paused_for == "critical"
+
+        with running_worker(queues=[settings.HOUSEKEEPING_QUEUE]):
+
+            def requeued():
+                app.send_task("lanes.tasks.reconcile_jobs")
+                time.sleep(0.3)
+                return Job.objects.filter(pk=background.pk, state=Job.State.QUEUED, paused_at=None).exists()
+
+            wait_until(requeued, timeout=30, what="the paused job requeued")
+        with running_worker():
+            done = wait_for_job(background.pk, timeout=90)
+            assert wait_for_job(critical.pk, timeout=90).state == Job.State.SUCCEEDED
+            alone = wait_for_job(submit_brief(casey, **brief, priority="background").pk, timeout=90)
+        assert done.state == Job.State.SUCCEEDED and done.attempts == 2 and done.lost_workers == 1
+        # Rendered again from step 0 after the requeue: the same image as the seed's uninterrupted run.
+        assert done.artifacts.get().sha256 == alone.artifacts.get().sha256
+    finally:
+        if gpu.poll() is None:
+            gpu.kill()
