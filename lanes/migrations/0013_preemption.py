@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('lanes', '0011_job_load_seconds'),
+        ('lanes', '0012_shadow'),
     ]
 
     operations = [
