@@ -12,6 +12,7 @@ from .fleet import (
     Priority,
     Route,
     endpoint_hash,
+    files_stamp,
     hash_checkpoint,
     refine_partners,
     resolve_adapter,
@@ -20,9 +21,11 @@ from .fleet import (
 )
 from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
+from .rollouts import THRESHOLDS, Rollout, RolloutPlan, describe_steps
 
 __all__ = [
     "HASH_CHUNK_BYTES",
+    "THRESHOLDS",
     "Adapter",
     "Artifact",
     "AuditEvent",
@@ -33,8 +36,12 @@ __all__ = [
     "LaneRelease",
     "ModelVersion",
     "Priority",
+    "Rollout",
+    "RolloutPlan",
     "Route",
+    "describe_steps",
     "endpoint_hash",
+    "files_stamp",
     "Verification",
     "Worker",
     "hash_checkpoint",
