@@ -37,6 +37,14 @@ from .rollout import _check_deployable, end_canary, promote, rollout_change, sta
 from .yamlfile import YamlError
 
 STEP_KEYS = ("percent", "min_samples", "min_minutes")
+EXAMPLE_PLAN = """\
+steps:
+- {percent: 5, min_samples: 20}
+- {percent: 25, min_samples: 50}
+- {percent: 50, min_minutes: 10}
+thresholds: {max_error_rate_increase: 0.05, max_p95_ratio: 1.5, max_flag_rate_increase: 0.1,
+  max_edit_distance_increase: 0.1, max_gpu_seconds_ratio: 1.5}
+"""
 MAX_STEPS = 20
 
 
