@@ -39,6 +39,10 @@ MATRIX = {
     ("POST", "/lanes/{name}/canary/end"): "admin",
     ("POST", "/lanes/{name}/promote"): "admin",
     ("POST", "/lanes/{name}/rollback"): "admin",
+    ("GET", "/lanes/{name}/rollout"): "ops",
+    ("PUT", "/lanes/{name}/rollout/plan"): "admin",
+    ("POST", "/lanes/{name}/rollout"): "admin",
+    ("POST", "/lanes/{name}/rollout/{action}"): "ops",
     ("PUT", "/policy"): "admin",
     ("GET", "/versions"): "admin",
     ("POST", "/versions"): "admin",
@@ -62,6 +66,8 @@ BODIES = {
     ("PATCH", "/lanes/{name}/limits"): {"hard_cap": 99},
     ("POST", "/lanes/{name}/activate"): {"version": "demo-tiny-sd-v1"},
     ("POST", "/lanes/{name}/canary"): {"version": "demo-tiny-sd-v1", "percent": 10},
+    ("PUT", "/lanes/{name}/rollout/plan"): {"steps": [{"percent": 10, "min_samples": 5}]},
+    ("POST", "/lanes/{name}/rollout"): {"version": "demo-tiny-sd-v1"},
     ("PUT", "/policy"): {"yaml": "lanes: {}\n"},
     ("POST", "/versions"): {"name": "matrix-v9", "location": "nowhere"},
     ("POST", "/webhooks"): {"url": "http://127.0.0.1:9/new", "events": ["job.failed"]},
@@ -108,6 +114,8 @@ def fill(path: str, values: dict) -> str:
         values = {**values, "name": values["experiment"], "action": "pause"}
     elif path.startswith("/versions/"):
         values = {**values, "name": values["version"]}
+    elif path.startswith("/lanes/") and "{action}" in path:
+        values = {**values, "action": "pause"}
     return path.format(**values)
 
 
