@@ -3,7 +3,7 @@
 Each case runs in a fresh stack (web, one CPU `gpu_worker`; the flags case adds the verifier, the
 hosted-engine worker and the demo images API, as `make run` starts them). Draft briefs arrive over
 HTTP at half the lane's measured capacity while a version is rolled out on the draft lane with a
-3-step plan (20 % → 50 % → 80 %, 4 jobs each, then 100 %). Beat's rollout check
+3-step plan (20 % → 40 % → 60 %, 8 jobs each, then 100 %). Beat's rollout check
 (`progressive.check_rollouts`) is run by this script every second, as beat runs it with
 CANARY_CHECK_EVERY=1.
 
@@ -38,7 +38,8 @@ from pathlib import Path
 from harness import ROOT, Stack, run_child
 
 CASES = ("corrupt", "slow", "flags", "good")
-PLAN = "steps:\n- {percent: 20, min_samples: 4}\n- {percent: 50, min_samples: 4}\n- {percent: 80, min_samples: 4}\n"
+# Small enough to run in minutes; 8 jobs a side keeps one slow outlier from being each arm's p95.
+PLAN = "steps:\n- {percent: 20, min_samples: 8}\n- {percent: 40, min_samples: 8}\n- {percent: 60, min_samples: 8}\n"
 TEXT_ONLY = "thresholds: {max_p95_ratio: 100, max_gpu_seconds_ratio: 100, max_error_rate_increase: 0.2}\n"
 CASE_TIMEOUT_S = 240
 

@@ -599,7 +599,6 @@ class EngineCache:
                     if on_loading is not None:
                         on_loading()
                     started = time.perf_counter()
-                    check_files(version)
                     pipe = load_pipeline(version, device)
                     engine = Engine(key, pipe, device, version.family, version.distilled)
                     self._engines[key] = engine
