@@ -119,11 +119,12 @@ class Rollout(models.Model):
 
     def plan_rows(self) -> list[dict]:
         """Each step with whether it is done, current or to come, then the final 100 %."""
+        done = self.state == self.State.PROMOTED
+        at = "current" if self.state == self.State.RUNNING else ("done" if done else "stopped here")
         rows = []
         for i, step in enumerate(self.steps):
-            where = "done" if i < self.step else ("current" if i == self.step else "to come")
+            where = "done" if i < self.step else (at if i == self.step else "to come")
             rows.append({**step, "index": i + 1, "where": where})
-        done = self.state == self.State.PROMOTED
         rows.append({"percent": 100, "index": len(self.steps) + 1, "where": "done" if done else "to come"})
         return rows
 
