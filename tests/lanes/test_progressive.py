@@ -234,17 +234,21 @@ def test_too_few_samples_wait(planned, admin, creative):
 def test_a_passing_step_advances_and_after_the_last_the_version_is_promoted(planned, admin, creative):
     progressive.start(lane(), planned, admin)
     v1 = lane().active_version
-    for expected in (30, 60):
-        finished(creative, planned, 6)
-        finished(creative, v1, 6)
-        assert progressive.check_rollouts()["fast-draft"].startswith("advanced")
-        assert lane().canary_percent == expected
-        # The next step counts only jobs finished after it began.
-        Rollout.objects.filter(pk=current().pk).update(step_started_at=timezone.now() + timedelta(milliseconds=1))
-    assert current().step == 2
-    finished(creative, planned, 6, ago=-0.01)
-    finished(creative, v1, 6, ago=-0.01)
-    assert progressive.check_rollouts()["fast-draft"].startswith("promoted")
+    started = current().step_started_at
+    for n, expected in enumerate((30, 60, 100), start=1):
+        # This step's jobs finish 1 s after it began: each step counts only the jobs finished since it began.
+        ahead = (current().step_started_at - timezone.now()).total_seconds() + 1
+        finished(creative, planned, 6, ago=-ahead)
+        finished(creative, v1, 6, ago=-ahead)
+        outcome = progressive.check_rollouts()["fast-draft"]
+        if expected == 100:
+            assert outcome.startswith("promoted"), outcome
+            break
+        assert outcome.startswith("advanced"), outcome
+        assert lane().canary_percent == expected and current().step == n
+        # The next step begins 10 s later than the last, after every job made so far.
+        Rollout.objects.filter(pk=current().pk).update(step_started_at=started + timedelta(seconds=10 * n))
+        assert progressive.check_rollouts()["fast-draft"].startswith("wait")
     after = lane()
     assert after.active_version == planned and after.canary_version is None
     done = Rollout.objects.get(lane=after)
