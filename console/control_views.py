@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import admin_required, has_role, ops_required
 from accounts.models import Role
-from lanes import adapters, canary, control, families, registry, rollout, shadow
+from lanes import adapters, canary, control, families, progressive, registry, rollout, shadow
 from lanes.changes import ConflictError, ControlError
 from lanes.models import (
     Adapter,
@@ -24,6 +24,7 @@ from lanes.models import (
     LaneAdapter,
     LaneRelease,
     ModelVersion,
+    RolloutPlan,
     Verification,
     Worker,
     with_consumers,
@@ -40,6 +41,8 @@ from .forms import (
     LimitsForm,
     ModeForm,
     RevisionForm,
+    RolloutPlanForm,
+    RolloutStartForm,
     ShadowForm,
     VersionForm,
     error_summary,
@@ -86,6 +89,23 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
         "drained": lane.draining and not (lane.queued or lane.running or lane.deferred),
         "shadow": shadow.running(lane),
         "shadow_form": forms.get("shadow_form") or ShadowForm(initial=initial),
+        **_rollout_context(request, lane, **forms),
+    }
+
+
+def _rollout_context(request, lane: Lane, **forms) -> dict:
+    """The rollout panel: the plan, the rollout running (or the last one) and its analysis."""
+    initial = {"revision": lane.revision}
+    plan = RolloutPlan.objects.filter(lane=lane).first()
+    latest = lane.rollouts.select_related("version", "baseline").first()
+    text = progressive.plan_yaml(plan.steps, plan.thresholds) if plan else progressive.EXAMPLE_PLAN
+    return {
+        "plan": plan,
+        "rollout": latest,
+        "rollout_running": latest is not None and latest.state == latest.State.RUNNING,
+        "can_operate": has_role(request.user, Role.OPS),
+        "plan_form": forms.get("plan_form") or RolloutPlanForm(initial={**initial, "plan": text}),
+        "rollout_form": forms.get("rollout_form") or RolloutStartForm(initial=initial),
     }
 
 
@@ -94,8 +114,9 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
 def lane_detail(request, name: str):
     lane = get_lane_for_user(request, name)
     template = "console/lane.html"
-    if request.htmx and request.GET.get("part") == "state":
-        template += "#lane-state"
+    part = request.GET.get("part")
+    if request.htmx and part in ("state", "rollout"):
+        template += f"#lane-{part}"
     return render(request, template, _lane_context(request, lane))
 
 
@@ -259,6 +280,71 @@ def lane_rollback(request, name: str):
         request, name, rollout.rollback,
         "Rolled back: {lane.name} renders new jobs with {lane.active_version.name}; running jobs finish as they were.",
     )  # fmt: skip
+
+
+@admin_required
+@require_POST
+def lane_rollout_plan(request, name: str):
+    lane = get_lane_for_user(request, name, deploy=True)
+    form = RolloutPlanForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form, plan_form=form)
+    try:
+        plan = progressive.save_plan(lane, form.steps, form.thresholds, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc, plan_form=form)
+    return _done(request, lane, f"Lane {lane.name}: rollout plan saved ({plan.describe()}).")
+
+
+@admin_required
+@require_POST
+def lane_rollout_start(request, name: str):
+    lane = get_lane_for_user(request, name, deploy=True)
+    form = RolloutStartForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form, rollout_form=form)
+    version = form.cleaned_data["version"]
+    try:
+        started = progressive.start(lane, version, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc, rollout_form=form)
+    return _done(request, lane, f"Rolling out {version.name} on {lane.name}: {started.describe()}.")
+
+
+def _rollout_action(request, name: str, action, message: str):
+    lane = get_lane_for_user(request, name)
+    form = RevisionForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, lane, form)
+    try:
+        action(lane, request.user, form.cleaned_data["revision"])
+    except ControlError as exc:
+        return _refused(request, lane, exc)
+    return _done(request, lane, message.format(lane=lane))
+
+
+@ops_required
+@require_POST
+def lane_rollout_pause(request, name: str):
+    return _rollout_action(request, name, progressive.pause, "Rollout on {lane.name} paused: the step is held.")
+
+
+@ops_required
+@require_POST
+def lane_rollout_resume(request, name: str):
+    return _rollout_action(request, name, progressive.resume, "Rollout on {lane.name} resumed.")
+
+
+@ops_required
+@require_POST
+def lane_rollout_skip(request, name: str):
+    return _rollout_action(request, name, progressive.skip, "Rollout on {lane.name}: step skipped.")
+
+
+@ops_required
+@require_POST
+def lane_rollout_abort(request, name: str):
+    return _rollout_action(request, name, progressive.abort, "Rollout on {lane.name} aborted: the canary is stopped.")
 
 
 @ops_required

@@ -5,7 +5,7 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from accounts.access import has_role
 from accounts.models import Role, Team
 from experiments.definition import parse_prompt_lines
-from lanes import families
+from lanes import families, progressive
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
 from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route
@@ -166,6 +166,27 @@ class ShadowForm(ActivateForm):
     percent = forms.IntegerField(
         min_value=1, max_value=100, initial=10, help_text="Share of the lane's briefs rendered again, 1–100 %."
     )
+
+
+class RolloutStartForm(ActivateForm):
+    """Roll a version out by the lane's plan (the version field as the activate form has it)."""
+
+
+class RolloutPlanForm(RevisionForm):
+    # strip=False: a trailing newline keeps the line numbers of errors true to the text pasted.
+    plan = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 9, "spellcheck": "false", "class": "mono"}), strip=False,
+        max_length=20_000,
+        help_text="YAML: steps (percent 1–99, increasing; min_samples and/or min_minutes each) and thresholds.",
+    )  # fmt: skip
+
+    def clean_plan(self):
+        text = self.cleaned_data["plan"]
+        try:
+            self.steps, self.thresholds = progressive.plan_from_yaml(text)
+        except progressive.PlanError as exc:
+            raise forms.ValidationError(exc.errors) from None
+        return text
 
 
 class VersionForm(forms.Form):

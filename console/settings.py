@@ -338,6 +338,7 @@ CELERY_TASK_ROUTES = {
     "telemetry.tasks.prune_samples": {"queue": HOUSEKEEPING_QUEUE},
     "experiments.tasks.pump_experiments": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.check_canaries": {"queue": HOUSEKEEPING_QUEUE},
+    "lanes.tasks.check_rollouts": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.prune_artifacts": {"queue": HOUSEKEEPING_QUEUE},
     "lanes.tasks.verify_artifact": {"queue": VERIFY_QUEUE},
     "webhooks.tasks.deliver": {"queue": WEBHOOK_QUEUE},
@@ -349,6 +350,7 @@ CELERY_BEAT_SCHEDULE = {
     "release-deferred": {"task": "lanes.tasks.release_deferred_jobs", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "pump-experiments": {"task": "experiments.tasks.pump_experiments", "schedule": envfloat("RELEASE_EVERY", 2.0, 0.1)},
     "check-canaries": {"task": "lanes.tasks.check_canaries", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
+    "check-rollouts": {"task": "lanes.tasks.check_rollouts", "schedule": envfloat("CANARY_CHECK_EVERY", 30.0, 1.0)},
     "prune-artifacts": {"task": "lanes.tasks.prune_artifacts", "schedule": 3600.0},
     "send-due-webhooks": {"task": "webhooks.tasks.send_due_deliveries", "schedule": WEBHOOK_SWEEP_SECONDS},
 }

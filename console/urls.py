@@ -40,6 +40,12 @@ urlpatterns = [
     path("lanes/<slug:name>/shadow/start/", shadow_views.shadow_start, name="lane-shadow-start"),
     path("lanes/<slug:name>/shadow/stop/", shadow_views.shadow_stop, name="lane-shadow-stop"),
     path("lanes/<slug:name>/shadow/jobs/<int:job_id>/<str:stage>.png", shadow_views.shadow_image, name="shadow-image"),
+    path("lanes/<slug:name>/rollout/plan/", control.lane_rollout_plan, name="lane-rollout-plan"),
+    path("lanes/<slug:name>/rollout/start/", control.lane_rollout_start, name="lane-rollout-start"),
+    path("lanes/<slug:name>/rollout/pause/", control.lane_rollout_pause, name="lane-rollout-pause"),
+    path("lanes/<slug:name>/rollout/resume/", control.lane_rollout_resume, name="lane-rollout-resume"),
+    path("lanes/<slug:name>/rollout/skip/", control.lane_rollout_skip, name="lane-rollout-skip"),
+    path("lanes/<slug:name>/rollout/abort/", control.lane_rollout_abort, name="lane-rollout-abort"),
     path("lanes/<slug:name>/adapters/", control.lane_adapter_link, name="lane-adapter-link"),
     path(
         "lanes/<slug:name>/adapters/<int:adapter_id>/remove/", control.lane_adapter_unlink, name="lane-adapter-unlink"

@@ -463,6 +463,18 @@ def load_pipeline(version: ModelVersion, device: Device):
     return pipe.to(device.torch_device) if device.kind != "cpu" else pipe
 
 
+def check_files(version: ModelVersion) -> None:
+    """Refuse to load a version whose files are not the ones hashed at registration (LoadError: the
+    version's fault, so the job's worker takes it out of service). Sizes and times first; a re-hash
+    only when they differ."""
+    try:
+        changed = version.files_changed()
+    except CheckpointError as exc:
+        raise LoadError(str(exc)) from exc
+    if changed:
+        raise LoadError(f"Refused to load {version.name}: {changed}.")
+
+
 def _weight_files(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]

@@ -63,6 +63,8 @@ def use_engine(version: ModelVersion, *, width: int, height: int, job: Job | Non
         return engines.engine_cache.use(version, width=width, height=height)
 
     def loading() -> None:
+        # A cold load for a job: first make sure the files are still the registered ones.
+        engines.check_files(version)
         if job.mark_loading():
             push.job_state(job)
 

@@ -32,10 +32,10 @@ from django.core.validators import validate_slug
 from django.db import transaction
 from django.db.models import Count, F
 
-from . import families, yamlfile
-from .changes import describe_errors, save_lane
+from . import families, progressive, yamlfile
+from .changes import acting_user, describe_errors, save_lane
 from .control import unreachable_intents
-from .models import AuditEvent, Job, Lane, ModelVersion, Priority, Route, Worker
+from .models import AuditEvent, Job, Lane, ModelVersion, Priority, RolloutPlan, Route, Worker
 from .rollout import record_release
 from .yamlfile import YamlError
 
@@ -156,6 +156,7 @@ class PolicyDiff:
 class LaneSpec:
     line: int
     values: dict  # Lane field -> value (active_version/fallback still names)
+    rollout: tuple[list[dict], dict[str, float]] | None = None  # the lane's rollout plan: steps, thresholds
 
 
 def _scalar(node, kind: type, key: str, minimum, errors: list[str]):
@@ -209,6 +210,10 @@ def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
                                 continue
                             field, kind, minimum = CASCADE_KEYS[ck]
                             spec.values[field] = _scalar(cv, kind, f"cascade.{ck}", minimum, errors)
+                    elif k == "rollout":
+                        steps, thresholds, plan_errors = progressive.plan_from_node(v)
+                        errors.extend(e.replace(": ", ": rollout: ", 1) for e in plan_errors)
+                        spec.rollout = (steps, thresholds)
                     elif k in LANE_KEYS:
                         field, kind, minimum = LANE_KEYS[k]
                         spec.values[field] = _scalar(v, kind, k, minimum, errors)
@@ -380,6 +385,14 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
             raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
         save_lane(lane)
         saved[name] = lane
+        # The file describes the lane whole: its plan is the file's, and a route without one has none.
+        if spec.rollout is None:
+            RolloutPlan.objects.filter(lane=lane).delete()
+        else:
+            steps, thresholds = spec.rollout
+            RolloutPlan.objects.update_or_create(
+                lane=lane, defaults={"steps": steps, "thresholds": thresholds, "updated_by": acting_user(by)}
+            )
     for spec in lanes:
         lane = saved[spec.values["name"]]
         fallback = spec.values.get("fallback")
@@ -457,6 +470,10 @@ def export_lane(lane: Lane) -> dict:
         }
         if lane.refine_version:
             item["cascade"]["upscaler"] = lane.refine_version.name
+    plan = RolloutPlan.objects.filter(lane=lane).first() if lane.pk else None
+    if plan is not None:
+        steps = [{k: v for k, v in step.items() if v is not None} for step in plan.steps]
+        item["rollout"] = {"steps": steps, "thresholds": plan.thresholds}
     return item
 
 

@@ -33,6 +33,7 @@ from .models import (
     Lane,
     ModelVersion,
     endpoint_hash,
+    files_stamp,
     hash_checkpoint,
     resolve_checkpoint,
     tensor_shapes,
@@ -280,6 +281,8 @@ def check_hash(version: ModelVersion, worker: str = "") -> str | None:
     """Hash the version's files, storing progress; the first digest becomes its content hash, a
     later one must equal it. Returns the error, or None."""
     try:
+        # Stamped before reading: a file changed while it is hashed leaves a stamp that no longer matches.
+        stamp = "" if version.is_hosted else files_stamp(version.checkpoint_path())
         digest = version.compute_hash(_hash_progress(version))
     except CheckpointError as exc:
         return str(exc)
@@ -288,7 +291,9 @@ def check_hash(version: ModelVersion, worker: str = "") -> str | None:
     if not version.content_hash:
         with transaction.atomic():
             # Conditional: a hash recorded meanwhile is compared below, never overwritten.
-            if ModelVersion.objects.filter(pk=version.pk, content_hash="").update(content_hash=digest):
+            if ModelVersion.objects.filter(pk=version.pk, content_hash="").update(
+                content_hash=digest, files_stamp=stamp
+            ):
                 version.content_hash = digest
                 AuditEvent.record(None, "version.hashed", version=version, after={"content_hash": digest}, note=worker)
                 return None
@@ -298,6 +303,8 @@ def check_hash(version: ModelVersion, worker: str = "") -> str | None:
             f"The checkpoint's files changed since they were first hashed (sha256 {digest[:12]}…, recorded "
             f"{version.content_hash[:12]}…): register it again as a new version."
         )
+    ModelVersion.objects.filter(pk=version.pk, content_hash=digest).update(files_stamp=stamp)
+    version.files_stamp = stamp
     return None
 
 

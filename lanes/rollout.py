@@ -14,11 +14,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from telemetry import push
 from webhooks import outbox
 
 from . import adapters as lora
 from .changes import ControlError, acting_user, locked_lane, record_change
-from .models import AuditEvent, Job, Lane, LaneRelease, ModelVersion
+from .models import AuditEvent, Job, Lane, LaneRelease, ModelVersion, Rollout
 
 # The canary draw. Module-level so a test can seed it and route a fixed sequence.
 rng = random.Random()
@@ -31,6 +32,35 @@ def pick_version(lane: Lane) -> ModelVersion:
         if canary is not None:  # always, with canary_version_id set (a missing row raises DoesNotExist)
             return canary
     return lane.active_version
+
+
+def rollout_change(lane: Lane, rollout: Rollout, by, event: str, note: str = "", fields: list[str] | None = None):
+    """A rollout's transition, in the caller's transaction holding the lane's lock: saved, audited as the
+    lane's next revision (so a second person's change made from the same page gets 409), announced
+    as the `rollout.<event>` webhook and, after commit, pushed to lane pages."""
+    rollout.save(update_fields=fields)
+    percent = lane.canary_percent if rollout.state == Rollout.State.RUNNING else 0
+    after = {"state": rollout.state, "step": rollout.step + 1, "percent": percent, "paused": rollout.paused}
+    record_change(lane, [], by, f"rollout.{event}", version=rollout.version, after=after, note=note)
+    outbox.emit_fleet(
+        f"rollout.{event.replace('-', '_')}",
+        {"lane": lane.name, "version": rollout.version.name, "baseline": rollout.baseline.name, **after,
+         "steps": len(rollout.steps), "reason": rollout.reason or note},
+    )  # fmt: skip
+    pushed = (lane.name, rollout.state, rollout.step, percent)
+    transaction.on_commit(lambda: push.lane_rollout(*pushed), robust=True)
+
+
+def end_rollout(lane: Lane, state: str, by, reason: str) -> Rollout | None:
+    """End the lane's running rollout (if any) as `state`: whoever ends a canary ends its rollout."""
+    running = Rollout.objects.running().filter(lane=lane).select_related("version", "baseline").first()
+    if running is None:
+        return None
+    running.state, running.reason, running.ended_at = state, reason[:500], timezone.now()
+    events: dict[str, str] = {Rollout.State.PROMOTED: "promoted", Rollout.State.ROLLED_BACK: "rolled-back"}
+    event = events.get(state, "aborted")
+    rollout_change(lane, running, by, event, reason, ["state", "reason", "ended_at"])
+    return running
 
 
 def _versions_state(lane: Lane) -> dict:
@@ -142,6 +172,7 @@ def activate(lane: Lane, version: ModelVersion, by, expected_revision: int | Non
         old = _switch_active(lane, version, by, "activated", LaneRelease.Outcome.SUPERSEDED)
         if lane.canary_version_id == version.pk:  # activating the canary is promoting it
             lane.clear_canary()
+        end_rollout(lane, Rollout.State.ABORTED, by, f"{version.name} was activated on the lane by hand")
         _check_fits(lane)
         record_change(
             lane, ["active_version", *Lane.CANARY_FIELDS], by, "lane.activate", version=version,
@@ -185,6 +216,7 @@ def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
         _check_deployable(canary)
         before = _versions_state(lane)
         old = _switch_active(lane, canary, by, "promoted from canary", LaneRelease.Outcome.SUPERSEDED)
+        end_rollout(lane, Rollout.State.PROMOTED, by, "the canary was promoted by hand")
         record_change(
             lane, ["active_version", *lane.clear_canary()], by, "canary.promote", version=canary,
             before=before, after=_versions_state(lane),
@@ -193,8 +225,12 @@ def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
     return lane
 
 
-def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: str = "", automatic=False) -> Lane:
-    """Stop the canary: every new job goes to the active version again."""
+def end_canary(
+    lane: Lane, by, expected_revision: int | None = None, *, reason: str = "", automatic=False,
+    rollout_state: str | None = None,
+) -> Lane:  # fmt: skip
+    """Stop the canary: every new job goes to the active version again. A rollout of it ends as
+    `rollout_state` (by default rolled back when automatic, else aborted)."""
     with transaction.atomic():
         lane = locked_lane(lane, expected_revision)
         canary = lane.canary_version
@@ -212,6 +248,8 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
         )  # fmt: skip
         why = f"the canary was rolled back automatically ({reason})" if automatic else "the canary was stopped"
         repin_waiting(lane, canary, lane.active_version, by, why)
+        ended = rollout_state or (Rollout.State.ROLLED_BACK if automatic else Rollout.State.ABORTED)
+        end_rollout(lane, ended, by, reason or why)
         if automatic:
             outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "canary": canary.name, "reason": reason})
         _sync(canary)
@@ -220,7 +258,8 @@ def end_canary(lane: Lane, by, expected_revision: int | None = None, *, reason: 
 
 def quarantine(version: ModelVersion, reason: str) -> list[str]:
     """A version whose files would not load on a worker: it fails validation at once, and every canary
-    of it stops (its waiting jobs move to the active versions). Returns the lanes whose canary stopped."""
+    of it stops, ending its rollout as rolled back (its waiting jobs move to the active versions).
+    Returns the lanes whose canary stopped."""
     marked = ModelVersion.objects.filter(pk=version.pk, status__in=ModelVersion.DEPLOYABLE).update(
         status=ModelVersion.Status.INVALID, validation_error=reason[:2000]
     )
@@ -229,7 +268,7 @@ def quarantine(version: ModelVersion, reason: str) -> list[str]:
     stopped = []
     for lane in Lane.objects.filter(canary_version=version):
         try:
-            end_canary(lane, None, reason=reason, automatic=True)
+            end_canary(lane, None, reason=reason, automatic=True, rollout_state=Rollout.State.ABORTED)
         except ControlError:  # stopped meanwhile (another worker saw the same failure)
             continue
         stopped.append(lane.name)
@@ -269,6 +308,7 @@ def rollback(lane: Lane, by, expected_revision: int | None = None) -> Lane:
         why = f"lane {lane.name} was rolled back"
         repin_waiting(lane, old, target, by, why)
         repin_waiting(lane, canary, target, by, why)
+        end_rollout(lane, Rollout.State.ABORTED, by, why)
         outbox.emit_fleet("canary.rolled_back", {"lane": lane.name, "from": old.name, "to": target.name})
         _sync(old, target, canary)
     return lane

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import canary, dispatch, lifecycle, registry, retention, review
+from . import canary, dispatch, lifecycle, progressive, registry, retention, review
 from .heartbeat import worker_ident
 
 
@@ -54,6 +54,12 @@ def reconcile_jobs() -> dict[str, int]:
 def check_canaries() -> dict[str, str]:
     """Beat: roll back every canary that is worse than its baseline past the lane's thresholds."""
     return canary.check_canaries()
+
+
+@shared_task(name="lanes.tasks.check_rollouts", ignore_result=True)
+def check_rollouts() -> dict[str, str]:
+    """Beat, on the canary check's schedule: advance, roll back or hold each progressive rollout's step."""
+    return progressive.check_rollouts()
 
 
 @shared_task(name="lanes.tasks.prune_artifacts", ignore_result=True)

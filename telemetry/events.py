@@ -52,3 +52,13 @@ class TelemetrySnapshotEvent(TypedDict):
 class JobsSnapshotEvent(TypedDict):
     type: Literal["jobs.snapshot"]
     jobs: list[JobStateEvent]
+
+
+class LaneRolloutEvent(TypedDict):
+    """A lane's rollout changed (started, advanced, paused, ended, analysed): its page re-reads it."""
+
+    type: Literal["lane.rollout"]
+    lane: str
+    state: str
+    step: int
+    percent: int

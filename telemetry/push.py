@@ -15,7 +15,7 @@ from concurrent.futures import Future
 
 from channels.layers import get_channel_layer
 
-from .events import GpuReading, GpuSampleEvent, JobProgressEvent, JobStateEvent
+from .events import GpuReading, GpuSampleEvent, JobProgressEvent, JobStateEvent, LaneRolloutEvent
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +153,9 @@ def gpu_sample_event(worker: str, samples) -> GpuSampleEvent:
 
 def gpu_samples(worker: str, samples) -> None:
     _sender.send([TELEMETRY_GROUP], _message(gpu_sample_event(worker, samples)))
+
+
+def lane_rollout(lane: str, state: str, step: int, percent: int) -> None:
+    """To ops and admins (the staff group): lane pages are theirs."""
+    event = LaneRolloutEvent(type="lane.rollout", lane=lane, state=state, step=step, percent=percent)
+    _sender.send([STAFF_GROUP], _message(event))

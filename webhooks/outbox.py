@@ -22,10 +22,19 @@ EVENTS: tuple[tuple[str, str], ...] = (
     ("canary.rolled_back", "A canary was stopped automatically, or a lane was rolled back."),
     ("lane.changed", "A lane's settings, versions or routing changed (fleet-wide)."),
     ("experiment.finished", "An A/B experiment rendered its last job."),
+    ("rollout.started", "A progressive rollout of a version began on a lane (its first canary step)."),
+    ("rollout.advanced", "A rollout's analysis passed (or ops skipped a step): the canary takes the next share."),
+    ("rollout.promoted", "A rollout passed its last step: the version serves all of the lane's new jobs."),
+    ("rollout.rolled_back", "A rollout's analysis failed, or its version would not load: the canary was stopped."),
+    ("rollout.paused", "Ops paused a rollout: it holds its step (a failing analysis still rolls it back)."),
+    ("rollout.resumed", "Ops resumed a paused rollout."),
+    ("rollout.aborted", "A rollout was stopped by hand (or its canary was ended another way)."),
 )
 EVENT_NAMES = frozenset(name for name, _ in EVENTS)
 # About the shared fleet (lanes, canaries): every team's endpoints that want them get them.
-FLEET_EVENTS = frozenset({"canary.rolled_back", "lane.changed"})
+FLEET_EVENTS = frozenset({"canary.rolled_back", "lane.changed"}) | {
+    name for name, _ in EVENTS if name.startswith("rollout.")
+}
 
 
 def emit(event: str, data: dict, team_id: int | None) -> int:

@@ -3,16 +3,16 @@ an ETag: send it back as `If-Match` and a write based on a stale read gets 412, 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from django.http import HttpResponse
 from ninja import Field, Query, Router, Schema
 
 from accounts.access import require_role
 from accounts.models import Role
-from lanes import control, rollout
+from lanes import control, progressive, rollout
 from lanes.changes import ConflictError, ControlError
-from lanes.models import Lane, ModelVersion, with_live_counts
+from lanes.models import Lane, ModelVersion, Rollout, RolloutPlan, with_live_counts
 from lanes.stats import WINDOWS, lane_stats
 
 from ..access import get_lane_for_user
@@ -249,3 +249,135 @@ def rollback(request, name: SlugPath, response: HttpResponse):
     lane = get_lane_for_user(request, name, deploy=True)
     _change(request, lane, lambda lane, rev: rollout.rollback(lane, request.user, rev))
     return _answer(request, response, name)
+
+
+# Progressive rollouts (lanes/progressive.py): the plan and the rollout's step and analysis.
+
+
+class PlanIn(BodyIn):
+    steps: list[dict[str, Any]] = Field(..., description="[{percent: 1-99 increasing, min_samples, min_minutes}]")
+    thresholds: dict[str, Any] = Field(default_factory=dict, description="Threshold name -> limit; others default.")
+
+
+class StepOut(Schema):
+    percent: int
+    min_samples: int | None = None
+    min_minutes: float | None = None
+
+
+class PlanOut(Schema):
+    steps: list[StepOut]
+    thresholds: dict[str, float]
+    describe: str
+
+
+class MetricOut(Schema):
+    name: str
+    label: str
+    kind: str
+    canary: float | None
+    baseline: float | None
+    threshold: float
+    canary_n: int
+    baseline_n: int
+    needed: int
+    status: str
+
+
+class RolloutRunOut(Schema):
+    version: str
+    baseline: str
+    state: str
+    step: int = Field(..., description="1-based: the step now running")
+    steps: list[StepOut]
+    percent: int
+    paused: bool
+    reason: str
+    started_at: str
+    step_started_at: str
+    ended_at: str | None
+    analysed_at: str | None
+    analysis: list[MetricOut]
+
+
+class RolloutOut(Schema):
+    lane: str
+    revision: int
+    plan: PlanOut | None
+    rollout: RolloutRunOut | None
+
+
+class RolloutStartIn(BodyIn):
+    version: str = text(..., max_length=100)
+
+
+def rollout_out(lane: Lane) -> dict:
+    lane.refresh_from_db()
+    plan = RolloutPlan.objects.filter(lane=lane).first()
+    latest = Rollout.objects.filter(lane=lane).select_related("version", "baseline").first()
+    run = None
+    if latest is not None:
+        running = latest.state == Rollout.State.RUNNING
+        run = {
+            "version": latest.version.name, "baseline": latest.baseline.name, "state": latest.state,
+            "step": latest.step + 1, "steps": latest.steps, "percent": lane.canary_percent if running else 0,
+            "paused": latest.paused, "reason": latest.reason, "started_at": latest.started_at.isoformat(),
+            "step_started_at": latest.step_started_at.isoformat(),
+            "ended_at": latest.ended_at.isoformat() if latest.ended_at else None,
+            "analysed_at": latest.analysed_at.isoformat() if latest.analysed_at else None,
+            "analysis": latest.analysis,
+        }  # fmt: skip
+    return {
+        "lane": lane.name,
+        "revision": lane.revision,
+        "plan": {"steps": plan.steps, "thresholds": plan.thresholds, "describe": plan.describe()} if plan else None,
+        "rollout": run,
+    }
+
+
+def _rollout_answer(response: HttpResponse, lane: Lane) -> dict:
+    body = rollout_out(lane)
+    return _with_etag(response, lane, body)
+
+
+@router.get("/lanes/{name}/rollout", response={200: RolloutOut, **errors()})
+def get_rollout(request, name: SlugPath, response: HttpResponse):
+    """The lane's plan and its latest rollout: step, share, and each metric against its threshold."""
+    lane = get_lane_for_user(request, name)
+    return _rollout_answer(response, lane)
+
+
+@router.put("/lanes/{name}/rollout/plan", response={200: RolloutOut, **errors(409, 412)})
+def put_plan(request, name: SlugPath, body: PlanIn, response: HttpResponse):
+    """Set the lane's rollout plan (admins); a bad plan is 422 with every problem, and nothing is saved."""
+    lane = get_lane_for_user(request, name, deploy=True)
+    steps, thresholds, problems = progressive.check_plan(body.model_dump())
+    if problems:
+        raise ProblemError(422, "; ".join(message for _, message in problems), dict(problems))
+    problem = progressive.baseline_problem(lane)
+    if problem:
+        raise ProblemError(422, f"No plan saved: {problem}.", {"plan": problem})
+    _change(request, lane, lambda lane, rev: progressive.save_plan(lane, steps, thresholds, request.user, rev))
+    return _rollout_answer(response, lane)
+
+
+@router.post("/lanes/{name}/rollout", response={200: RolloutOut, **errors(409, 412)})
+def start_rollout(request, name: SlugPath, body: RolloutStartIn, response: HttpResponse):
+    """Roll a validated version out by the lane's plan (admins): the canary at the first step's share."""
+    lane = get_lane_for_user(request, name, deploy=True)
+    version = _version(body.version)
+    _change(request, lane, lambda lane, rev: progressive.start(lane, version, request.user, rev))
+    return _rollout_answer(response, lane)
+
+
+RolloutAction = Literal["pause", "resume", "skip", "abort"]
+
+
+@router.post("/lanes/{name}/rollout/{action}", response={200: RolloutOut, **errors(409, 412)})
+def rollout_action(request, name: SlugPath, action: RolloutAction, response: HttpResponse):
+    """Pause (hold the step), resume, skip to the next step (or promote) or abort the running rollout (ops)."""
+    lane = get_lane_for_user(request, name)
+    act = {"pause": progressive.pause, "resume": progressive.resume, "skip": progressive.skip,
+           "abort": progressive.abort}[action]  # fmt: skip
+    _change(request, lane, lambda lane, rev: act(lane, request.user, rev))
+    return _rollout_answer(response, lane)

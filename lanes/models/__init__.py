@@ -12,6 +12,7 @@ from .fleet import (
     Priority,
     Route,
     endpoint_hash,
+    files_stamp,
     hash_checkpoint,
     refine_partners,
     resolve_adapter,
@@ -20,10 +21,12 @@ from .fleet import (
 )
 from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
+from .rollouts import THRESHOLDS, Rollout, RolloutPlan, describe_steps
 from .shadow import Shadow
 
 __all__ = [
     "HASH_CHUNK_BYTES",
+    "THRESHOLDS",
     "Adapter",
     "Artifact",
     "AuditEvent",
@@ -34,9 +37,13 @@ __all__ = [
     "LaneRelease",
     "ModelVersion",
     "Priority",
+    "Rollout",
+    "RolloutPlan",
     "Route",
     "Shadow",
+    "describe_steps",
     "endpoint_hash",
+    "files_stamp",
     "Verification",
     "Worker",
     "hash_checkpoint",

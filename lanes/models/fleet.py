@@ -96,6 +96,9 @@ class ModelVersion(models.Model):
     # Validation hashes the files first (a big checkpoint takes a while): bytes read so far, of all.
     hash_bytes_done = models.PositiveBigIntegerField(default=0, db_default=0)
     hash_bytes_total = models.PositiveBigIntegerField(default=0, db_default=0)
+    # Sizes and modification times of the files as they were when their hash was last checked: a worker
+    # about to load the version re-hashes only when these differ (lanes/engines.py check_files).
+    files_stamp = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["name"]
@@ -141,6 +144,28 @@ class ModelVersion(models.Model):
         if self.is_hosted:  # no files: the hash names its endpoint and model, fixed at registration
             return self.content_hash
         return hash_checkpoint(self.checkpoint_path(), progress)
+
+    def files_changed(self) -> str | None:
+        """Why the version's files are no longer the ones hashed at registration (None if they are).
+
+        Cheap when nothing changed: sizes and modification times are compared with those recorded at the
+        last check, and the files are hashed again only when those differ (a touched but identical file
+        passes, and its new stamp is recorded)."""
+        if self.is_hosted or not self.content_hash:
+            return None
+        path = self.checkpoint_path()
+        stamp = files_stamp(path)
+        if stamp == self.files_stamp:
+            return None
+        digest = hash_checkpoint(path)
+        if digest != self.content_hash:
+            return (
+                f"the files of {self.name} changed since they were hashed at registration "
+                f"(sha256 {digest[:12]}…, registered {self.content_hash[:12]}…)"
+            )
+        ModelVersion.objects.filter(pk=self.pk, content_hash=digest).update(files_stamp=stamp)
+        self.files_stamp = stamp
+        return None
 
     def record_hash_progress(self, done: int, total: int) -> None:
         self.hash_bytes_done, self.hash_bytes_total = done, total
@@ -319,6 +344,17 @@ def hash_checkpoint(path: Path, progress: Callable[[int, int], None] | None = No
     except OSError as exc:  # a file gone or unreadable meanwhile: the checkpoint's fault, not the worker's
         raise CheckpointError(f"{path.name} cannot be read: {type(exc).__name__}: {exc}.") from None
     return digest.hexdigest()
+
+
+def files_stamp(path: Path) -> str:
+    """A fingerprint of a checkpoint's file names, sizes and modification times (no file is read)."""
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        entries = [(str(f.relative_to(path) if path.is_dir() else f.name), f.stat()) for f in files]
+    except OSError as exc:
+        raise CheckpointError(f"{path.name} cannot be read: {type(exc).__name__}: {exc}.") from None
+    listing = [[name, st.st_size, st.st_mtime_ns] for name, st in entries]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 class LaneQuerySet(models.QuerySet):

@@ -55,6 +55,11 @@
         if (currentState(el) !== event.state || stageChanged || TERMINAL.has(event.state)) refresh(el);
         else setProgress(el, event.step, event.steps, event.percent);
       });
+    } else if (event.type === "lane.rollout") {
+      // A lane's rollout moved: its panel re-reads itself.
+      document.querySelectorAll("[data-lane-live]").forEach(function (el) {
+        if (el.dataset.laneLive === event.lane) refresh(el);
+      });
     } else if (event.type === "jobs.snapshot") {
       event.jobs.forEach(handle);
     }
@@ -77,6 +82,7 @@
         document.querySelectorAll("[data-job-id]").forEach(function (el) {
           if (!TERMINAL.has(currentState(el))) refresh(el);
         });
+        document.querySelectorAll("[data-lane-live]").forEach(refresh);
       }
       everConnected = true;
     };

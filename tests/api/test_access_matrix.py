@@ -42,6 +42,10 @@ MATRIX = {
     ("GET", "/lanes/{name}/shadow"): "admin",
     ("POST", "/lanes/{name}/shadow"): "ops",
     ("POST", "/lanes/{name}/shadow/stop"): "ops",
+    ("GET", "/lanes/{name}/rollout"): "ops",
+    ("PUT", "/lanes/{name}/rollout/plan"): "admin",
+    ("POST", "/lanes/{name}/rollout"): "admin",
+    ("POST", "/lanes/{name}/rollout/{action}"): "ops",
     ("PUT", "/policy"): "admin",
     ("GET", "/versions"): "admin",
     ("POST", "/versions"): "admin",
@@ -66,6 +70,8 @@ BODIES = {
     ("POST", "/lanes/{name}/activate"): {"version": "demo-tiny-sd-v1"},
     ("POST", "/lanes/{name}/canary"): {"version": "demo-tiny-sd-v1", "percent": 10},
     ("POST", "/lanes/{name}/shadow"): {"version": "demo-tiny-sd-v1", "percent": 10},
+    ("PUT", "/lanes/{name}/rollout/plan"): {"steps": [{"percent": 10, "min_samples": 5}]},
+    ("POST", "/lanes/{name}/rollout"): {"version": "demo-tiny-sd-v1"},
     ("PUT", "/policy"): {"yaml": "lanes: {}\n"},
     ("POST", "/versions"): {"name": "matrix-v9", "location": "nowhere"},
     ("POST", "/webhooks"): {"url": "http://127.0.0.1:9/new", "events": ["job.failed"]},
@@ -112,6 +118,8 @@ def fill(path: str, values: dict) -> str:
         values = {**values, "name": values["experiment"], "action": "pause"}
     elif path.startswith("/versions/"):
         values = {**values, "name": values["version"]}
+    elif path.startswith("/lanes/") and "{action}" in path:
+        values = {**values, "action": "pause"}
     return path.format(**values)
 
 

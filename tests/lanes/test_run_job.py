@@ -9,7 +9,7 @@ from PIL import Image
 
 from console.celery import app
 from lanes.actions import submit_brief
-from lanes.models import Artifact, Job, Lane, ModelVersion
+from lanes.models import Artifact, Job, Lane, ModelVersion, hash_checkpoint
 from lanes.tasks import run_job
 from tests.conftest import wait_for_job
 
@@ -67,7 +67,8 @@ def test_a_broken_checkpoint_fails_the_job_and_the_worker_keeps_serving(worker, 
     broken = Path(settings.MODELS_ROOT) / "broken-sd"
     broken.mkdir(parents=True, exist_ok=True)
     (broken / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["x"]}))
-    version = ModelVersion.objects.create(name="broken", location="broken-sd", content_hash="broken")
+    # Its real hash: the files are as registered (no hash guard), they just do not load.
+    version = ModelVersion.objects.create(name="broken", location="broken-sd", content_hash=hash_checkpoint(broken))
     lane = Lane.objects.get(name="fast-draft")
     lane.active_version = version
     lane.save(update_fields=["active_version"])
@@ -184,7 +185,6 @@ def test_a_budget_too_small_for_two_pipelines_evicts_and_no_job_fails(worker, cr
     import shutil
 
     from lanes import engines
-    from lanes.models import hash_checkpoint
 
     copy = Path(settings.MODELS_ROOT) / "demo-copy-2"
     if not copy.exists():
