@@ -20,6 +20,7 @@ from .fleet import (
 )
 from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
+from .teams import LaneWindow, TeamQuota
 
 __all__ = [
     "HASH_CHUNK_BYTES",
@@ -31,9 +32,11 @@ __all__ = [
     "Lane",
     "LaneAdapter",
     "LaneRelease",
+    "LaneWindow",
     "ModelVersion",
     "Priority",
     "Route",
+    "TeamQuota",
     "endpoint_hash",
     "Verification",
     "Worker",
