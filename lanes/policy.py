@@ -148,7 +148,7 @@ class PolicyDiff:
             if isinstance(names, dict):  # name -> the keys that change
                 names = [f"{name} ({', '.join(keys)})" for name, keys in names.items()]
             if names:
-                out.append(f"{kind}: {('; ' if kind.startswith('changed') else ', ').join(names)}")
+                out.append(f"{kind}: {('; ' if kind in ('changed lanes', 'changed intents') else ', ').join(names)}")
         if self.affected_jobs:
             total = sum(self.affected_jobs.values())
             where = ", ".join(f"{n} on {lane}" for lane, n in self.affected_jobs.items())
