@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import admin_required, has_role, ops_required
 from accounts.models import Role
-from lanes import adapters, canary, control, families, registry, rollout
+from lanes import adapters, canary, control, families, registry, rollout, windows
 from lanes.changes import ConflictError, ControlError
 from lanes.models import (
     Adapter,
@@ -69,8 +69,14 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
     for worker in workers:
         worker.consumes = lane.queue in worker.queue_list
     initial = {"revision": lane.revision}
+    lane_windows = [
+        {"window": window, "open": windows.current(window, now), "next": windows.upcoming(window, now)}
+        for window in lane.windows.all()
+    ]
     return {
         "lane": lane,
+        "lane_windows": lane_windows,
+        "next_window": windows.next_window(lane, now=now),
         "workers": workers,
         "releases": LaneRelease.objects.filter(lane=lane).select_related("version", "started_by")[:50],
         "events": AuditEvent.objects.filter(lane=lane)[:20],

@@ -190,7 +190,7 @@ def decide(lane: Lane, priority: str, team_id: int | None = None, now: datetime 
         )
     closed = windows.open_window(lane, LaneWindow.Mode.BACKGROUND_ONLY, now)
     if closed and priority != Priority.BACKGROUND:
-        until = f"{timezone.localtime(closed.closes):%H:%M %Z}"
+        until = f"{closed.closes:%H:%M %Z}"  # in the window's own zone
         fallback = lane.fallback
         fallback_closed = fallback is not None and windows.open_window(fallback, LaneWindow.Mode.BACKGROUND_ONLY, now)
         if fallback is None or not fallback.enabled or fallback_closed:
@@ -203,7 +203,7 @@ def decide(lane: Lane, priority: str, team_id: int | None = None, now: datetime 
     if usage and soft:
         release = windows.next_window(lane, LaneWindow.Mode.RELEASE, now)
         when = (
-            f"its lane's off-peak window at {timezone.localtime(release.opens):%Y-%m-%d %H:%M %Z}"
+            f"its lane's off-peak window at {release.opens:%Y-%m-%d %H:%M %Z}"
             if release
             else f"the limit resets {soft.resets}"
         )
@@ -218,7 +218,7 @@ def decide(lane: Lane, priority: str, team_id: int | None = None, now: datetime 
         assert release is not None  # the lane has release windows
         reason = (
             f"background work on {lane.name} waits for its off-peak window, "
-            f"next opens at {timezone.localtime(release.opens):%Y-%m-%d %H:%M %Z}"
+            f"next opens at {release.opens:%Y-%m-%d %H:%M %Z}"
         )
         return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, prefix + reason, None, Job.Deferral.OFF_PEAK)
 

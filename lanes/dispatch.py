@@ -100,7 +100,7 @@ def validate_adapter(adapter: Adapter) -> None:
 RELEASE_SCAN = 2000  # deferred jobs of one lane considered per release (fair order needs every team's first ones)
 
 
-def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
+def release_deferred(lane: Lane, limit: int = 100, now=None) -> list[Job]:
     """Release deferred jobs into the lane's free slots, in fair-share order (lanes.fairshare; oldest
     first with FAIR_SHARE off); returns the jobs released.
 
@@ -122,10 +122,10 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
     room = min(min(load.capacity, lane.defer_depth) - load.depth, limit)
     if room <= 0:
         return []
-    off_peak = windows.open_window(lane, LaneWindow.Mode.RELEASE) is not None
+    off_peak = windows.open_window(lane, LaneWindow.Mode.RELEASE, now) is not None
     if not off_peak:
         held = {job.team_id for job in waiting if job.deferral == Job.Deferral.QUOTA}
-        back_under = quotas.under_soft_limits(held) if held else set()
+        back_under = quotas.under_soft_limits(held, now) if held else set()
         waiting = [
             job for job in waiting
             if job.deferral not in (Job.Deferral.QUOTA, Job.Deferral.OFF_PEAK)

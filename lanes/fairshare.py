@@ -18,10 +18,10 @@ It is applied in three places: admission's "jobs ahead" count (a brief's own tag
 every other team's waiting jobs of its class), the order deferred work is released
 (lanes.dispatch.release_deferred), and the job a worker runs when a slot frees: a broker
 message of a lane and class is a turn of that lane and class, and the worker claims the
-queued job whose team's tag is lowest (the message's own job when its team is the
-fairest). Every queued job still has its message: a message whose job ran in another's
-turn runs the fairest waiting job instead, so the count of messages never falls below the
-count of queued jobs, and the conditional claim keeps any job from running twice.
+oldest queued job of the team whose tag is lowest. Every queued job still has its message:
+a message whose job ran in another's turn runs the fairest waiting job instead, so the
+count of messages never falls below the count of queued jobs, and the conditional claim
+keeps any job from running twice.
 
 Guarantees (when e is right): while two teams both have work waiting in a class, the
 GPU-seconds each receives over the window stay in proportion to their weights, each
@@ -136,8 +136,8 @@ def _same_queue_families(job: Job) -> list[str]:
 
 
 def in_turn(job: Job) -> list[int]:
-    """The queued jobs a message for `job` may run, fairest team first: for each team of its lane and class
-    (and queue: hosted or local), its first waiting job (the message's own job for its own team)."""
+    """The queued jobs a message for `job` may run, fairest team first: for each team waiting in its lane
+    and class (and queue: hosted or local), the team's oldest job."""
     queued = Job.objects.filter(
         lane_id=job.lane_id,
         state=Job.State.QUEUED,
@@ -147,8 +147,6 @@ def in_turn(job: Job) -> list[int]:
     firsts = {row["team_id"]: row["first"] for row in queued.values("team_id").annotate(first=Min("id")).order_by()}
     if not firsts:
         return []
-    if job.state == Job.State.QUEUED:
-        firsts[job.team_id] = job.pk
     if len(firsts) == 1:
         return list(firsts.values())
     fair = shares(job.lane)

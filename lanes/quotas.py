@@ -41,6 +41,18 @@ class Limit:
     def shown_used(self) -> str:
         return _number(self.used, self.key)
 
+    @property
+    def shown_soft(self) -> str:
+        return self.shown("soft")
+
+    @property
+    def shown_hard(self) -> str:
+        return self.shown("hard")
+
+    @property
+    def over_hard(self) -> bool:
+        return self.over("hard")
+
     def shown(self, kind: str) -> str:
         value = self.soft if kind == "soft" else self.hard
         return "—" if value is None else _number(value, self.key)
