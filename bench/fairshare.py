@@ -77,11 +77,12 @@ def run(scenario: str, batch: int, rate: float, trickle: int) -> dict:
         batch_session, trickle_session = login(stack, "batch"), login(stack, "trickle")
         wait_all([submit(trickle_session, "warm-up", 0)], 120)
         Job.objects.all().delete()
-        if scenario == "calibrate":  # the lane kept full: its capacity in jobs per second
-            started = time.monotonic()
+        if scenario == "calibrate":  # the lane kept full: jobs per second from the first start to the last finish
             ids = [submit(batch_session, f"full {i}", i) for i in range(CALIBRATION_JOBS)]
             wait_all(ids, 300)
-            return {"capacity_per_s": len(ids) / (time.monotonic() - started)}
+            runs = Job.objects.filter(pk__in=ids, state=Job.State.SUCCEEDED)
+            first, last = min(j.started_at for j in runs), max(j.finished_at for j in runs)
+            return {"capacity_per_s": len(runs) / (last - first).total_seconds()}
 
         batch_ids: list[int] = []
         errors: list[BaseException] = []
@@ -143,7 +144,7 @@ def main() -> None:
     capacity = json.loads(run_child(__file__, ["--child", "calibrate"], {}, "calibrate"))["capacity_per_s"]
     rate = TRICKLE_SHARE * capacity
     # The trickle lasts as long as the batch would alone: batch / capacity seconds at 10 % of capacity.
-    trickle = max(10, math.ceil(rate * args.batch / capacity))
+    trickle = max(10, math.ceil(TRICKLE_SHARE * args.batch))
     print(
         f"lane capacity {capacity:.2f} jobs/s: trickle of {trickle} briefs at {rate:.3f}/s, batch of {args.batch}",
         file=sys.stderr,

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.access import admin_required, has_role, ops_required
-from accounts.models import Role
-from lanes import adapters, canary, control, families, registry, rollout, windows
+from accounts.models import Role, Team
+from lanes import adapters, canary, control, families, quotas, registry, rollout, windows
 from lanes.changes import ConflictError, ControlError
 from lanes.models import (
     Adapter,
@@ -39,6 +39,7 @@ from .forms import (
     LaneAdapterForm,
     LimitsForm,
     ModeForm,
+    QuotaForm,
     RevisionForm,
     VersionForm,
     error_summary,
@@ -449,3 +450,39 @@ def audit_log(request):
         "ages": AUDIT_AGES,
     }
     return render(request, "console/audit.html", context)
+
+
+def _teams_page(request, bad_form=None, bad_team=None, status=200):
+    teams = list(Team.objects.order_by("name").select_related("quota").prefetch_related("quota__denied_lanes"))
+    rows = []
+    for team in teams:
+        quota = getattr(team, "quota", None)
+        form = bad_form if bad_team == team.pk else QuotaForm(instance=quota, prefix=f"team{team.pk}")
+        rows.append({"team": team, "usage": quotas.team_usage(team.pk), "form": form, "has_quota": quota is not None})
+    return render(request, "console/teams.html", {"rows": rows}, status=status)
+
+
+@ops_required
+@require_GET
+def team_list(request):
+    return _teams_page(request)
+
+
+@ops_required
+@require_POST
+def team_quota(request, pk: int):
+    team = Team.objects.filter(pk=pk).first()
+    if team is None:
+        raise Http404("No such team.")
+    if request.POST.get("clear"):
+        quotas.set_quota(team, None, [], request.user)
+        messages.success(request, f"Team {team.name}: quota removed (weight 1, no limits).")
+        return redirect("team-list")
+    form = QuotaForm(request.POST, prefix=f"team{team.pk}")
+    if not form.is_valid():
+        messages.error(request, f"Nothing changed: {error_summary(form)}")
+        return _teams_page(request, form, team.pk, status=400)
+    values = {field: form.cleaned_data.get(field) for field in quotas.QUOTA_FIELDS}
+    quotas.set_quota(team, values, list(form.cleaned_data["denied_lanes"]), request.user)
+    messages.success(request, f"Team {team.name}: quota saved.")
+    return redirect("team-list")

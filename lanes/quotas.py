@@ -17,10 +17,13 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from .models import Job, Lane, TeamQuota
+from accounts.models import Team
+
+from .models import AuditEvent, Job, Lane, TeamQuota
 from .stats import cost_expression
 
 
@@ -172,3 +175,42 @@ def denied(team_id: int | None, lane: Lane) -> bool:
 def under_soft_limits(team_ids: set[int | None], now: datetime | None = None) -> set[int | None]:
     """Those of the teams that are under all their soft limits now (a team without a quota always is)."""
     return {team for team in team_ids if (usage := team_usage(team, now)) is None or usage.over("soft") is None}
+
+
+QUOTA_FIELDS = (
+    "weight", "max_concurrent_soft", "max_concurrent_hard", "gpu_seconds_day_soft", "gpu_seconds_day_hard",
+    "spend_month_soft", "spend_month_hard",
+)  # fmt: skip
+
+
+def quota_state(quota: TeamQuota | None) -> dict:
+    """A quota as the audit log records it ({} for none)."""
+    if quota is None or quota.pk is None:
+        return {}
+    return {
+        **{field: getattr(quota, field) for field in QUOTA_FIELDS},
+        "denied_lanes": sorted(lane.name for lane in quota.denied_lanes.all()),
+    }
+
+
+def set_quota(team: Team, values: dict | None, denied: list[Lane], by) -> TeamQuota | None:
+    """Give a team these weight and limits (None: remove its quota row, so it has weight 1 and no limits),
+    audited as `team.quota`. The values are validated by the caller (the console's form)."""
+    with transaction.atomic():
+        quota = TeamQuota.objects.select_for_update().filter(team=team).first()
+        before = quota_state(quota)
+        if values is None:
+            if quota is not None:
+                quota.delete()
+            quota = None
+        else:
+            quota = quota or TeamQuota(team=team)
+            for field in QUOTA_FIELDS:
+                setattr(quota, field, values.get(field, 1.0 if field == "weight" else None))
+            quota.full_clean()
+            quota.save()
+            quota.denied_lanes.set(denied)
+        after = quota_state(quota)
+        if after != before:
+            AuditEvent.record(by, "team.quota", target=team.name, before=before, after=after)
+    return quota
