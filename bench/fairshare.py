@@ -8,9 +8,10 @@ the batch lasts. Each scenario runs in a fresh stack:
 - alone: the trickle only (its latency without competition);
 - fair / fifo: batch and trickle together, with FAIR_SHARE on or off.
 
-The lane keeps its admission settings (defer depth, hard cap) but has no fallback, so work
-past its defer depth is deferred and released as slots free: fair share orders both that
-release and which queued job the worker takes. Latency is finished_at - submitted_at; the
+The lane's defer depth and hard cap leave room for the whole batch in its queue (the issue's
+case: a batch queued ahead of every other team's briefs of its class; with a small defer
+depth, admission already defers the batch and a trickle brief is queued ahead of it), and
+it has no fallback: fair share decides which queued job the worker takes. Latency is finished_at - submitted_at; the
 batch's time is from its first submission to its last job's finish. Prints the figures
 per scenario, then one line of JSON.
 
@@ -33,13 +34,17 @@ CALIBRATION_JOBS = 20
 TRICKLE_SHARE = 0.10
 
 
-def shape() -> None:
+def shape(queue_room: int) -> None:
     from django.contrib.auth import get_user_model
 
     from accounts.models import Member, Role, Team
     from lanes.models import Lane
 
-    Lane.objects.filter(name=LANE).update(max_concurrency=1, fallback=None, latency_slo_ms=600_000)
+    # Room for the whole batch in the queue (the case: a batch queued ahead of everyone's
+    # briefs), no fallback (one lane), and an SLO admission does not act on.
+    Lane.objects.filter(name=LANE).update(
+        max_concurrency=1, fallback=None, latency_slo_ms=600_000, defer_depth=queue_room, hard_cap=queue_room
+    )
     for name in ("batch", "trickle"):
         user = get_user_model().objects.create_user(name, password=f"{name}-password-1")
         Member.objects.create(user=user, role=Role.CREATIVE, team=Team.objects.create(name=name))
@@ -72,7 +77,7 @@ def run(scenario: str, batch: int, rate: float, trickle: int) -> dict:
     with Stack(worker_args=("--concurrency", "4")) as stack:
         from lanes.models import Job
 
-        shape()
+        shape(batch + trickle + CALIBRATION_JOBS + 10)
         stack.start()
         batch_session, trickle_session = login(stack, "batch"), login(stack, "trickle")
         wait_all([submit(trickle_session, "warm-up", 0)], 120)
