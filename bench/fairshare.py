@@ -41,9 +41,9 @@ def shape(queue_room: int) -> None:
     from lanes.models import Lane
 
     # Room for the whole batch in the queue (the case: a batch queued ahead of everyone's
-    # briefs), no fallback (one lane), and an SLO admission does not act on.
+    # briefs), no fallback (one lane), and an SLO of a day: admission defers nothing, whatever the load.
     Lane.objects.filter(name=LANE).update(
-        max_concurrency=1, fallback=None, latency_slo_ms=600_000, defer_depth=queue_room, hard_cap=queue_room
+        max_concurrency=1, fallback=None, latency_slo_ms=86_400_000, defer_depth=queue_room, hard_cap=queue_room
     )
     for name in ("batch", "trickle"):
         user = get_user_model().objects.create_user(name, password=f"{name}-password-1")

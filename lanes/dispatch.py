@@ -126,10 +126,13 @@ def release_deferred(lane: Lane, limit: int = 100, now=None) -> list[Job]:
     if not off_peak:
         held = {job.team_id for job in waiting if job.deferral == Job.Deferral.QUOTA}
         back_under = quotas.under_soft_limits(held, now) if held else set()
+        # A team back under its soft limits gets one quota-deferred job per pass: the next pass (after each
+        # job, and beat's) checks its limits again, so releasing cannot overshoot them.
+        once: set = set()
         waiting = [
             job for job in waiting
             if job.deferral not in (Job.Deferral.QUOTA, Job.Deferral.OFF_PEAK)
-            or (job.deferral == Job.Deferral.QUOTA and job.team_id in back_under)
+            or (job.deferral == Job.Deferral.QUOTA and job.team_id in back_under and not _seen(once, job.team_id))
         ]  # fmt: skip
     if fairshare.enabled():
         waiting = fairshare.release_order(lane, waiting)
@@ -140,6 +143,14 @@ def release_deferred(lane: Lane, limit: int = 100, now=None) -> list[Job]:
             dispatch_after_commit(job)
             released.append(job)
     return released
+
+
+def _seen(seen: set, key) -> bool:
+    """Whether `key` was seen before (and remember it)."""
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
 
 
 def release_all_deferred() -> int:

@@ -154,3 +154,14 @@ def test_the_home_page_shows_the_teams_usage_against_its_quotas(member, client):
 def test_a_team_without_a_quota_sees_no_usage_panel(member, client):
     client.force_login(member)
     assert "team-usage" not in client.get(reverse("job-list")).text
+
+
+def test_quota_deferred_work_is_released_one_at_a_time_as_the_team_gets_back_under(member):
+    quota(member, max_concurrent_soft=1)
+    lane = Lane.objects.get(name="fast-draft")
+    first = brief(member, "one")
+    waiting = [brief(member, f"waiting {i}") for i in range(3)]
+    assert {job.deferral for job in waiting} == {Job.Deferral.QUOTA}
+    first.cancel()
+    assert [job.pk for job in release_deferred(lane)] == [waiting[0].pk]  # not all three: that would be 3 of 1
+    assert release_deferred(lane) == []  # at the limit again
