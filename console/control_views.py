@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.access import admin_required, has_role, ops_required
-from accounts.models import Role
-from lanes import adapters, canary, control, families, progressive, registry, rollout, shadow
+from accounts.models import Role, Team
+from lanes import adapters, canary, control, families, progressive, quotas, registry, rollout, shadow, windows
 from lanes.changes import ConflictError, ControlError
 from lanes.models import (
     Adapter,
@@ -40,6 +40,7 @@ from .forms import (
     LaneAdapterForm,
     LimitsForm,
     ModeForm,
+    QuotaForm,
     RevisionForm,
     RolloutPlanForm,
     RolloutStartForm,
@@ -73,8 +74,14 @@ def _lane_context(request, lane: Lane, **forms) -> dict:
     for worker in workers:
         worker.consumes = lane.queue in worker.queue_list
     initial = {"revision": lane.revision}
+    lane_windows = [
+        {"window": window, "open": windows.current(window, now), "next": windows.upcoming(window, now)}
+        for window in lane.windows.all()
+    ]
     return {
         "lane": lane,
+        "lane_windows": lane_windows,
+        "next_window": windows.next_window(lane, now=now),
         "workers": workers,
         "releases": LaneRelease.objects.filter(lane=lane).select_related("version", "started_by")[:50],
         "events": AuditEvent.objects.filter(lane=lane)[:20],
@@ -532,3 +539,39 @@ def audit_log(request):
         "ages": AUDIT_AGES,
     }
     return render(request, "console/audit.html", context)
+
+
+def _teams_page(request, bad_form=None, bad_team=None, status=200):
+    teams = list(Team.objects.order_by("name").select_related("quota").prefetch_related("quota__denied_lanes"))
+    rows = []
+    for team in teams:
+        quota = getattr(team, "quota", None)
+        form = bad_form if bad_team == team.pk else QuotaForm(instance=quota, prefix=f"team{team.pk}")
+        rows.append({"team": team, "usage": quotas.team_usage(team.pk), "form": form, "has_quota": quota is not None})
+    return render(request, "console/teams.html", {"rows": rows}, status=status)
+
+
+@ops_required
+@require_GET
+def team_list(request):
+    return _teams_page(request)
+
+
+@ops_required
+@require_POST
+def team_quota(request, pk: int):
+    team = Team.objects.filter(pk=pk).first()
+    if team is None:
+        raise Http404("No such team.")
+    if request.POST.get("clear"):
+        quotas.set_quota(team, None, [], request.user)
+        messages.success(request, f"Team {team.name}: quota removed (weight 1, no limits).")
+        return redirect("team-list")
+    form = QuotaForm(request.POST, prefix=f"team{team.pk}")
+    if not form.is_valid():
+        messages.error(request, f"Nothing changed: {error_summary(form)}")
+        return _teams_page(request, form, team.pk, status=400)
+    values = {field: form.cleaned_data.get(field) for field in quotas.QUOTA_FIELDS}
+    quotas.set_quota(team, values, list(form.cleaned_data["denied_lanes"]), request.user)
+    messages.success(request, f"Team {team.name}: quota saved.")
+    return redirect("team-list")

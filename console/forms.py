@@ -8,7 +8,8 @@ from experiments.definition import parse_prompt_lines
 from lanes import families, progressive
 from lanes.actions import BriefRejected, submit_brief
 from lanes.control import OPS_FIELDS
-from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route
+from lanes.models import Adapter, Job, Lane, LaneAdapter, ModelVersion, Priority, Route, TeamQuota
+from lanes.quotas import QUOTA_FIELDS
 from lanes.router import size_multiple
 from webhooks import endpoints, outbox
 from webhooks.models import WebhookError
@@ -333,3 +334,41 @@ class EndpointForm(forms.Form):
             return endpoints.clean_url(self.cleaned_data["url"])
         except WebhookError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+
+class QuotaForm(forms.ModelForm):
+    """A team's fair-share weight and quotas, as ops set them on the Teams page."""
+
+    denied_lanes = forms.ModelMultipleChoiceField(
+        queryset=Lane.objects.order_by("name"), required=False, widget=forms.CheckboxSelectMultiple,
+        label="Lanes denied",
+    )  # fmt: skip
+
+    class Meta:
+        model = TeamQuota
+        fields = [*QUOTA_FIELDS, "denied_lanes"]
+        labels = {
+            "weight": "Fair-share weight",
+            "max_concurrent_soft": "Concurrent jobs (soft)",
+            "max_concurrent_hard": "Concurrent jobs (hard)",
+            "gpu_seconds_day_soft": "GPU-seconds per day (soft)",
+            "gpu_seconds_day_hard": "GPU-seconds per day (hard)",
+            "spend_month_soft": "Spend per month (soft)",
+            "spend_month_hard": "Spend per month (hard)",
+        }
+
+    def clean_weight(self):
+        weight = self.cleaned_data["weight"]
+        if weight is None or weight <= 0:
+            raise forms.ValidationError("The weight must be above 0.")
+        return weight
+
+    def clean(self):
+        data = super().clean()
+        for soft, hard in (
+            ("max_concurrent_soft", "max_concurrent_hard"), ("gpu_seconds_day_soft", "gpu_seconds_day_hard"),
+            ("spend_month_soft", "spend_month_hard"),
+        ):  # fmt: skip
+            if data.get(soft) is not None and data.get(hard) is not None and data[soft] > data[hard]:
+                self.add_error(soft, "The soft limit is above the hard one.")
+        return data

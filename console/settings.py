@@ -357,6 +357,10 @@ CELERY_BEAT_SCHEDULE = {
 
 # Admission control (per-lane thresholds live on the lane). Off: every brief is queued FIFO.
 ADMISSION_CONTROL = envbool("ADMISSION_CONTROL", True)
+# Weighted fair share between teams within a priority class (lanes.fairshare); off: FIFO within a class.
+FAIR_SHARE = envbool("FAIR_SHARE", True)
+# The sliding window of GPU-seconds a team's share is measured over.
+FAIR_SHARE_WINDOW_SECONDS = envint("FAIR_SHARE_WINDOW_SECONDS", 3600, 1)
 # GPU memory budget of one worker in MiB (engines + activations). 0: 90% of the card on CUDA,
 # unlimited on CPU. On CUDA the process is capped with set_per_process_memory_fraction.
 GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)

@@ -12,9 +12,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from accounts.access import has_role, ops_required
+from accounts.access import has_role, ops_required, team_of
 from accounts.models import Role
 from lanes import policy as policy_file
+from lanes import quotas
 from lanes.actions import BriefRejected, cancel_job
 from lanes.dispatch import broker_reachable
 from lanes.models import (
@@ -69,6 +70,7 @@ def job_list(request):
         jobs = jobs.filter(experiment_cell__isnull=True)
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     context = {
+        "team_usage": quotas.team_usage(team_of(request.user)),
         "page": page,
         "jobs": page.object_list,
         "state": state,

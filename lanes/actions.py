@@ -12,7 +12,7 @@ from accounts.access import team_of
 from telemetry import push
 
 from . import adapters as lora
-from . import admission
+from . import admission, quotas
 from .changes import describe_errors
 from .dispatch import dispatch
 from .models import Job, Priority
@@ -88,12 +88,20 @@ def submit_brief(
     if errors:
         raise BriefRejected(errors)
     priority = priority or default_priority
+    team_id = team_of(owner)
+    if quotas.denied(team_id, lane):
+        raise BriefRejected({"intent": f"Your team may not use lane {lane.name} (its quota denies it)."})
 
     with transaction.atomic():
         try:
-            decision = admission.decide(lane, priority)
+            decision = admission.decide(lane, priority, team_id)
         except admission.NoLaneAvailable as exc:
             raise BriefRejected({"intent": str(exc)}) from None
+        if decision.lane != lane and quotas.denied(team_id, decision.lane):
+            raise BriefRejected(
+                {"intent": f"Lane {lane.name} cannot take the brief now and your team may not use its fallback "
+                 f"{decision.lane.name} (its quota denies it)."}
+            )  # fmt: skip
         if decision.lane != lane:
             params = clamp_to(decision.lane, **params)
         version = model_version or pick_version(decision.lane)
@@ -115,12 +123,13 @@ def submit_brief(
             priority=priority,
             requested_lane=lane,
             lane=decision.lane,
-            team_id=team_of(owner),
+            team_id=team_id,
             model_version=version,
             adapters=chosen,
             routed=by_policy,
             state=decision.state,
             deferred_at=now if decision.state == Job.State.DEFERRED else None,
+            deferral=decision.deferral,
             admission=decision.admission,
             admission_reason=reason[:300],
             seed=secrets.randbelow(2**31) if seed is None else seed,

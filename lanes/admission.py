@@ -7,7 +7,13 @@ it reach `defer_depth`, or when every slot is busy and it is predicted to finish
 lane's SLO. Ahead of a brief are the running jobs and the queued jobs of its own or a
 higher priority class: queued background work (an experiment, say) is served after
 standard work by the broker and the worker's slots, so it does not push standard briefs
-off their lane. The hard cap counts every queued and running job.
+off their lane. The hard cap counts every queued and running job. Within its own class, a
+brief is behind only the queued jobs fair share serves first (lanes.fairshare).
+
+Before pressure, a brief meets its team's quota (lanes.quotas: a hard limit refuses it, a soft
+one defers it) and its lane's off-peak windows (lanes.windows: a background-only window sends
+other work to the fallback or refuses it; a lane with release windows holds background work
+for them).
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.db.models import Count, Q
+from django.utils import timezone
 
-from .models import Job, Lane, Priority, Worker
+from . import fairshare, quotas, windows
+from .models import Job, Lane, LaneWindow, Priority, Worker
 from .stats import nearest_rank
 
 RECENT_RUNS = 50
@@ -120,11 +129,21 @@ AHEAD: dict[str, tuple[str, ...]] = {
 }
 
 
-def pressure(lane: Lane, priority: str = Priority.BACKGROUND) -> Pressure:
-    ahead = Q(state=Job.State.RUNNING) | Q(priority__in=AHEAD.get(priority, tuple(Priority.values)))
+NO_TEAM = object()  # pressure() asked without a team: every queued job of the class counts as ahead
+
+
+def pressure(lane: Lane, priority: str = Priority.BACKGROUND, team_id=NO_TEAM) -> Pressure:
+    """The lane's load as a brief of `priority` (and of `team_id`, for fair share in its class) sees it."""
+    classes = AHEAD.get(priority, tuple(Priority.values))
+    fair = team_id is not NO_TEAM and fairshare.enabled()
+    if fair:  # its own class is counted by fair share below
+        classes = tuple(c for c in classes if c != priority)
+    ahead = Q(state=Job.State.RUNNING) | Q(priority__in=classes)
     counts = Job.objects.filter(lane=lane, state__in=(Job.State.QUEUED, Job.State.RUNNING)).aggregate(
         total=Count("id"), ahead=Count("id", filter=ahead)
     )
+    if fair:
+        counts["ahead"] += fairshare.ahead_in_class(lane, priority, team_id)
     workers = _cached(
         ("workers", lane.queue), lambda: Worker.objects.alive().filter(queues__contains=lane.queue).count()
     )
@@ -140,6 +159,7 @@ class Decision:
     state: str
     reason: str
     retry_after: int | None = None
+    deferral: str = ""
 
 
 class NoLaneAvailable(Exception):
@@ -159,14 +179,57 @@ def enabled_lane(lane: Lane) -> tuple[Lane, list[str]]:
     return lane, hops
 
 
-def decide(lane: Lane, priority: str) -> Decision:
+def decide(lane: Lane, priority: str, team_id: int | None = None, now: datetime | None = None) -> Decision:
+    now = now or timezone.now()
     lane, disabled = enabled_lane(lane)
     prefix = f"lane {' → '.join(disabled)} disabled → fallback {lane.name}; " if disabled else ""
     admitted = Job.Admission.REROUTED if disabled else Job.Admission.ADMITTED
+
+    usage = quotas.team_usage(team_id, now)
+    hard = usage.over("hard") if usage else None
+    if usage and hard:
+        retry = hard.seconds_to_reset(now) or math.ceil(_cached(("p95", lane.pk), lambda: recent_p95_run_s(lane)) or 1)
+        return Decision(
+            lane, Job.Admission.REJECTED, Job.State.REJECTED, prefix + hard.describe(usage.team, "hard"), retry
+        )
+    closed = windows.open_window(lane, LaneWindow.Mode.BACKGROUND_ONLY, now)
+    if closed and priority != Priority.BACKGROUND:
+        until = f"{closed.closes:%H:%M %Z}"  # in the window's own zone
+        fallback = lane.fallback
+        fallback_closed = fallback is not None and windows.open_window(fallback, LaneWindow.Mode.BACKGROUND_ONLY, now)
+        if fallback is None or not fallback.enabled or fallback_closed:
+            reason = f"lane {lane.name} takes background work only until {until}, and no fallback takes {priority} work"
+            retry = max(1, math.ceil((closed.closes - now).total_seconds()))
+            return Decision(lane, Job.Admission.REJECTED, Job.State.REJECTED, prefix + reason, retry)
+        prefix += f"lane {lane.name} takes background work only until {until} → fallback {fallback.name}; "
+        lane, admitted = fallback, Job.Admission.REROUTED
+    soft = usage.over("soft") if usage else None
+    if usage and soft:
+        release = windows.next_window(lane, LaneWindow.Mode.RELEASE, now)
+        when = (
+            f"its lane's off-peak window at {release.opens:%Y-%m-%d %H:%M %Z}"
+            if release
+            else f"the limit resets {soft.resets}"
+        )
+        reason = f"{soft.describe(usage.team, 'soft')}; deferred until {when}"
+        return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, prefix + reason, None, Job.Deferral.QUOTA)
+    if (
+        priority == Priority.BACKGROUND
+        and windows.has_release_windows(lane)
+        and not windows.open_window(lane, LaneWindow.Mode.RELEASE, now)
+    ):
+        release = windows.next_window(lane, LaneWindow.Mode.RELEASE, now)
+        assert release is not None  # the lane has release windows
+        reason = (
+            f"background work on {lane.name} waits for its off-peak window, "
+            f"next opens at {release.opens:%Y-%m-%d %H:%M %Z}"
+        )
+        return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, prefix + reason, None, Job.Deferral.OFF_PEAK)
+
     if not settings.ADMISSION_CONTROL:
         return Decision(lane, admitted, Job.State.QUEUED, prefix + "admission control is off")
 
-    load = pressure(lane, priority)
+    load = pressure(lane, priority, team_id)
     if load.at_hard_cap:
         return Decision(
             lane,
@@ -185,10 +248,11 @@ def decide(lane: Lane, priority: str) -> Decision:
             Job.Admission.DEFERRED,
             Job.State.DEFERRED,
             prefix + f"{lane.name} saturated, background work waits: {load.describe()}",
+            deferral=Job.Deferral.PRESSURE,
         )
     fallback = lane.fallback
     if fallback is not None and fallback.enabled:
-        fallback_load = pressure(fallback, priority)
+        fallback_load = pressure(fallback, priority, team_id)
         if not fallback_load.saturated:
             return Decision(
                 fallback,
@@ -202,4 +266,4 @@ def decide(lane: Lane, priority: str) -> Decision:
         why = "no enabled fallback"
     # Queueing it would only lengthen the line in front of critical work: it waits instead.
     reason = prefix + f"{lane.name} saturated ({load.describe()}), {why}; standard work waits"
-    return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, reason)
+    return Decision(lane, Job.Admission.DEFERRED, Job.State.DEFERRED, reason, deferral=Job.Deferral.PRESSURE)

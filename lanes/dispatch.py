@@ -18,8 +18,9 @@ from redis.exceptions import RedisError
 
 from telemetry import push
 
+from . import fairshare, quotas, windows
 from .admission import pressure
-from .models import Adapter, Job, Lane, ModelVersion, Priority, Worker
+from .models import Adapter, Job, Lane, LaneWindow, ModelVersion, Priority, Worker
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +97,47 @@ def validate_adapter(adapter: Adapter) -> None:
     current_app.send_task("lanes.tasks.validate_adapter", args=(adapter.pk,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
-def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
-    """Release deferred jobs oldest-first into the lane's free slots; returns the jobs released.
+RELEASE_SCAN = 2000  # deferred jobs of one lane considered per release (fair order needs every team's first ones)
 
+
+def release_deferred(lane: Lane, limit: int = 100, now=None) -> list[Job]:
+    """Release deferred jobs into the lane's free slots, in fair-share order (lanes.fairshare; oldest
+    first with FAIR_SHARE off); returns the jobs released.
+
+    What may go depends on why it waits: a saturated lane's work whenever there is room; background
+    work held for the off-peak (and work a team's soft quota deferred) while a release window of the
+    lane is open; quota-deferred work also once its team is back under its soft limits.
     Runs after every job, so the common case (nothing deferred) is a single query.
     """
     waiting = list(
         Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
         .select_related("lane", "model_version")
-        .order_by("submitted_at", "pk")[:limit]
+        .order_by("submitted_at", "pk")[:RELEASE_SCAN]
     )
     if not waiting:
         return []
     load = pressure(lane)
     # Pressure has dropped when a slot is free, not merely below the defer threshold:
     # released work must not queue up in front of critical briefs still arriving.
-    room = min(load.capacity, lane.defer_depth) - load.depth
+    room = min(min(load.capacity, lane.defer_depth) - load.depth, limit)
+    if room <= 0:
+        return []
+    off_peak = windows.open_window(lane, LaneWindow.Mode.RELEASE, now) is not None
+    if not off_peak:
+        held = {job.team_id for job in waiting if job.deferral == Job.Deferral.QUOTA}
+        back_under = quotas.under_soft_limits(held, now) if held else set()
+        # A team back under its soft limits gets one quota-deferred job per pass: the next pass (after each
+        # job, and beat's) checks its limits again, so releasing cannot overshoot them.
+        once: set = set()
+        waiting = [
+            job for job in waiting
+            if job.deferral not in (Job.Deferral.QUOTA, Job.Deferral.OFF_PEAK)
+            or (job.deferral == Job.Deferral.QUOTA and job.team_id in back_under and not _seen(once, job.team_id))
+        ]  # fmt: skip
+    if fairshare.enabled():
+        waiting = fairshare.release_order(lane, waiting)
     released: list[Job] = []
-    for job in waiting[: max(0, room)]:
+    for job in waiting[:room]:
         # Conditional: a concurrent releaser (beat, another worker) may have taken it.
         if job.release():
             dispatch_after_commit(job)
@@ -121,8 +145,16 @@ def release_deferred(lane: Lane, limit: int = 100) -> list[Job]:
     return released
 
 
+def _seen(seen: set, key) -> bool:
+    """Whether `key` was seen before (and remember it)."""
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
+
+
 def release_all_deferred() -> int:
-    """Release deferred work, oldest first, on every lane with room."""
+    """Release deferred work, in fair-share order, on every lane with room."""
     lanes = Lane.objects.filter(jobs__state=Job.State.DEFERRED).distinct()
     return sum(len(release_deferred(lane)) for lane in lanes)
 

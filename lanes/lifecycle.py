@@ -26,7 +26,7 @@ from telemetry import push
 from webhooks import outbox
 
 from . import adapters as lora
-from . import artifacts, engines, hosted, rollout
+from . import artifacts, engines, fairshare, hosted, rollout
 from .batching import refine_batcher
 from .dispatch import dispatch, queue_refine, release_deferred
 from .heartbeat import worker_ident
@@ -38,6 +38,9 @@ from .signals import announce_finished
 from .slots import Slot, slots
 
 log = logging.getLogger(__name__)
+
+RELATED = ("model_version", "lane__fallback__active_version")
+CLAIMED_ELSEWHERE = "skipped: claimed elsewhere"
 
 
 def _progress_recorder(job: Job, offset: int = 0):
@@ -104,24 +107,45 @@ def _fail(job: Job, exc: BaseException) -> str:
 
 
 def run(job_id: int) -> str:
-    """Run a job (a cascade's draft stage). Safe to deliver twice: only a conditional claim runs it."""
-    related = ("model_version", "lane__fallback__active_version")
-    job = Job.objects.select_related(*related).filter(pk=job_id).first()
+    """Run a job (a cascade's draft stage), or, with fair share, the waiting job of its lane and class
+    whose team's turn it is (lanes.fairshare). Safe to deliver twice: only a conditional claim runs it."""
+    job = Job.objects.select_related(*RELATED).filter(pk=job_id).first()
     if job is None:
         return "missing"
-    if job.state != Job.State.QUEUED:
+    fair = fairshare.enabled()
+    if job.state != Job.State.QUEUED and not (fair and fairshare.in_turn(job)):
         return f"skipped: {job.state}"
     with slots.acquire(job.lane_id, job.priority, info=Need.of(job)) as slot:
-        outcome = _run_claimed(job, slot)
+        ran, outcome = _run_in_turn(job, fair, slot)
     release_deferred(job.lane)
-    announce_finished(job)
+    announce_finished(ran)
     return outcome
+
+
+def _run_in_turn(job: Job, fair: bool, slot: Slot) -> tuple[Job, str]:
+    """Claim and run the job whose turn it is (the message's own job without fair share); the next in
+    turn if another worker claimed it first."""
+    if not fair:
+        return job, _run_claimed(job, slot)
+    job.refresh_from_db(fields=["state"])
+    outcome = f"skipped: {job.state}"
+    for pk in fairshare.in_turn(job):
+        chosen = job if pk == job.pk else Job.objects.select_related(*RELATED).filter(pk=pk).first()
+        if chosen is None:
+            continue
+        slot.info = Need.of(chosen)  # what a job preempting for this slot would weigh against
+        outcome = _run_claimed(chosen, slot)
+        if outcome != CLAIMED_ELSEWHERE:
+            if chosen is not job:
+                log.info("job %s ran in the turn of job %s (fair share)", chosen.pk, job.pk)
+            return chosen, outcome
+    return job, outcome
 
 
 def _run_claimed(job: Job, slot: Slot) -> str:
     device = engines.current_device()
     if not job.mark_running(worker_ident(), device.gpu_index, device.kind, device.name):
-        return "skipped: claimed elsewhere"
+        return CLAIMED_ELSEWHERE
     push.job_state(job)
     if job.is_cascade and job.draft_artifact() is not None:
         # Requeued after its worker was lost between the stages: the draft is kept, refine again.

@@ -6,8 +6,17 @@
         max_concurrency: 2
         sample_steps: 12
         ...
+        windows:                        # off-peak windows (lanes.windows), optional
+          - {cron: "0 22 * * *", minutes: 480, mode: release, timezone: Europe/Paris}
     intents:
       draft: {lane: fast_draft, priority: standard}
+    teams:                              # fair-share weights and quotas (lanes.quotas), optional
+      studio:
+        weight: 2
+        max_concurrent_jobs: 8          # a number is the hard limit
+        gpu_seconds_per_day: {soft: 3000, hard: 3600}
+        spend_per_month: {soft: 80, hard: 100}
+        denied_lanes: [final_render]
 
 Mind the words: the file's `routes:` list *lanes* (Lane rows; the file format has always
 called them so, and files in use say it), while the Route model is an *intent* → lane
@@ -18,6 +27,8 @@ every error with its line number. Lanes missing from an applied file are disable
 still point at them), never deleted. The file replaces the whole policy, so `apply` answers
 with what it changed (a PolicyDiff), and `apply(..., dry_run=True)` answers the same without
 changing anything: the console shows it and asks to confirm before applying.
+A team the file leaves out of `teams:` has no quota row (weight 1, no limits), and a lane
+without `windows:` has none.
 """
 
 from __future__ import annotations
@@ -27,15 +38,29 @@ import hashlib
 from dataclasses import dataclass
 
 import yaml
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
 from django.db.models import Count, F
 
-from . import families, progressive, yamlfile
+from accounts.models import Team
+
+from . import families, progressive, windows, yamlfile
 from .changes import acting_user, describe_errors, save_lane
 from .control import unreachable_intents
-from .models import AuditEvent, Job, Lane, ModelVersion, Priority, RolloutPlan, Route, Worker
+from .models import (
+    AuditEvent,
+    Job,
+    Lane,
+    LaneWindow,
+    ModelVersion,
+    Priority,
+    RolloutPlan,
+    Route,
+    TeamQuota,
+    Worker,
+)
 from .rollout import record_release
 from .yamlfile import YamlError
 
@@ -77,6 +102,14 @@ CASCADE_KEYS: dict[str, tuple[str, type, float | None]] = {
     "upscaler": ("refine_version", str, None),
 }
 INTENT_KEYS = ("lane", "priority", "label")
+WINDOW_KEYS = ("cron", "minutes", "mode", "timezone")
+# YAML key -> (TeamQuota fields: soft, hard; type). A plain number is the hard limit.
+TEAM_LIMITS: dict[str, tuple[str, str, type]] = {
+    "max_concurrent_jobs": ("max_concurrent_soft", "max_concurrent_hard", int),
+    "gpu_seconds_per_day": ("gpu_seconds_day_soft", "gpu_seconds_day_hard", float),
+    "spend_per_month": ("spend_month_soft", "spend_month_hard", float),
+}
+TEAM_KEYS = ("weight", "denied_lanes", *TEAM_LIMITS)
 
 
 class PolicyError(YamlError):
@@ -99,6 +132,7 @@ class PolicyDiff:
     added_intents: list[str] = dataclasses.field(default_factory=list)
     changed_intents: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # intent -> lane/priority/label
     removed_intents: list[str] = dataclasses.field(default_factory=list)
+    changed_teams: list[str] = dataclasses.field(default_factory=list)  # teams whose quota is added, changed or removed
     affected_jobs: dict[str, int] = dataclasses.field(
         default_factory=dict
     )  # changed or disabled lane -> jobs waiting there
@@ -111,7 +145,7 @@ class PolicyDiff:
     def is_empty(self) -> bool:
         return not (
             self.added_lanes or self.changed_lanes or self.disabled_lanes
-            or self.added_intents or self.changed_intents or self.removed_intents
+            or self.added_intents or self.changed_intents or self.removed_intents or self.changed_teams
         )  # fmt: skip
 
     def lines(self) -> list[str]:
@@ -121,11 +155,12 @@ class PolicyDiff:
             ("added lanes", self.added_lanes), ("changed lanes", self.changed_lanes),
             ("disabled lanes", self.disabled_lanes), ("added intents", self.added_intents),
             ("changed intents", self.changed_intents), ("removed intents", self.removed_intents),
+            ("changed team quotas", self.changed_teams),
         ):  # fmt: skip
             if isinstance(names, dict):  # name -> the keys that change
                 names = [f"{name} ({', '.join(keys)})" for name, keys in names.items()]
             if names:
-                out.append(f"{kind}: {('; ' if kind.startswith('changed') else ', ').join(names)}")
+                out.append(f"{kind}: {('; ' if kind in ('changed lanes', 'changed intents') else ', ').join(names)}")
         if self.affected_jobs:
             total = sum(self.affected_jobs.values())
             where = ", ".join(f"{n} on {lane}" for lane, n in self.affected_jobs.items())
@@ -147,6 +182,7 @@ class PolicyDiff:
             "added_intents": self.added_intents,
             "changed_intents": self.changed_intents,
             "removed_intents": self.removed_intents,
+            "changed_teams": self.changed_teams,
             "affected_jobs": self.affected_jobs,
             "unconsumed_lanes": self.unconsumed_lanes,
         }
@@ -157,6 +193,15 @@ class LaneSpec:
     line: int
     values: dict  # Lane field -> value (active_version/fallback still names)
     rollout: tuple[list[dict], dict[str, float]] | None = None  # the lane's rollout plan: steps, thresholds
+    windows: list[dict] = dataclasses.field(default_factory=list)  # WINDOW_KEYS -> value, and "line"
+
+
+@dataclass
+class TeamSpec:
+    line: int
+    name: str
+    values: dict  # TeamQuota field -> value
+    denied: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # lane name, line
 
 
 def _scalar(node, kind: type, key: str, minimum, errors: list[str]):
@@ -182,14 +227,79 @@ def _scalar(node, kind: type, key: str, minimum, errors: list[str]):
     return value
 
 
-def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
-    """Lane specs and intents from YAML, with every error found (line-numbered)."""
+def _windows(node, errors: list[str]) -> list[dict]:
+    if not isinstance(node, yaml.SequenceNode):
+        errors.append(f"line {yamlfile.line(node)}: windows must be a list")
+        return []
+    found = []
+    for item in node.value:
+        entry: dict = {"line": yamlfile.line(item)}
+        for key, value, kline in yamlfile.mapping(item, "a window", errors):
+            if key not in WINDOW_KEYS:
+                errors.append(f"line {kline}: unknown window key {key!r} (expected {', '.join(WINDOW_KEYS)})")
+            elif key == "minutes":
+                entry[key] = _scalar(value, int, "minutes", None, errors)
+            else:
+                entry[key] = _scalar(value, str, key, None, errors)
+        if "cron" not in entry or "minutes" not in entry or "mode" not in entry:
+            errors.append(f"line {entry['line']}: a window needs cron, minutes and mode")
+        elif entry.get("mode") is not None and entry["mode"] not in LaneWindow.Mode.values:
+            errors.append(
+                f"line {entry['line']}: window mode must be one of {', '.join(LaneWindow.Mode.values)}, "
+                f"not {entry['mode']!r}"
+            )
+        found.append(entry)
+    return found
+
+
+def _teams(node, errors: list[str]) -> list[TeamSpec]:
+    teams = []
+    for name, value, line in yamlfile.mapping(node, "teams", errors):
+        spec = TeamSpec(line=line, name=name, values={})
+        for key, item, kline in yamlfile.mapping(value, f"team {name!r}", errors):
+            if key == "weight":
+                weight = _scalar(item, float, "weight", None, errors)
+                if weight is not None and weight <= 0:
+                    errors.append(f"line {kline}: team {name!r}: weight must be above 0, not {weight:g}")
+                elif weight is not None:
+                    spec.values["weight"] = weight
+            elif key == "denied_lanes":
+                if not isinstance(item, yaml.SequenceNode):
+                    errors.append(f"line {kline}: team {name!r}: denied_lanes must be a list of lanes")
+                    continue
+                for lane in item.value:
+                    lane_name = _scalar(lane, str, "denied_lanes", None, errors)
+                    if lane_name is not None:
+                        spec.denied.append((lane_name, yamlfile.line(lane)))
+            elif key in TEAM_LIMITS:
+                soft_field, hard_field, kind = TEAM_LIMITS[key]
+                if isinstance(item, yaml.MappingNode):
+                    for level, limit, lline in yamlfile.mapping(item, key, errors):
+                        if level not in ("soft", "hard"):
+                            errors.append(f"line {lline}: {key} takes soft and hard, not {level!r}")
+                            continue
+                        field = soft_field if level == "soft" else hard_field
+                        spec.values[field] = _scalar(limit, kind, f"{key}.{level}", 0, errors)
+                else:
+                    spec.values[hard_field] = _scalar(item, kind, key, 0, errors)
+                soft, hard = spec.values.get(soft_field), spec.values.get(hard_field)
+                if soft is not None and hard is not None and soft > hard:
+                    errors.append(f"line {kline}: team {name!r}: {key} soft limit {soft:g} is above its hard {hard:g}")
+            else:
+                errors.append(f"line {kline}: unknown team key {key!r} (expected {', '.join(TEAM_KEYS)})")
+        teams.append(spec)
+    return teams
+
+
+def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[TeamSpec], list[str]]:
+    """Lane specs, intents and team quotas from YAML, with every error found (line-numbered)."""
     errors: list[str] = []
     root = yamlfile.compose(text, PolicyError)
     if root is None:
         raise PolicyError(["line 1: the policy is empty"])
     lanes: list[LaneSpec] = []
     intents: dict[str, dict] = {}
+    teams: list[TeamSpec] = []
     seen_top = set()
     for key, value, line in yamlfile.mapping(root, "the policy", errors):
         seen_top.add(key)
@@ -202,6 +312,8 @@ def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
                 for k, v, kline in yamlfile.mapping(item, "a route", errors):
                     if k == "name":
                         spec.values["name"] = _scalar(v, str, k, None, errors)
+                    elif k == "windows":
+                        spec.windows = _windows(v, errors)
                     elif k == "cascade":
                         spec.values["cascade"] = True
                         for ck, cv, ckline in yamlfile.mapping(v, "cascade", errors):
@@ -239,12 +351,14 @@ def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[str]]:
                 if not entry.get("lane"):
                     errors.append(f"line {iline}: intent {intent!r} needs a lane")
                 intents[intent] = entry
+        elif key == "teams":
+            teams = _teams(value, errors)
         else:
-            errors.append(f"line {line}: unknown key {key!r} (expected routes, intents)")
+            errors.append(f"line {line}: unknown key {key!r} (expected routes, intents, teams)")
     for required in ("routes", "intents"):
         if required not in seen_top:
             errors.append(f"line 1: the policy needs {required}")
-    return lanes, intents, errors
+    return lanes, intents, teams, errors
 
 
 def _is_slug(value: str) -> bool:
@@ -253,6 +367,30 @@ def _is_slug(value: str) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def validate_teams(teams: list[TeamSpec], lane_names: set[str], errors: list[str]) -> dict[str, Team]:
+    known = {team.name: team for team in Team.objects.filter(name__in=[spec.name for spec in teams])}
+    seen: dict[str, int] = {}
+    for spec in teams:
+        if spec.name in seen:
+            errors.append(f"line {spec.line}: team {spec.name!r} is listed twice (first on line {seen[spec.name]})")
+        seen[spec.name] = spec.line
+        if spec.name not in known:
+            errors.append(f"line {spec.line}: unknown team {spec.name!r} (teams are created in the admin)")
+        for lane, line in spec.denied:
+            if lane not in lane_names:
+                errors.append(f"line {line}: team {spec.name!r}: denied lane {lane!r} is not a route in this policy")
+    return known
+
+
+def validate_windows(lanes: list[LaneSpec], errors: list[str]) -> None:
+    for spec in lanes:
+        usable = [w for w in spec.windows if w.get("cron") is not None and w.get("minutes") is not None]
+        found = windows.check([(w["cron"], w["minutes"], w.get("timezone") or settings.TIME_ZONE) for w in usable])
+        for index, message, other in found:
+            where = f" (the window on line {usable[other]['line']})" if other is not None else ""
+            errors.append(f"line {usable[index]['line']}: route {spec.values.get('name')!r}: {message}{where}")
 
 
 def validate(lanes: list[LaneSpec], intents: dict[str, dict], errors: list[str]) -> dict[str, ModelVersion]:
@@ -342,8 +480,10 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
         last = AuditEvent.objects.first()
         who = f" (last: {last.actor_name}, {last.action} on {last.target or 'the fleet'})" if last else ""
         raise PolicyConflict([f"The policy changed since you loaded it{who}. Nothing was applied: reload."])
-    lanes, intents, errors = parse(text)
+    lanes, intents, teams, errors = parse(text)
     models = validate(lanes, intents, errors)
+    known_teams = validate_teams(teams, {str(spec.values.get("name")) for spec in lanes}, errors)
+    validate_windows(lanes, errors)
     if errors:
         raise PolicyError(sorted(set(errors), key=lambda e: (int(e.split(":")[0].split()[1]), e)))
     saved: dict[str, Lane] = {}
@@ -384,6 +524,7 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
             problems = describe_errors(exc.message_dict)
             raise PolicyError([f"line {spec.line}: route {name!r}: {problems}"]) from None
         save_lane(lane)
+        _replace_windows(lane, spec.windows)
         saved[name] = lane
         # The file describes the lane whole: its plan is the file's, and a route without one has none.
         if spec.rollout is None:
@@ -418,6 +559,7 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
         enabled=False, draining=False, revision=F("revision") + 1
     )
     diff.disabled_lanes = sorted([*diff.disabled_lanes, *(lane.name for lane in dropped)])
+    diff.changed_teams = _apply_teams(teams, known_teams, saved, by)
     diff.removed_intents = sorted(set(routes_before) - set(intents))
     Route.objects.exclude(intent__in=intents).delete()
     for intent, entry in intents.items():
@@ -455,6 +597,57 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
     return diff
 
 
+def _replace_windows(lane: Lane, specs: list[dict]) -> None:
+    wanted = [(w["mode"], w["cron"], w["minutes"], w.get("timezone") or "") for w in specs]
+    have = [(w.mode, w.cron, w.minutes, w.timezone) for w in lane.windows.all()]
+    if sorted(wanted) != sorted(have):
+        lane.windows.all().delete()
+        LaneWindow.objects.bulk_create(
+            LaneWindow(lane=lane, mode=mode, cron=cron, minutes=minutes, timezone=tz)
+            for mode, cron, minutes, tz in wanted
+        )
+
+
+def export_team(quota: TeamQuota | None) -> dict:
+    if quota is None:
+        return {}
+    item: dict = {"weight": quota.weight}
+    for key, (soft_field, hard_field, _) in TEAM_LIMITS.items():
+        soft, hard = getattr(quota, soft_field), getattr(quota, hard_field)
+        if soft is not None:
+            item[key] = {"soft": soft, **({"hard": hard} if hard is not None else {})}
+        elif hard is not None:
+            item[key] = hard
+    denied = sorted(lane.name for lane in quota.denied_lanes.all())
+    if denied:
+        item["denied_lanes"] = denied
+    return item
+
+
+def _apply_teams(teams: list[TeamSpec], known: dict[str, Team], lanes: dict[str, Lane], by) -> list[str]:
+    """Make the quota rows what the file says (a team left out has none); the teams whose quota changed."""
+    before = {quota.team.name: quota for quota in TeamQuota.objects.select_related("team")}
+    changed = []
+    fields = ["weight", *(field for soft, hard, _ in TEAM_LIMITS.values() for field in (soft, hard))]
+    for spec in teams:
+        old = export_team(before.get(spec.name))
+        quota = before.get(spec.name) or TeamQuota(team=known[spec.name])
+        for field in fields:
+            setattr(quota, field, spec.values.get(field, 1.0 if field == "weight" else None))
+        quota.save()
+        quota.denied_lanes.set([lanes[name] for name, _ in spec.denied])
+        new = export_team(quota)
+        if new != old:
+            changed.append(spec.name)
+            AuditEvent.record(by, "policy.team", target=spec.name, before=old, after=new)
+    for name, quota in before.items():
+        if name not in {spec.name for spec in teams}:
+            AuditEvent.record(by, "policy.team", target=name, before=export_team(quota), after={})
+            quota.delete()
+            changed.append(name)
+    return sorted(changed)
+
+
 def export_lane(lane: Lane) -> dict:
     item: dict = {"name": lane.name}
     for key, (field, _, _) in LANE_KEYS.items():
@@ -474,16 +667,32 @@ def export_lane(lane: Lane) -> dict:
     if plan is not None:
         steps = [{k: v for k, v in step.items() if v is not None} for step in plan.steps]
         item["rollout"] = {"steps": steps, "thresholds": plan.thresholds}
+    if lane.pk:
+        found = [
+            {"cron": w.cron, "minutes": w.minutes, "mode": w.mode, **({"timezone": w.timezone} if w.timezone else {})}
+            for w in lane.windows.all()
+        ]
+        if found:
+            item["windows"] = found
     return item
 
 
 def export() -> str:
     routes = [
         export_lane(lane)
-        for lane in Lane.objects.select_related("active_version", "fallback", "refine_version").order_by("name")
+        for lane in Lane.objects.select_related("active_version", "fallback", "refine_version")
+        .prefetch_related("windows")
+        .order_by("name")
     ]
     intents = {
         route.intent: {"lane": route.lane.name, "priority": route.priority, "label": route.label}
         for route in Route.objects.select_related("lane").order_by("intent")
     }
-    return yaml.safe_dump({"routes": routes, "intents": intents}, sort_keys=False, allow_unicode=True)
+    document: dict = {"routes": routes, "intents": intents}
+    teams = {
+        quota.team.name: export_team(quota)
+        for quota in TeamQuota.objects.select_related("team").prefetch_related("denied_lanes").order_by("team__name")
+    }
+    if teams:
+        document["teams"] = teams
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

@@ -108,7 +108,7 @@ def price_per_hour(gpu_name: str) -> float:
     return prices.get(gpu_name, 0.0 if gpu_name == CPU else prices["default"])
 
 
-def _cost_expression():
+def cost_expression():
     """What the jobs cost, in SQL: GPU-seconds × the job's accelerator price (price_per_hour), plus what
     a hosted engine charged, summed."""
     prices = settings.GPU_HOURLY_PRICES
@@ -201,7 +201,7 @@ def lane_stats(window: str = "5m", now=None) -> list[Stats]:
             preemptions=Sum("preemptions"),
             gpu=Sum("gpu_seconds", filter=succeeded),
             cpu=Count("id", filter=succeeded & Q(device="cpu")),
-            cost=_cost_expression(),
+            cost=cost_expression(),
             **percentiles,
         )
         .order_by()

@@ -23,6 +23,7 @@ from .jobs import Artifact, Job, Worker, with_consumers, with_live_counts
 from .review import Verification
 from .rollouts import THRESHOLDS, Rollout, RolloutPlan, describe_steps
 from .shadow import Shadow
+from .teams import LaneWindow, TeamQuota
 
 __all__ = [
     "HASH_CHUNK_BYTES",
@@ -35,6 +36,7 @@ __all__ = [
     "Lane",
     "LaneAdapter",
     "LaneRelease",
+    "LaneWindow",
     "ModelVersion",
     "Priority",
     "Rollout",
@@ -42,6 +44,7 @@ __all__ = [
     "Route",
     "Shadow",
     "describe_steps",
+    "TeamQuota",
     "endpoint_hash",
     "files_stamp",
     "Verification",

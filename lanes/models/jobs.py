@@ -65,6 +65,13 @@ class Job(models.Model):
         REROUTED = "rerouted"
         REJECTED = "rejected"
 
+    class Deferral(models.TextChoices):
+        """Why a deferred job waits, which decides what releases it (lanes.dispatch.release_deferred)."""
+
+        PRESSURE = "pressure", "its lane is saturated"
+        QUOTA = "quota", "its team is over a soft limit"
+        OFF_PEAK = "off-peak", "background work waits for its lane's off-peak window"
+
     class Stage(models.TextChoices):
         DRAFT = "draft"
         LOADING = "loading"  # the draft (or only) stage waits for its model to load on the worker
@@ -102,6 +109,7 @@ class Job(models.Model):
     admission_reason = models.CharField(max_length=300, blank=True)
     # Deferral: when admission held the job back, and when it was released into its lane's queue.
     deferred_at = models.DateTimeField(null=True, blank=True)
+    deferral = models.CharField(max_length=10, choices=Deferral.choices, blank=True, default="", db_default="")
     released_at = models.DateTimeField(null=True, blank=True)
     # Sent by the routing policy (intent → lane, the canary draw) rather than to a lane and
     # version by name (an experiment arm): canary judgement compares routed traffic only.

@@ -123,7 +123,10 @@ def test_the_issue_form_applies_and_routes_by_intent(demo_lanes, tmp_path, creat
             ["line 9: max_concurrency must be at least 1, not -3"],
         ),
         (GOOD.replace("sample_steps: 12", "sample_steps: 12\n    turbo: true"), ["line 6: unknown route key 'turbo'"]),
-        (GOOD.replace("intents:", "extras: 1\nintents:"), ["line 15: unknown key 'extras' (expected routes, intents)"]),
+        (
+            GOOD.replace("intents:", "extras: 1\nintents:"),
+            ["line 15: unknown key 'extras' (expected routes, intents, teams)"],
+        ),
         (GOOD.replace("strength: 0.5", "strength: 0.5, sharpen: 2"), ["line 14: unknown cascade key 'sharpen'"]),
         (GOOD.replace("sample_steps: 50", "sample_steps: fifty"), ["line 10: sample_steps must be int, not 'fifty'"]),
         (
