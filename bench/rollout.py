@@ -123,9 +123,9 @@ def run(case: str) -> dict:
             shutil.rmtree(models / "bench-corrupt", ignore_errors=True)
             shutil.copytree(models / DEMO_CHECKPOINT, models / "bench-corrupt")
             version = register("bench-corrupt", "bench-corrupt")
-        steps, thresholds = progressive.plan_from_yaml(PLAN + (TEXT_ONLY if case == "flags" else ""))
+        plan = progressive.plan_from_yaml(PLAN + (TEXT_ONLY if case == "flags" else ""))
         lane = Lane.objects.get(pk=lane.pk)
-        progressive.save_plan(lane, steps, thresholds, None)
+        progressive.save_plan(lane, plan, None)
         stack.start()
         session = stack.session()
         prompt = 'a poster that reads "SALE"' if text else "a teal sneaker ad"

@@ -105,7 +105,7 @@ def _rollout_context(request, lane: Lane, **forms) -> dict:
     initial = {"revision": lane.revision}
     plan = RolloutPlan.objects.filter(lane=lane).first()
     latest = lane.rollouts.select_related("version", "baseline").first()
-    text = progressive.plan_yaml(plan.steps, plan.thresholds) if plan else progressive.EXAMPLE_PLAN
+    text = progressive.plan_yaml(plan.steps, plan.thresholds, plan.require_shadow) if plan else progressive.EXAMPLE_PLAN
     return {
         "plan": plan,
         "rollout": latest,
@@ -297,7 +297,7 @@ def lane_rollout_plan(request, name: str):
     if not form.is_valid():
         return _invalid(request, lane, form, plan_form=form)
     try:
-        plan = progressive.save_plan(lane, form.steps, form.thresholds, request.user, form.cleaned_data["revision"])
+        plan = progressive.save_plan(lane, form.plan, request.user, form.cleaned_data["revision"])
     except ControlError as exc:
         return _refused(request, lane, exc, plan_form=form)
     return _done(request, lane, f"Lane {lane.name}: rollout plan saved ({plan.describe()}).")

@@ -178,13 +178,16 @@ class RolloutPlanForm(RevisionForm):
     plan = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 9, "spellcheck": "false", "class": "mono"}), strip=False,
         max_length=20_000,
-        help_text="YAML: steps (percent 1–99, increasing; min_samples and/or min_minutes each) and thresholds.",
+        help_text=(
+            "YAML: steps (percent 1–99, increasing; min_samples and/or min_minutes each), thresholds, "
+            "and optionally require_shadow: true."
+        ),
     )  # fmt: skip
 
     def clean_plan(self):
         text = self.cleaned_data["plan"]
         try:
-            self.steps, self.thresholds = progressive.plan_from_yaml(text)
+            self.plan = progressive.plan_from_yaml(text)
         except progressive.PlanError as exc:
             raise forms.ValidationError(exc.errors) from None
         return text

@@ -192,7 +192,7 @@ class PolicyDiff:
 class LaneSpec:
     line: int
     values: dict  # Lane field -> value (active_version/fallback still names)
-    rollout: tuple[list[dict], dict[str, float]] | None = None  # the lane's rollout plan: steps, thresholds
+    rollout: progressive.Plan | None = None  # the lane's rollout plan
     windows: list[dict] = dataclasses.field(default_factory=list)  # WINDOW_KEYS -> value, and "line"
 
 
@@ -323,9 +323,9 @@ def parse(text: str) -> tuple[list[LaneSpec], dict[str, dict], list[TeamSpec], l
                             field, kind, minimum = CASCADE_KEYS[ck]
                             spec.values[field] = _scalar(cv, kind, f"cascade.{ck}", minimum, errors)
                     elif k == "rollout":
-                        steps, thresholds, plan_errors = progressive.plan_from_node(v)
+                        plan, plan_errors = progressive.plan_from_node(v)
                         errors.extend(e.replace(": ", ": rollout: ", 1) for e in plan_errors)
-                        spec.rollout = (steps, thresholds)
+                        spec.rollout = plan
                     elif k in LANE_KEYS:
                         field, kind, minimum = LANE_KEYS[k]
                         spec.values[field] = _scalar(v, kind, k, minimum, errors)
@@ -530,10 +530,14 @@ def _apply(text: str, by, based_on: str | None) -> PolicyDiff:
         if spec.rollout is None:
             RolloutPlan.objects.filter(lane=lane).delete()
         else:
-            steps, thresholds = spec.rollout
+            plan = spec.rollout
             RolloutPlan.objects.update_or_create(
-                lane=lane, defaults={"steps": steps, "thresholds": thresholds, "updated_by": acting_user(by)}
-            )
+                lane=lane,
+                defaults={
+                    "steps": plan.steps, "thresholds": plan.thresholds, "require_shadow": plan.require_shadow,
+                    "updated_by": acting_user(by),
+                },
+            )  # fmt: skip
     for spec in lanes:
         lane = saved[spec.values["name"]]
         fallback = spec.values.get("fallback")
@@ -665,8 +669,7 @@ def export_lane(lane: Lane) -> dict:
             item["cascade"]["upscaler"] = lane.refine_version.name
     plan = RolloutPlan.objects.filter(lane=lane).first() if lane.pk else None
     if plan is not None:
-        steps = [{k: v for k, v in step.items() if v is not None} for step in plan.steps]
-        item["rollout"] = {"steps": steps, "thresholds": plan.thresholds}
+        item["rollout"] = progressive.plan_document(plan.steps, plan.thresholds, plan.require_shadow)
     if lane.pk:
         found = [
             {"cron": w.cron, "minutes": w.minutes, "mode": w.mode, **({"timezone": w.timezone} if w.timezone else {})}

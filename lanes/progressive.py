@@ -16,6 +16,11 @@ A plan is written in YAML — the `rollout:` key of a policy route, or the lane 
       - {percent: 25, min_samples: 50}
       - {percent: 50, min_minutes: 10}
     thresholds: {max_error_rate_increase: 0.05, max_p95_ratio: 1.5}
+    require_shadow: true    # optional: no first step until the version's shadow on the lane passes
+
+With `require_shadow`, a rollout starts only once the version's latest shadow on the lane passes
+(lanes.shadow.gate: enough pairs, each figure within the lane's guards); otherwise it is refused
+with the gate's reason.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from django.utils import timezone
 
 from telemetry import push
 
-from . import yamlfile
+from . import shadow, yamlfile
 from .canary import MetricCheck, Status, analyse, arm_figures
 from .changes import ControlError, locked_lane, record_change
 from .models import THRESHOLDS, Lane, ModelVersion, Rollout, RolloutPlan
@@ -55,15 +60,31 @@ class PlanError(YamlError):
 # Checking a plan: the same rules whether it came from YAML (with lines), the form or the API.
 
 
-def check_plan(plan: object) -> tuple[list[dict], dict[str, float], list[tuple[str, str]]]:
-    """The plan's steps and thresholds (defaults filled in) and every problem as (where, message),
-    `where` a path such as `steps[2].percent`."""
+PLAN_KEYS = ("steps", "thresholds", "require_shadow")
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: list[dict]
+    thresholds: dict[str, float]
+    require_shadow: bool = False
+
+
+def check_plan(plan: object) -> tuple[Plan, list[tuple[str, str]]]:
+    """The plan (thresholds' defaults filled in) and every problem as (where, message), `where` a path
+    such as `steps[2].percent`."""
     problems: list[tuple[str, str]] = []
     if not isinstance(plan, dict):
-        return [], {}, [("", "a rollout plan must be a mapping with steps (and thresholds)")]
+        return Plan([], {}), [("", "a rollout plan must be a mapping with steps (and thresholds)")]
     for key in plan:
-        if key not in ("steps", "thresholds"):
-            problems.append((str(key), f"unknown key {key!r} (expected steps, thresholds)"))
+        if key not in PLAN_KEYS:
+            problems.append((str(key), f"unknown key {key!r} (expected {', '.join(PLAN_KEYS)})"))
+    require_shadow = plan.get("require_shadow", False)
+    if require_shadow is None:
+        require_shadow = False
+    if not isinstance(require_shadow, bool):
+        problems.append(("require_shadow", f"require_shadow must be true or false, not {require_shadow!r}"))
+        require_shadow = False
     raw_steps = plan.get("steps")
     steps: list[dict] = []
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -118,7 +139,7 @@ def check_plan(plan: object) -> tuple[list[dict], dict[str, float], list[tuple[s
             problems.append((where, f"{name} ({what}) must be a number from {low:g} to {high:g}, not {value!r}"))
             continue
         thresholds[name] = float(value)
-    return steps, thresholds, problems
+    return Plan(steps, thresholds, require_shadow), problems
 
 
 def _is_int(value) -> bool:
@@ -142,35 +163,41 @@ def _node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
             _node_lines(child, f"{path}[{i}]", lines)
 
 
-def plan_from_node(node: yaml.Node) -> tuple[list[dict], dict[str, float], list[str]]:
+def plan_from_node(node: yaml.Node) -> tuple[Plan, list[str]]:
     """A plan from a YAML node (the policy's `rollout:` or a whole plan document): errors with lines."""
     lines: dict[str, int] = {}
     _node_lines(node, "", lines)
-    steps, thresholds, problems = check_plan(yamlfile.value(node))
+    plan, problems = check_plan(yamlfile.value(node))
 
     def line_of(where: str) -> int:
         while where not in lines and where:  # a key that is missing: its parent's line
             where = where.rsplit(".", 1)[0] if "." in where else where.rsplit("[", 1)[0]
         return lines.get(where, lines[""])
 
-    return steps, thresholds, [f"line {line_of(where)}: {message}" for where, message in problems]
+    return plan, [f"line {line_of(where)}: {message}" for where, message in problems]
 
 
-def plan_from_yaml(text: str) -> tuple[list[dict], dict[str, float]]:
+def plan_from_yaml(text: str) -> Plan:
     """A plan from its YAML text (the lane page's plan box); PlanError with every line-numbered problem."""
     root = yamlfile.compose(text, PlanError)
     if root is None:
         raise PlanError(["line 1: the plan is empty"])
-    steps, thresholds, errors = plan_from_node(root)
+    plan, errors = plan_from_node(root)
     if errors:
         raise PlanError(errors)
-    return steps, thresholds
+    return plan
 
 
-def plan_yaml(steps: list[dict], thresholds: dict[str, float]) -> str:
-    """A plan as the YAML the plan box and the policy file read back."""
+def plan_document(steps: list[dict], thresholds: dict[str, float], require_shadow: bool = False) -> dict:
+    """A plan as the policy file and the plan box write it (require_shadow only when set)."""
     plain = [{k: v for k, v in step.items() if v is not None} for step in steps]
-    return yaml.safe_dump({"steps": plain, "thresholds": thresholds}, sort_keys=False, default_flow_style=None)
+    return {"steps": plain, "thresholds": thresholds, **({"require_shadow": True} if require_shadow else {})}
+
+
+def plan_yaml(steps: list[dict], thresholds: dict[str, float], require_shadow: bool = False) -> str:
+    """A plan as the YAML the plan box and the policy file read back."""
+    document = plan_document(steps, thresholds, require_shadow)
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=None)
 
 
 def baseline_problem(lane: Lane) -> str | None:
@@ -181,8 +208,9 @@ def baseline_problem(lane: Lane) -> str | None:
     return None
 
 
-def save_plan(lane: Lane, steps: list[dict], thresholds: dict[str, float], by, expected_revision=None) -> RolloutPlan:
+def save_plan(lane: Lane, plan_in: Plan, by, expected_revision=None) -> RolloutPlan:
     """Set the lane's plan (already checked by check_plan); a running rollout keeps the plan it started with."""
+    steps, thresholds = plan_in.steps, plan_in.thresholds
     with transaction.atomic():
         lane = locked_lane(lane, expected_revision)
         problem = baseline_problem(lane)
@@ -191,7 +219,13 @@ def save_plan(lane: Lane, steps: list[dict], thresholds: dict[str, float], by, e
         before = RolloutPlan.objects.filter(lane=lane).first()
         plan, _ = RolloutPlan.objects.update_or_create(
             lane=lane,
-            defaults={"steps": steps, "thresholds": thresholds, "updated_at": timezone.now(), "updated_by": _user(by)},
+            defaults={
+                "steps": steps,
+                "thresholds": thresholds,
+                "require_shadow": plan_in.require_shadow,
+                "updated_at": timezone.now(),
+                "updated_by": _user(by),
+            },  # fmt: skip
         )
         record_change(
             lane, [], by, "rollout.plan",
@@ -231,6 +265,12 @@ def start(lane: Lane, version: ModelVersion, by, expected_revision: int | None =
             raise ControlError(f"Lane {lane.name} already has a rollout running: abort it first.")
         if lane.canary_version_id is not None:
             raise ControlError(f"Lane {lane.name} has a canary running already: stop it first.")
+        if plan.require_shadow:
+            passed, why = shadow.gate(lane, version)
+            if not passed:
+                raise ControlError(
+                    f"No rollout started: the plan needs a passing shadow of {version.name} first: {why}"
+                )
         first = plan.steps[0]["percent"]
         lane = start_canary(lane, version, first, by)
         rollout = Rollout.objects.create(

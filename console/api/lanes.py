@@ -257,6 +257,7 @@ def rollback(request, name: SlugPath, response: HttpResponse):
 class PlanIn(BodyIn):
     steps: list[dict[str, Any]] = Field(..., description="[{percent: 1-99 increasing, min_samples, min_minutes}]")
     thresholds: dict[str, Any] = Field(default_factory=dict, description="Threshold name -> limit; others default.")
+    require_shadow: bool = Field(False, description="No rollout starts until the version's shadow on the lane passes.")
 
 
 class StepOut(Schema):
@@ -268,6 +269,7 @@ class StepOut(Schema):
 class PlanOut(Schema):
     steps: list[StepOut]
     thresholds: dict[str, float]
+    require_shadow: bool
     describe: str
 
 
@@ -330,7 +332,14 @@ def rollout_out(lane: Lane) -> dict:
     return {
         "lane": lane.name,
         "revision": lane.revision,
-        "plan": {"steps": plan.steps, "thresholds": plan.thresholds, "describe": plan.describe()} if plan else None,
+        "plan": {
+            "steps": plan.steps,
+            "thresholds": plan.thresholds,
+            "require_shadow": plan.require_shadow,
+            "describe": plan.describe(),
+        }
+        if plan
+        else None,  # fmt: skip
         "rollout": run,
     }
 
@@ -351,13 +360,13 @@ def get_rollout(request, name: SlugPath, response: HttpResponse):
 def put_plan(request, name: SlugPath, body: PlanIn, response: HttpResponse):
     """Set the lane's rollout plan (admins); a bad plan is 422 with every problem, and nothing is saved."""
     lane = get_lane_for_user(request, name, deploy=True)
-    steps, thresholds, problems = progressive.check_plan(body.model_dump())
+    plan, problems = progressive.check_plan(body.model_dump())
     if problems:
         raise ProblemError(422, "; ".join(message for _, message in problems), dict(problems))
     problem = progressive.baseline_problem(lane)
     if problem:
         raise ProblemError(422, f"No plan saved: {problem}.", {"plan": problem})
-    _change(request, lane, lambda lane, rev: progressive.save_plan(lane, steps, thresholds, request.user, rev))
+    _change(request, lane, lambda lane, rev: progressive.save_plan(lane, plan, request.user, rev))
     return _rollout_answer(response, lane)
 
 

@@ -34,6 +34,9 @@ class RolloutPlan(models.Model):
     lane = models.OneToOneField(Lane, on_delete=models.CASCADE, related_name="rollout_plan")
     steps = models.JSONField(default=list)
     thresholds = models.JSONField(default=default_thresholds)
+    require_shadow = models.BooleanField(
+        default=False, help_text="No rollout starts until the version's shadow on the lane passes (lanes.shadow.gate)."
+    )
     updated_at = models.DateTimeField(default=timezone.now)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
@@ -41,7 +44,8 @@ class RolloutPlan(models.Model):
         return f"plan of {self.lane.name}: {self.describe()}"
 
     def describe(self) -> str:
-        return describe_steps(self.steps)
+        steps = describe_steps(self.steps)
+        return f"a passing shadow → {steps}" if self.require_shadow else steps
 
 
 def describe_steps(steps: list[dict]) -> str:

@@ -76,8 +76,8 @@ def test_only_admins_set_plans_and_start_rollouts_and_ops_operate_them(callers, 
     }  # fmt: skip
     no_plan = callers["admin"].post("/lanes/fast-draft/rollout", {"version": "api-rollout-v2"})
     assert no_plan.status_code == 409 and "no rollout plan" in no_plan.json()["detail"]
-    steps, thresholds = progressive.plan_from_yaml("steps: [{percent: 5, min_samples: 1}]")
-    progressive.save_plan(Lane.objects.get(name="fast-draft"), steps, thresholds, None)
+    plan = progressive.plan_from_yaml("steps: [{percent: 5, min_samples: 1}]")
+    progressive.save_plan(Lane.objects.get(name="fast-draft"), plan, None)
     assert callers["ops"].post("/lanes/fast-draft/rollout", {"version": "api-rollout-v2"}).status_code == 403
     unknown = callers["admin"].post("/lanes/fast-draft/rollout", {"version": "nope"})
     assert unknown.status_code == 422

@@ -63,8 +63,8 @@ def test_a_bad_plan_from_the_form_gets_its_line_and_saves_nothing(client, v2):
 
 def test_ops_pause_and_a_second_person_on_the_same_page_gets_409_naming_the_first(client, v2):
     admin = make_user("ada", "admin")
-    steps, thresholds = progressive.plan_from_yaml(PLAN)
-    progressive.save_plan(lane(), steps, thresholds, admin)
+    plan = progressive.plan_from_yaml(PLAN)
+    progressive.save_plan(lane(), plan, admin)
     progressive.start(lane(), v2, admin)
     seen = lane().revision
     client.force_login(make_user("otto", "ops"))

@@ -78,8 +78,8 @@ def lane(name="fast-draft") -> Lane:
 
 @pytest.fixture
 def planned(v2, admin):
-    steps, thresholds = progressive.plan_from_yaml(PLAN)
-    progressive.save_plan(lane(), steps, thresholds, admin)
+    plan = progressive.plan_from_yaml(PLAN)
+    progressive.save_plan(lane(), plan, admin)
     return v2
 
 
@@ -129,9 +129,10 @@ def current() -> Rollout:
 
 
 def test_a_plan_is_read_from_yaml_with_defaults_for_thresholds_left_out():
-    steps, thresholds = progressive.plan_from_yaml("steps:\n  - {percent: 5, min_minutes: 2.5}\n")
-    assert steps == [{"percent": 5, "min_samples": None, "min_minutes": 2.5}]
-    assert thresholds["max_p95_ratio"] == 1.5 and thresholds["max_edit_distance_increase"] == 0.10
+    plan = progressive.plan_from_yaml("steps:\n  - {percent: 5, min_minutes: 2.5}\n")
+    assert plan.steps == [{"percent": 5, "min_samples": None, "min_minutes": 2.5}]
+    assert plan.thresholds["max_p95_ratio"] == 1.5 and plan.thresholds["max_edit_distance_increase"] == 0.10
+    assert plan.require_shadow is False
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,8 @@ def test_a_plan_is_read_from_yaml_with_defaults_for_thresholds_left_out():
          "line 4: max_error_rate_increase (error rate increase) must be a number from 0 to 1, not 2"),
         ("steps: []\n", "line 1: a plan needs a list of steps"),
         ("steps:\n  - {percent: 5, min_samples: 3, wait: 1}\n", "line 2: step 1: unknown key 'wait'"),
+        ("steps:\n  - {percent: 5, min_samples: 3}\nrequire_shadow: sometimes\n",
+         "line 3: require_shadow must be true or false, not 'sometimes'"),
     ],
 )  # fmt: skip
 def test_a_bad_plan_is_refused_with_the_line_of_each_problem(text, expected):
@@ -159,9 +162,9 @@ def test_a_bad_plan_is_refused_with_the_line_of_each_problem(text, expected):
 def test_a_plan_on_a_lane_without_a_baseline_is_refused_and_nothing_is_saved(v2, admin):
     active = lane().active_version
     ModelVersion.objects.filter(pk=active.pk).update(status=ModelVersion.Status.INVALID)
-    steps, thresholds = progressive.plan_from_yaml(PLAN)
+    plan = progressive.plan_from_yaml(PLAN)
     with pytest.raises(ControlError, match="has no baseline"):
-        progressive.save_plan(lane(), steps, thresholds, admin)
+        progressive.save_plan(lane(), plan, admin)
     assert not RolloutPlan.objects.exists()
 
 
@@ -199,8 +202,8 @@ def test_a_rollout_starts_at_the_first_step_and_is_audited_with_a_webhook(planne
 def test_a_rollout_needs_a_plan_and_a_good_version(v2, admin):
     with pytest.raises(ControlError, match="no rollout plan"):
         progressive.start(lane(), v2, admin)
-    steps, thresholds = progressive.plan_from_yaml(PLAN)
-    progressive.save_plan(lane(), steps, thresholds, admin)
+    plan = progressive.plan_from_yaml(PLAN)
+    progressive.save_plan(lane(), plan, admin)
     ModelVersion.objects.filter(pk=v2.pk).update(status=ModelVersion.Status.INVALID)
     with pytest.raises(ControlError, match="failed validation"):
         progressive.start(lane(), v2, admin)
@@ -385,3 +388,28 @@ def test_a_worker_refuses_a_version_whose_files_changed_quarantines_it_and_the_r
     # The brief itself succeeded, retried on the serving version.
     assert done.state == Job.State.SUCCEEDED and done.model_version == lane().active_version
     assert AuditEvent.objects.filter(action="rollout.aborted", model_version=planned).exists()
+
+
+def test_a_plan_requiring_a_shadow_starts_only_once_the_versions_shadow_passes(v2, admin):
+    """The shadow pairs are finished rows with known figures (tests/experiments/shadowed.py), judged by the
+    experiments app's paired statistics through lanes.shadow.gate, as the gate's own tests do."""
+    from lanes import shadow
+    from tests.experiments.shadowed import OK, make_pairs
+
+    fast = lane()
+    fast.canary_min_samples = 6
+    fast.save()
+    progressive.save_plan(lane(), progressive.plan_from_yaml(PLAN + "require_shadow: true\n"), admin)
+    assert RolloutPlan.objects.get().describe().startswith("a passing shadow → 10 % for 5 jobs")
+    with pytest.raises(ControlError, match="needs a passing shadow of progressive-v2 first: .*has not shadowed"):
+        progressive.start(lane(), v2, admin)
+    shadow.start(lane(), v2, 100, admin)
+    make_pairs(make_user("casey"), [OK] * 3)
+    with pytest.raises(ControlError, match=r"too few finished pairs to judge \(3, need 6\)"):
+        progressive.start(lane(), v2, admin)
+    assert not Rollout.objects.exists() and lane().canary_version_id is None
+    make_pairs(make_user("cleo"), [OK] * 3, first_seed=200)
+    started = progressive.start(lane(), v2, admin)
+    assert started.state == Rollout.State.RUNNING and lane().canary_percent == 10
+    # The policy file carries the requirement and reads it back.
+    assert "require_shadow: true" in policy.export()
