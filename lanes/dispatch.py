@@ -36,12 +36,17 @@ def broker_priority(priority: str) -> int | None:
 BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
+def queue_for(job: Job) -> str:
+    """The queue a job's message goes to: its lane's, or, for a hosted engine's job (which waits on the
+    network, not a GPU), the hosted workers' queue."""
+    return settings.HOSTED_QUEUE if job.model_version.is_hosted else job.lane.queue
+
+
 def dispatch(job: Job) -> bool:
     """Send a committed job to its lane's queue; False (and `job.queueing_down` set) if the broker is down.
 
     The job stays queued in the database, and reconcile sends it once the broker is back."""
-    # A hosted engine's jobs wait on the network, not a GPU: they run on the hosted workers' queue.
-    queue = settings.HOSTED_QUEUE if job.model_version.is_hosted else job.lane.queue
+    queue = queue_for(job)
     try:
         current_app.send_task(
             "lanes.tasks.run_job", args=(job.pk,), queue=queue, priority=broker_priority(job.priority)

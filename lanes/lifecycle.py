@@ -28,7 +28,7 @@ from webhooks import outbox
 from . import adapters as lora
 from . import artifacts, engines, fairshare, hosted, rollout
 from .batching import refine_batcher
-from .dispatch import dispatch, queue_refine, release_deferred
+from .dispatch import dispatch, queue_for, queue_refine, release_deferred
 from .heartbeat import worker_ident
 from .models import Adapter, Artifact, CheckpointError, Job, Lane, ModelVersion, Worker
 from .preemption import JobStopped, Need, Preemptor
@@ -106,12 +106,23 @@ def _fail(job: Job, exc: BaseException) -> str:
     return "failed"
 
 
-def run(job_id: int) -> str:
+def run(job_id: int, delivered_to: str | None = None) -> str:
     """Run a job (a cascade's draft stage), or, with fair share, the waiting job of its lane and class
-    whose team's turn it is (lanes.fairshare). Safe to deliver twice: only a conditional claim runs it."""
+    whose team's turn it is (lanes.fairshare). Safe to deliver twice: only a conditional claim runs it.
+
+    `delivered_to` is the queue the message came from. A job moved to a version of the other kind while
+    it waited (a local checkpoint ↔ a hosted engine, when a canary stops or a lane rolls back) has its
+    message on the wrong queue: it is sent on to the right one, for a worker that can run it.
+    """
     job = Job.objects.select_related(*RELATED).filter(pk=job_id).first()
     if job is None:
         return "missing"
+    if delivered_to is not None and delivered_to != queue_for(job):
+        if job.state != Job.State.QUEUED:  # nor does it run another job's turn here: they have their own messages
+            return f"skipped: {job.state}"
+        dispatch(job)
+        log.info("job %s moved to queue %s (its version is now %s)", job.pk, queue_for(job), job.model_version.name)
+        return f"moved to {queue_for(job)}"
     fair = fairshare.enabled()
     if job.state != Job.State.QUEUED and not (fair and fairshare.in_turn(job)):
         return f"skipped: {job.state}"

@@ -11,9 +11,9 @@ from . import canary, dispatch, lifecycle, progressive, registry, retention, rev
 from .heartbeat import worker_ident
 
 
-@shared_task(name="lanes.tasks.run_job", acks_late=True, ignore_result=True)
-def run_job(job_id: int) -> str:
-    return lifecycle.run(job_id)
+@shared_task(name="lanes.tasks.run_job", acks_late=True, ignore_result=True, bind=True)
+def run_job(self, job_id: int) -> str:
+    return lifecycle.run(job_id, delivered_to=(self.request.delivery_info or {}).get("routing_key"))
 
 
 @shared_task(name="lanes.tasks.refine_job", acks_late=True, ignore_result=True)

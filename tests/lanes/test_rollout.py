@@ -12,7 +12,7 @@ from lanes.actions import submit_brief
 from lanes.changes import ConflictError, ControlError
 from lanes.demo import DEMO_CHECKPOINT
 from lanes.models import Artifact, AuditEvent, Job, Lane, LaneRelease, ModelVersion, Verification, hash_checkpoint
-from tests.conftest import make_user, running_worker, wait_for_job
+from tests.conftest import make_user, running_worker, wait_for_job, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -429,3 +429,26 @@ def test_a_canary_whose_weights_will_not_load_is_stopped_at_once_and_its_briefs_
     assert {"version.load-failed", "canary.auto-rollback", "lane.repin"} <= actions
     with pytest.raises(ControlError, match="failed validation"):
         rollout.start_canary(lane(), v2, 10, admin)  # cannot come back without a new validation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_moved_from_a_local_canary_to_a_hosted_engine_is_sent_on_to_the_hosted_queue(demo_lanes, creative, admin):
+    """Its message waits on the lane's GPU queue; the GPU worker that takes it must not run a hosted
+    engine's job (it has no API key): it sends the job on to the hosted workers' queue."""
+    from tests.conftest import waiting_tasks
+
+    hosted_lane = lane("hosted")
+    assert hosted_lane.active_version.is_hosted
+    local = ModelVersion.objects.get(name="demo-tiny-sd-v1")
+    rollout.start_canary(hosted_lane, local, 99, admin)
+    rollout.rng.seed(0)
+    job = submit_brief(creative, prompt="a canary poster", intent="hosted")
+    assert job.model_version == local
+    assert ("lanes.tasks.run_job", (job.pk,)) in waiting_tasks(hosted_lane.queue)
+    rollout.end_canary(lane("hosted"), admin)  # re-pinned to the hosted engine, its message still on the GPU queue
+    with running_worker(queues=[hosted_lane.queue]):
+        wait_until(lambda: ("lanes.tasks.run_job", (job.pk,)) in waiting_tasks(settings.HOSTED_QUEUE), 60,
+                   "the job's message on the hosted queue")  # fmt: skip
+    job.refresh_from_db()
+    assert job.state == Job.State.QUEUED and job.model_version == hosted_lane.active_version
+    assert ("lanes.tasks.run_job", (job.pk,)) not in waiting_tasks(hosted_lane.queue)
