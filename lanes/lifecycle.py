@@ -135,21 +135,28 @@ def run(job_id: int, delivered_to: str | None = None) -> str:
 
 def _run_in_turn(job: Job, fair: bool, slot: Slot) -> tuple[Job, str]:
     """Claim and run the job whose turn it is (the message's own job without fair share); the next in
-    turn if another worker claimed it first."""
+    turn if another worker claimed it first.
+
+    Every message must run a job while any is queued (each queued job has one message, and one that
+    ran in another's turn leaves its own message to run the next): when every job in turn was claimed
+    elsewhere meanwhile, the turn is read again. Each lost claim is a job another worker took, so this
+    ends when the queue is empty or a claim succeeds.
+    """
     if not fair:
         return job, _run_claimed(job, slot)
     job.refresh_from_db(fields=["state"])
     outcome = f"skipped: {job.state}"
-    for pk in fairshare.in_turn(job):
-        chosen = job if pk == job.pk else Job.objects.select_related(*RELATED).filter(pk=pk).first()
-        if chosen is None:
-            continue
-        slot.info = Need.of(chosen)  # what a job preempting for this slot would weigh against
-        outcome = _run_claimed(chosen, slot)
-        if outcome != CLAIMED_ELSEWHERE:
-            if chosen is not job:
-                log.info("job %s ran in the turn of job %s (fair share)", chosen.pk, job.pk)
-            return chosen, outcome
+    while turn := fairshare.in_turn(job):
+        for pk in turn:
+            chosen = job if pk == job.pk else Job.objects.select_related(*RELATED).filter(pk=pk).first()
+            if chosen is None:
+                continue
+            slot.info = Need.of(chosen)  # what a job preempting for this slot would weigh against
+            outcome = _run_claimed(chosen, slot)
+            if outcome != CLAIMED_ELSEWHERE:
+                if chosen is not job:
+                    log.info("job %s ran in the turn of job %s (fair share)", chosen.pk, job.pk)
+                return chosen, outcome
     return job, outcome
 
 
