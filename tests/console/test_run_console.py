@@ -29,8 +29,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def copy_until_closed(fd: int, path: Path) -> None:
-    with path.open("wb") as out:
+def copy_until_closed(fd: int, out) -> None:
+    with out:
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -61,7 +61,8 @@ def test_ctrl_c_on_make_run_stops_everything_valkey_last_and_exits_0(tmp_path):
         preexec_fn=controlling_terminal,
     )  # fmt: skip
     os.close(slave)
-    reader = threading.Thread(target=copy_until_closed, args=(master, log), daemon=True)
+    # Opened here, not in the thread: the loop below reads it at once.
+    reader = threading.Thread(target=copy_until_closed, args=(master, log.open("wb")), daemon=True)
     reader.start()
     try:
         deadline = time.monotonic() + 240
