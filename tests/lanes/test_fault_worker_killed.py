@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_finished_once(demo_lanes):
-    Lane.objects.filter(name="fast-draft").update(max_steps=60)
+    Lane.objects.filter(name="fast-draft").update(max_steps=300)
     env = {
         **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
         "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
@@ -34,7 +34,9 @@ def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_fin
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        job = submit_brief(make_user("casey"), prompt="a long render", intent="draft", steps=60)
+        # 300 steps: long enough (seconds, even on an idle machine) to be seen running with its progress
+        # stored (at most every PROGRESS_DB_EVERY_SECONDS) before it is killed.
+        job = submit_brief(make_user("casey"), prompt="a long render", intent="draft", steps=300)
         running = wait_until(
             lambda: Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, progress_step__gte=2).first(),
             timeout=90, what="the job running on the GPU worker",
@@ -56,7 +58,7 @@ def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_fin
         window = settings.WORKER_HEARTBEAT_SECONDS * settings.WORKER_LOST_AFTER_BEATS
         assert time.monotonic() - killed_at < window + 10
         with running_worker():
-            done = wait_for_job(job.pk, timeout=90)
+            done = wait_for_job(job.pk, timeout=240)
         assert done.state == Job.State.SUCCEEDED and done.attempts == 2 and done.lost_workers == 1
         assert Artifact.objects.filter(job=done).count() == 1
     finally:
@@ -65,7 +67,7 @@ def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_fin
 
 
 def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_equals_its_seed(demo_lanes):
-    Lane.objects.filter(name="fast-draft").update(max_steps=60, max_concurrency=1)
+    Lane.objects.filter(name="fast-draft").update(max_steps=300, max_concurrency=1)
     env = {
         **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
         "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
@@ -76,7 +78,7 @@ def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_eq
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     casey = make_user("casey")
-    brief = dict(prompt="paused when its worker dies", intent="draft", seed=99, steps=60)
+    brief = dict(prompt="paused when its worker dies", intent="draft", seed=99, steps=300)  # seconds, when idle
     try:
         background = submit_brief(casey, **brief, priority="background")
         wait_until(
@@ -101,9 +103,9 @@ def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_eq
 
             wait_until(requeued, timeout=30, what="the paused job requeued")
         with running_worker():
-            done = wait_for_job(background.pk, timeout=90)
-            assert wait_for_job(critical.pk, timeout=90).state == Job.State.SUCCEEDED
-            alone = wait_for_job(submit_brief(casey, **brief, priority="background").pk, timeout=90)
+            done = wait_for_job(background.pk, timeout=240)
+            assert wait_for_job(critical.pk, timeout=240).state == Job.State.SUCCEEDED
+            alone = wait_for_job(submit_brief(casey, **brief, priority="background").pk, timeout=240)
         assert done.state == Job.State.SUCCEEDED and done.attempts == 2 and done.lost_workers == 1
         # Rendered again from step 0 after the requeue: the same image as the seed's uninterrupted run.
         assert done.artifacts.get().sha256 == alone.artifacts.get().sha256
