@@ -256,15 +256,19 @@ def lane_adapter_unlink(request, name: str, adapter_id: int):
     return _done(request, lane, f"Lane {lane.name} no longer applies {adapter.name}.")
 
 
-def _revision_action(request, name: str, action, message: str):
-    lane = get_lane_for_user(request, name, deploy=True)
+def _revision_action(request, name: str, action, message: str, deploy: bool = True):
+    """A lane change that takes only the page's revision: `action(lane, by, revision)` returns the
+    changed lane (or its rollout, for the rollout controls)."""
+    lane = get_lane_for_user(request, name, deploy=deploy)
     form = RevisionForm(request.POST)
     if not form.is_valid():
         return _invalid(request, lane, form)
     try:
-        lane = action(lane, request.user, form.cleaned_data["revision"])
+        changed = action(lane, request.user, form.cleaned_data["revision"])
     except ControlError as exc:
         return _refused(request, lane, exc)
+    if isinstance(changed, Lane):
+        lane = changed
     return _done(request, lane, message.format(lane=lane))
 
 
@@ -319,15 +323,7 @@ def lane_rollout_start(request, name: str):
 
 
 def _rollout_action(request, name: str, action, message: str):
-    lane = get_lane_for_user(request, name)
-    form = RevisionForm(request.POST)
-    if not form.is_valid():
-        return _invalid(request, lane, form)
-    try:
-        action(lane, request.user, form.cleaned_data["revision"])
-    except ControlError as exc:
-        return _refused(request, lane, exc)
-    return _done(request, lane, message.format(lane=lane))
+    return _revision_action(request, name, action, message, deploy=False)  # ops may steer a rollout
 
 
 @ops_required

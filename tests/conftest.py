@@ -2,6 +2,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -71,6 +72,30 @@ def creative(django_user_model):
 @pytest.fixture
 def other_creative(django_user_model):
     return django_user_model.objects.create_user("robin", password="robin-password-1")
+
+
+def copy_checkpoint(name: str) -> str:
+    """The demo checkpoint copied to MODELS_ROOT/name; returns its location."""
+    import shutil
+
+    from lanes.demo import DEMO_CHECKPOINT
+
+    source = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
+    target = Path(settings.MODELS_ROOT) / name
+    shutil.rmtree(target, ignore_errors=True)  # MODELS_ROOT outlives a test run: start from a clean copy
+    shutil.copytree(source, target)
+    return name
+
+
+def validated_copy(name: str):
+    """A validated version on a fresh copy of the demo weights: it renders what the demo version renders."""
+    from lanes.models import ModelVersion, hash_checkpoint
+
+    location = copy_checkpoint(name)
+    return ModelVersion.objects.create(
+        name=name, location=location, content_hash=hash_checkpoint(Path(settings.MODELS_ROOT) / location),
+        status=ModelVersion.Status.VALIDATED,
+    )  # fmt: skip
 
 
 def make_user(username: str, role: str = "creative", team=None):

@@ -4,7 +4,6 @@ Jobs the analysis reads are created as finished rows (the analysis reads rows, h
 there); the hash guard test runs a real worker that loads (refuses to load) real checkpoint files.
 """
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from lanes import canary as canary_judge
 from lanes import policy, progressive, rollout
 from lanes.actions import submit_brief
 from lanes.changes import ConflictError, ControlError
-from lanes.demo import DEMO_CHECKPOINT
 from lanes.models import (
     Artifact,
     AuditEvent,
@@ -27,9 +25,8 @@ from lanes.models import (
     Rollout,
     RolloutPlan,
     Verification,
-    hash_checkpoint,
 )
-from tests.conftest import make_user, running_worker, wait_for_job
+from tests.conftest import make_user, running_worker, validated_copy, wait_for_job
 from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
@@ -53,23 +50,9 @@ def ops(db):
     return make_user("otto", "ops")
 
 
-def copy_checkpoint(name: str) -> str:
-    source = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
-    target = Path(settings.MODELS_ROOT) / name
-    shutil.rmtree(target, ignore_errors=True)  # MODELS_ROOT outlives a test run: start from a clean copy
-    shutil.copytree(source, target)
-    return name
-
-
 @pytest.fixture
 def v2(demo_lanes):
-    location = copy_checkpoint("progressive-v2")
-    return ModelVersion.objects.create(
-        name="progressive-v2",
-        location=location,
-        content_hash=hash_checkpoint(Path(settings.MODELS_ROOT) / location),
-        status=ModelVersion.Status.VALIDATED,
-    )
+    return validated_copy("progressive-v2")
 
 
 def lane(name="fast-draft") -> Lane:

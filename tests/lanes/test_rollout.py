@@ -1,4 +1,3 @@
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from lanes.actions import submit_brief
 from lanes.changes import ConflictError, ControlError
 from lanes.demo import DEMO_CHECKPOINT
 from lanes.models import Artifact, AuditEvent, Job, Lane, LaneRelease, ModelVersion, Verification, hash_checkpoint
-from tests.conftest import make_user, running_worker, wait_for_job, wait_until
+from tests.conftest import copy_checkpoint, make_user, running_worker, validated_copy, wait_for_job, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -22,23 +21,9 @@ def admin(db):
     return make_user("ada", "admin")
 
 
-def copy_checkpoint(name: str) -> str:
-    source = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
-    target = Path(settings.MODELS_ROOT) / name
-    shutil.rmtree(target, ignore_errors=True)  # MODELS_ROOT outlives a test run: start from a clean copy
-    shutil.copytree(source, target)
-    return name
-
-
 @pytest.fixture
 def v2(demo_lanes):
-    location = copy_checkpoint("rollout-v2")
-    return ModelVersion.objects.create(
-        name="rollout-v2",
-        location=location,
-        content_hash=hash_checkpoint(Path(settings.MODELS_ROOT) / location),
-        status=ModelVersion.Status.VALIDATED,
-    )
+    return validated_copy("rollout-v2")
 
 
 def lane(name="fast-draft") -> Lane:

@@ -1,7 +1,6 @@
 """Shadow renders (lanes/shadow.py): sampling a lane's finished briefs onto a shadow version, hidden from
 their creatives, deferred under load, stopped with its waiting work cancelled; and what cannot shadow."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,11 @@ from experiments import shadow as comparison
 from lanes import shadow
 from lanes.actions import submit_brief
 from lanes.changes import ConflictError
-from lanes.demo import DEMO_CHECKPOINT
-from lanes.models import AuditEvent, Job, Lane, ModelVersion, Priority, Shadow, Verification, hash_checkpoint
-from tests.conftest import make_user, running_worker, wait_for_job, wait_until
+from lanes.models import AuditEvent, Job, Lane, ModelVersion, Priority, Shadow, Verification
+from tests.conftest import make_user, running_worker, validated_copy, wait_for_job, wait_until
 from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
-
-
-def copy_checkpoint(name: str) -> str:
-    source = Path(settings.MODELS_ROOT) / DEMO_CHECKPOINT
-    target = Path(settings.MODELS_ROOT) / name
-    shutil.rmtree(target, ignore_errors=True)  # MODELS_ROOT outlives a test run: start from a clean copy
-    shutil.copytree(source, target)
-    return name
 
 
 @pytest.fixture
@@ -47,13 +37,7 @@ def maker(team):
 @pytest.fixture
 def v2(demo_lanes):
     """The demo weights copied under another name: a validated version that renders what production renders."""
-    location = copy_checkpoint("shadow-v2")
-    return ModelVersion.objects.create(
-        name="shadow-v2",
-        location=location,
-        content_hash=hash_checkpoint(Path(settings.MODELS_ROOT) / location),
-        status=ModelVersion.Status.VALIDATED,
-    )
+    return validated_copy("shadow-v2")
 
 
 def draft_lane() -> Lane:
