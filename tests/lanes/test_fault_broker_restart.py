@@ -92,11 +92,19 @@ def test_a_gpu_worker_rides_out_five_broker_restarts_and_every_job_finishes_once
                 ]
                 jobs += round_
 
-                def one_running(round_=round_):  # taken after the last restart: the worker reconnected
+                def reconnected_and_running(round_=round_, restart=restart):
+                    # Connected again since the last restart (its log says so once per connection) and
+                    # working: a restart while it is still reconnecting would be one outage, not two. (With
+                    # fair share a job may run in another message's turn, so a running job alone does not
+                    # prove the worker took a message after the restart.)
                     tick()
-                    return Job.objects.filter(pk__in=[j.pk for j in round_], state=Job.State.RUNNING).exists()
+                    connected = log.read_text().count("Connected to redis") >= restart + 1
+                    running = Job.objects.filter(pk__in=[j.pk for j in round_], state=Job.State.RUNNING).exists()
+                    return connected and running
 
-                wait_until(one_running, timeout=120, what=f"a job of round {restart + 1} running")
+                wait_until(
+                    reconnected_and_running, timeout=120, what=f"reconnected, a job of round {restart + 1} running"
+                )
                 broker.stop()
                 time.sleep(1.5)
                 broker.start()
