@@ -83,7 +83,11 @@ def test_a_job_waiting_for_a_cold_model_reads_loading_model_live(
     text = page.locator("[data-progress-text]")
     try:
         with running_worker():
-            expect(text).to_have_text("loading model…", timeout=30_000)
+            try:  # the load is held until the page shows it: waiting longer costs nothing when it works
+                expect(text).to_have_text("loading model…", timeout=90_000)
+            except AssertionError as exc:  # did the page miss the event, or did the worker not get this far?
+                job.refresh_from_db()
+                raise AssertionError(f"job {job.state} / {job.stage} in the database") from exc
             release.set()
             expect(page.locator(f"#job-detail-{job.pk} [data-state]")).to_have_text("succeeded", timeout=60_000)
     finally:

@@ -22,17 +22,22 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_finished_once(demo_lanes):
-    Lane.objects.filter(name="fast-draft").update(max_steps=300)
+def start_gpu_worker() -> subprocess.Popen:
+    """A real `manage.py gpu_worker` process on fast-draft, on this test's database and broker."""
     env = {
         **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
         "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
     }  # fmt: skip
-    gpu = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--no-control", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_finished_once(demo_lanes):
+    Lane.objects.filter(name="fast-draft").update(max_steps=300)
+    gpu = start_gpu_worker()
     try:
         # 300 steps: long enough (seconds, even on an idle machine) to be seen running with its progress
         # stored (at most every PROGRESS_DB_EVERY_SECONDS) before it is killed.
@@ -68,15 +73,7 @@ def test_a_job_on_a_killed_gpu_worker_is_requeued_without_any_gpu_worker_and_fin
 
 def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_equals_its_seed(demo_lanes):
     Lane.objects.filter(name="fast-draft").update(max_steps=300, max_concurrency=1)
-    env = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "LANEWAY_USE_TEST_DATABASE": "1",
-        "REDIS_URL": settings.REDIS_URL, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-    }  # fmt: skip
-    gpu = subprocess.Popen(
-        [sys.executable, "manage.py", "gpu_worker", "--lanes", "fast-draft", "--no-control", "--loglevel", "WARNING"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    gpu = start_gpu_worker()
     casey = make_user("casey")
     brief = dict(prompt="paused when its worker dies", intent="draft", seed=99, steps=300)  # seconds, when idle
     try:
