@@ -328,7 +328,7 @@ def abort(lane: Lane, by, expected_revision: int | None = None, reason: str = ""
 def _advance(lane: Lane, current: Rollout, by, why: str) -> Rollout:
     """In the caller's transaction with the lane locked: the next step's share, or the promotion."""
     if current.is_last_step:
-        promote(lane, by)  # ends the rollout as promoted (rollout.end_rollout)
+        promote(lane, by, reason=f"every step passed; promoted by the plan ({why})")  # ends the rollout
         current.refresh_from_db()
         return current
     current.step += 1

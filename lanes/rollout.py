@@ -206,8 +206,10 @@ def start_canary(lane: Lane, version: ModelVersion, percent: int, by, expected_r
     return lane
 
 
-def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
-    """The canary becomes the active version for every new job."""
+def promote(
+    lane: Lane, by, expected_revision: int | None = None, *, reason: str = "the canary was promoted by hand"
+) -> Lane:
+    """The canary becomes the active version for every new job (ending its rollout, if any, for `reason`)."""
     with transaction.atomic():
         lane = locked_lane(lane, expected_revision)
         canary = lane.canary_version
@@ -216,7 +218,7 @@ def promote(lane: Lane, by, expected_revision: int | None = None) -> Lane:
         _check_deployable(canary)
         before = _versions_state(lane)
         old = _switch_active(lane, canary, by, "promoted from canary", LaneRelease.Outcome.SUPERSEDED)
-        end_rollout(lane, Rollout.State.PROMOTED, by, "the canary was promoted by hand")
+        end_rollout(lane, Rollout.State.PROMOTED, by, reason)
         record_change(
             lane, ["active_version", *lane.clear_canary()], by, "canary.promote", version=canary,
             before=before, after=_versions_state(lane),

@@ -239,6 +239,7 @@ def test_a_passing_step_advances_and_after_the_last_the_version_is_promoted(plan
     assert after.active_version == planned and after.canary_version is None
     done = Rollout.objects.get(lane=after)
     assert done.state == Rollout.State.PROMOTED and done.ended_at is not None
+    assert done.reason.startswith("every step passed; promoted by the plan")
     actions = list(
         AuditEvent.objects.filter(lane=after, action__startswith="rollout.").values_list("action", flat=True)
     )
