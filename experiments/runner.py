@@ -1,8 +1,9 @@
 """Running an experiment: its cells become background jobs through admission, a few at a time.
 
 A pump keeps at most EXPERIMENT_MAX_OUTSTANDING jobs of an experiment unfinished; it runs
-when the experiment starts or resumes, when one of its jobs finishes (the experiments app
-listens for lanes' job_finished signal), and from beat.
+when the experiment starts or resumes, when one of its jobs finishes or its text check ends (the
+experiments app listens for lanes' job_finished and verification_finished signals), and from beat.
+It is finished when every cell has run and every text check is in.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from accounts.access import team_of
 from lanes.actions import BriefRejected, cancel_job, submit_brief
-from lanes.models import AuditEvent, Job, Priority
+from lanes.models import AuditEvent, Job, Priority, Verification
 from webhooks import outbox
 
 from .definition import OVERRIDES, Definition
@@ -80,7 +81,13 @@ def pump(experiment_id: int) -> int:
                 return submitted
             ExperimentCell.objects.filter(pk=cell.pk).update(job=job)
             submitted += 1
-        if not submitted and outstanding == 0 and not cells.filter(job__isnull=True).exists():
+        # Finished once every cell has run and every text check of its images is in (the summary's pass
+        # rates and edit distances count them).
+        checking = Verification.objects.filter(
+            job__experiment_cell__experiment=experiment,
+            status__in=(Verification.Status.PENDING, Verification.Status.RUNNING),
+        )
+        if not submitted and outstanding == 0 and not cells.filter(job__isnull=True).exists() and not checking.exists():
             if Experiment.objects.filter(pk=experiment.pk, state=Experiment.State.RUNNING).update(
                 state=Experiment.State.FINISHED, finished_at=timezone.now()
             ):
@@ -132,6 +139,11 @@ def pump_running() -> int:
 
 def on_job_finished(sender, job: Job, **kwargs) -> None:
     """A finished job of an experiment makes room for its next cell."""
-    experiment_id = ExperimentCell.objects.filter(job_id=job.pk).values_list("experiment_id", flat=True).first()
+    on_verification_finished(sender, job.pk)
+
+
+def on_verification_finished(sender, job_id: int, **kwargs) -> None:
+    """A finished job, or the end of its text check, may finish its experiment."""
+    experiment_id = ExperimentCell.objects.filter(job_id=job_id).values_list("experiment_id", flat=True).first()
     if experiment_id is not None:
         pump(experiment_id)

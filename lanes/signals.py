@@ -29,6 +29,20 @@ def announce_finished(job) -> None:
     transaction.on_commit(send)
 
 
+# Sent after commit when a job's text check ends (passed, flagged, error): receivers get `job_id`.
+# An experiment is finished only once its jobs' checks are in, so it listens for these too.
+verification_finished = Signal()
+
+
+def announce_verified(job_id: int) -> None:
+    def send() -> None:
+        for receiver, error in verification_finished.send_robust(sender=None, job_id=job_id):
+            if isinstance(error, Exception):
+                log.error("verification_finished receiver %r failed for job %s", receiver, job_id, exc_info=error)
+
+    transaction.on_commit(send)
+
+
 # Sent (synchronously, not robustly) before retention prunes artifacts: each receiver returns a
 # queryset of job ids (`.values("job_id")`, never holding NULL) whose images must be kept. Experiments
 # keep their cells' jobs this way. A receiver that raises stops the pruning: nothing is deleted.

@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.access import visible_rows
 from webhooks import outbox
 
+from ..signals import announce_verified
 from .fleet import Lane, ModelVersion
 from .jobs import Artifact, Job
 
@@ -89,6 +90,7 @@ class Verification(models.Model):
                 self.status, self.reason, self.details, self.ocr_ms = status, reason[:300], details or {}, ocr_ms
                 if status == self.Status.FLAGGED:
                     outbox.emit("verification.flagged", self.webhook_data(), self.job.team_id)
+                announce_verified(self.job_id)
         return bool(done)
 
     def decide(self, decision: str, by) -> bool:

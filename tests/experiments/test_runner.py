@@ -5,7 +5,7 @@ from experiments import results, runner
 from experiments.definition import ExperimentError
 from experiments.models import Experiment, ExperimentCell
 from lanes.actions import submit_brief
-from lanes.models import Job, Lane, ModelVersion, Priority
+from lanes.models import Artifact, Job, Lane, ModelVersion, Priority, Verification
 from tests.conftest import make_user, running_worker, wait_until
 
 pytestmark = pytest.mark.django_db
@@ -109,6 +109,29 @@ def test_experiment_jobs_are_background_work_deferred_under_saturation(demo_lane
     jobs = list(Job.objects.filter(experiment_cell__experiment=experiment))
     assert jobs and all(j.priority == Priority.BACKGROUND and j.state == Job.State.DEFERRED for j in jobs)
     assert all("background work waits" in j.admission_reason for j in jobs)
+
+
+def test_an_experiment_is_finished_only_once_its_images_text_checks_are_in(
+    demo_lanes, admin, settings, django_capture_on_commit_callbacks
+):
+    """Its summary counts every check: finished earlier, a pass rate could read n=7 of 8."""
+    settings.ADMISSION_CONTROL = False
+    settings.EXPERIMENT_MAX_OUTSTANDING = 12
+    experiment = runner.create(admin, definitions.parse(TWO_ARMS))
+    runner.pump(experiment.pk)
+    jobs = Job.objects.filter(experiment_cell__experiment=experiment)
+    assert jobs.count() == 12
+    jobs.update(state=Job.State.SUCCEEDED)
+    job = jobs.filter(expected_text="GRAND OPENING").first()
+    artifact = Artifact.objects.create(job=job, path="x.png", width=64, height=64, sha256="0" * 64, size_bytes=1)
+    check = Verification.objects.create(job=job, artifact=artifact, expected=["GRAND OPENING"])
+    assert runner.pump(experiment.pk) == 0
+    assert Experiment.objects.get(pk=experiment.pk).state == Experiment.State.RUNNING  # the check is pending
+    Verification.objects.filter(pk=check.pk).update(status=Verification.Status.RUNNING)
+    check.status = Verification.Status.RUNNING
+    with django_capture_on_commit_callbacks(execute=True):  # the end of the check pumps the experiment
+        assert check.finish(Verification.Status.PASSED, "found")
+    assert Experiment.objects.get(pk=experiment.pk).state == Experiment.State.FINISHED
 
 
 def test_pause_resume_and_cancel(demo_lanes, admin, settings):
