@@ -6,8 +6,8 @@ Roles and row scoping come from accounts.access; here they meet the objects the 
 from django.shortcuts import get_object_or_404
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from accounts.access import require_role
-from accounts.models import Role
+from accounts.access import has_role, require_role, team_of
+from accounts.models import Role, Team
 from experiments.models import Experiment
 from lanes.models import Job, Lane, ModelVersion, Verification, Worker
 from webhooks.models import Delivery, Endpoint
@@ -57,6 +57,12 @@ def get_experiment_for_user(request, name: str, manage: bool = False):
     if manage:
         require_role(request.user, Role.ADMIN, "Experiments are run by admins.")
     return get_object_or_404(Experiment.objects.visible_to(request.user).select_related("created_by"), name=name)
+
+
+def get_team_for_user(request, name: str) -> Team:
+    """A team whose usage the user may read: their own, or any for ops and admins; 404 for another team's."""
+    teams = Team.objects.all() if has_role(request.user, Role.OPS) else Team.objects.filter(pk=team_of(request.user))
+    return get_object_or_404(teams, name=name)
 
 
 def get_endpoint_for_user(request, endpoint_id: int) -> Endpoint:

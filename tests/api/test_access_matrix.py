@@ -27,6 +27,7 @@ MATRIX = {
     ("GET", "/experiments"): "creative",
     ("GET", "/experiments/{name}"): "creative",
     ("GET", "/experiments/{name}/results"): "creative",
+    ("GET", "/teams/{name}/usage"): "creative",
     ("GET", "/lanes"): "ops",
     ("GET", "/lanes/{name}"): "ops",
     ("POST", "/lanes/{name}/mode"): "ops",
@@ -107,7 +108,7 @@ def world(demo_lanes, users, media_root, settings):
     endpoint = Endpoint.objects.create(team=job.team, url="https://hooks.example.com/in", events=["job.succeeded"])
     delivery = Delivery.objects.create(endpoint=endpoint, event="job.succeeded", payload={}, max_attempts=1)
     return {
-        "endpoint_id": endpoint.pk, "delivery_id": delivery.pk,
+        "endpoint_id": endpoint.pk, "delivery_id": delivery.pk, "team": job.team.name,
         "job_id": job.pk, "stage": "final", "verification_id": verification.pk, "action": "approve",
         "name": "fast-draft", "experiment": experiment.name, "version": ModelVersion.objects.first().name,
     }  # fmt: skip
@@ -116,6 +117,8 @@ def world(demo_lanes, users, media_root, settings):
 def fill(path: str, values: dict) -> str:
     if path.startswith("/experiments/"):
         values = {**values, "name": values["experiment"], "action": "pause"}
+    elif path.startswith("/teams/"):
+        values = {**values, "name": values["team"]}
     elif path.startswith("/versions/"):
         values = {**values, "name": values["version"]}
     elif path.startswith("/lanes/") and "{action}" in path:
