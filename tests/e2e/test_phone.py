@@ -8,7 +8,7 @@ from accounts.models import ApiToken, Team
 from experiments import definition as definitions
 from experiments import runner
 from lanes import control
-from lanes.models import Artifact, Lane, ModelVersion, Verification
+from lanes.models import Artifact, Lane, ModelVersion, TeamQuota, Verification
 from lanes.typeset import render
 from tests.conftest import make_user
 from tests.lanes.finished import finished_job
@@ -28,7 +28,8 @@ SCORES = {
 
 def seed_world(media_root):
     """One of everything a page lists: jobs with images, a flag, an experiment, a version, audit
-    entries, a webhook with a delivery, API tokens — with long names where users type them."""
+    entries, a webhook with a delivery, API tokens, a team quota with every limit (its usage on the
+    home page and the Teams page) and a team without one — with long names where users type them."""
     team = Team.objects.create(name="studio")
     users = {
         role: make_user(name, role, team) for role, name in (("creative", "casey"), ("ops", "olive"), ("admin", "ada"))
@@ -65,6 +66,13 @@ def seed_world(media_root):
     for user in users.values():
         ApiToken.issue(user, "the build server that posts briefs overnight")
     version = ModelVersion.objects.get(name="demo-tiny-sd-v1")
+    # Last: the quota denies a lane the jobs above ran on.
+    quota = TeamQuota.objects.create(
+        team=team, weight=2.0, max_concurrent_soft=4, max_concurrent_hard=8, gpu_seconds_day_soft=36_000,
+        gpu_seconds_day_hard=72_000, spend_month_soft=1_500.0, spend_month_hard=2_500.0,
+    )  # fmt: skip
+    quota.denied_lanes.set([Lane.objects.get(name="final-render")])
+    Team.objects.create(name="the seasonal campaigns team for the northern region")
     return {
         "job": flagged.pk,
         "experiment": experiment.name,
@@ -95,6 +103,7 @@ def pages_for(role: str, ids: dict) -> list[str]:
             reverse("webhook-new"),
             reverse("webhook-detail", args=[ids["endpoint"]]),
             reverse("audit"),
+            reverse("team-list"),
         ]
     if role == "admin":
         pages += [
