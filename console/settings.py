@@ -370,6 +370,9 @@ GPU_MEMORY_BUDGET_MB = envint("GPU_MEMORY_BUDGET_MB", 0, 0)
 PREEMPTION = envbool("PREEMPTION", True)
 PREEMPT_MAX_PAUSES = envint("PREEMPT_MAX_PAUSES", 3, 0)
 PREEMPT_MAX_PAUSED_SECONDS = envfloat("PREEMPT_MAX_PAUSED_SECONDS", 30.0, 0.0)
+# A running job also stands still (keeping its slot) while a higher class renders on its GPU, within the
+# same PREEMPT_MAX_PAUSED_SECONDS: two renders on one device share its compute.
+PREEMPT_STAND_ASIDE = envbool("PREEMPT_STAND_ASIDE", True)
 
 # Telemetry: sampling period of each worker, how long samples are kept, who may scrape /metrics.
 TELEMETRY_SAMPLE_SECONDS = envfloat("TELEMETRY_SAMPLE_SECONDS", 1.0, 0.05)

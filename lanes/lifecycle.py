@@ -184,7 +184,7 @@ def _run_claimed(job: Job, slot: Slot) -> str:
 
     for attempt in (1, 2):
         try:
-            with use_engine(job.model_version, width=width, height=height, job=job) as engine:
+            with use_engine(job.model_version, width=width, height=height, job=job) as engine, preemptor.rendering():
                 result = engine.run(
                     prompt=job.prompt,
                     seed=job.seed,

@@ -26,9 +26,19 @@ second it reads its row: cancelled, or requeued by reconcile, it stops (`JobStop
 pipeline call, which frees its memory). A worker killed while a job is paused loses the paused state
 with the process; reconcile requeues the job like any running one and it renders again from step 0.
 
+Standing aside. A running job that nobody waits for may still share its GPU with a higher class's
+render (another lane's, or a critical job in the slot kept for critical work): two pipeline calls on
+one device share its compute, so each takes up to twice as long. While a job of a higher class
+renders on this worker (`Preemptor.rendering` marks its pipeline call: model loaded, memory
+reserved), a lower-class job stands still at its step boundary, keeping its slot and its memory, and
+goes on when no higher class renders (`slots.stand_aside`). It shows as paused like any other pause
+and counts against the same time limit. A job waiting for memory or a model load is not rendering,
+so nobody stands aside for it and a job standing aside never holds up the job it stands aside for.
+
 Limits (settings): a job paused PREEMPT_MAX_PAUSES times, or for PREEMPT_MAX_PAUSED_SECONDS in all,
 is not paused again, and a pause that reaches the time limit takes the next slot that frees, ahead
-of everyone. PREEMPTION=false turns it off; a lane opts out with `preemptible: false`.
+of everyone. PREEMPTION=false turns both off, PREEMPT_STAND_ASIDE=false only standing aside; a lane
+opts out with `preemptible: false`.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -44,9 +56,12 @@ from telemetry import push
 
 from . import engines
 from .models import CheckpointError, Job, Lane, ModelVersion
-from .slots import Slot, slots
+from .slots import RANK, Slot, slots
 
 log = logging.getLogger(__name__)
+
+
+PRIORITY_OF = {rank: priority for priority, rank in RANK.items()}
 
 
 class JobStopped(Exception):
@@ -88,42 +103,60 @@ class Preemptor:
         self.paused_seconds = 0.0
 
     def __call__(self, step: int) -> None:
-        if step >= self.job.steps or not self._may_pause():
+        if step >= self.job.steps:
             return  # after the last step only the decode is left: nothing to gain
-        waiter = slots.outranking(self.slot)
-        if waiter is None or not isinstance(waiter.info, Need):
+        if not settings.PREEMPTION or self.paused_seconds >= settings.PREEMPT_MAX_PAUSED_SECONDS:
             return
-        need: Need = waiter.info
-        if need.version.pk == self.own.version.pk and need.adapters != self.own.adapters:
-            return
-        if not Lane.objects.filter(pk=self.job.lane_id, preemptible=True).exists() or not need.fits():
-            return
-        self.pause(need.priority, step)
+        if self.pauses < settings.PREEMPT_MAX_PAUSES and (waiter := slots.outranking(self.slot)) is not None:
+            if not isinstance(waiter.info, Need):
+                return
+            need: Need = waiter.info
+            if need.version.pk == self.own.version.pk and need.adapters != self.own.adapters:
+                return
+            if not self._preemptible() or not need.fits():
+                return
+            self.pause(need.priority, step)
+        elif settings.PREEMPT_STAND_ASIDE and (above := slots.rendering_above(self.slot)) is not None:
+            if self._preemptible():
+                self.stand_aside(PRIORITY_OF[above], step)
 
-    def _may_pause(self) -> bool:
-        return (
-            settings.PREEMPTION
-            and self.pauses < settings.PREEMPT_MAX_PAUSES
-            and self.paused_seconds < settings.PREEMPT_MAX_PAUSED_SECONDS
-        )
+    def _preemptible(self) -> bool:
+        return Lane.objects.filter(pk=self.job.lane_id, preemptible=True).exists()
+
+    @contextmanager
+    def rendering(self) -> Iterator[None]:
+        """Around the job's pipeline call: while it runs, lower classes on this GPU stand aside for it."""
+        slots.rendering(self.slot, True)
+        try:
+            yield
+        finally:
+            slots.rendering(self.slot, False)
 
     def pause(self, for_priority: str, step: int) -> None:
+        """Hand the slot to the waiting job and wait for one again."""
+        self._hold(for_priority, step, "paused", lambda check, until: slots.pause(self.slot, check, until))
+        self.pauses += 1
+
+    def stand_aside(self, for_priority: str, step: int) -> None:
+        """Keep the slot, and wait while a higher class renders on this GPU."""
+        self._hold(for_priority, step, "stood aside", lambda check, until: slots.stand_aside(self.slot, check, until))
+
+    def _hold(self, for_priority: str, step: int, verb: str, wait: Callable[[Callable[[], None], float], None]) -> None:
         job = self.job
         if not job.mark_paused(for_priority):
             raise JobStopped(f"Job {job.pk} is no longer running on this worker.")
         push.job_state(job)
-        log.info("job %s paused at step %s for a %s job", job.pk, step, for_priority)
+        log.info("job %s %s at step %s for a %s job", job.pk, verb, step, for_priority)
         started = time.monotonic()
-        first_after = started + settings.PREEMPT_MAX_PAUSED_SECONDS - self.paused_seconds
+        until = started + settings.PREEMPT_MAX_PAUSED_SECONDS - self.paused_seconds
 
         def check() -> None:
             if not job.still_paused():
                 raise JobStopped(f"Job {job.pk} was cancelled or requeued while paused.")
 
         try:
-            slots.pause(self.slot, check, first_after)
+            wait(check, until)
         finally:
-            self.pauses += 1
             self.paused_seconds += time.monotonic() - started
         if not job.mark_resumed():
             raise JobStopped(f"Job {job.pk} was cancelled or requeued while paused.")

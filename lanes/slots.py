@@ -8,7 +8,9 @@ or more slots one is kept for critical work, so a critical job that reaches this
 starts without waiting for a standard or background job to finish.
 
 A running job may hand its slot back at a step boundary (`pause`, see lanes.preemption) and
-wait for one again, ahead of the jobs of its class that arrived after it.
+wait for one again, ahead of the jobs of its class that arrived after it. It may also keep its slot
+and only stand still while a job of a higher class renders on this GPU (`stand_aside`): the two
+would otherwise share the device's compute, and the higher class's run would take up to twice as long.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Slot:
     ticket: tuple[int, int]  # (rank, arrival): lower is served first
     info: Any = None  # what the job needs, for whoever decides to preempt for it (lanes.preemption)
     held: bool = False
+    rendering: bool = False  # its job's pipeline runs (memory reserved, model loaded): see `rendering`
+    cls: int = 1  # the job's class rank; unlike the ticket's, never FIRST
 
     @property
     def rank(self) -> int:
@@ -52,6 +56,7 @@ class LaneSlots:
         self._running: dict[int, int] = defaultdict(int)
         self._waiting: dict[int, list[tuple[int, int]]] = defaultdict(list)
         self._slots: dict[tuple[int, int], Slot] = {}
+        self._held: set[Slot] = set()  # every lane's, on this worker (one GPU)
         self._limits: dict[int, tuple[int, float]] = {}
         self._arrivals = itertools.count()
 
@@ -87,6 +92,32 @@ class LaneSlots:
                 return None
             return self._slots[queue[0]]
 
+    def rendering(self, slot: Slot, value: bool = True) -> None:
+        """Mark the slot's job as rendering (its pipeline call runs) or no longer: jobs of lower classes
+        stand aside for it."""
+        with self._cond:
+            slot.rendering = value
+            self._cond.notify_all()
+
+    def rendering_above(self, slot: Slot) -> int | None:
+        """The highest class (lowest rank) rendering on this worker above the slot's job, if any."""
+        with self._cond:
+            return min((s.cls for s in self._held if s.rendering and s.cls < slot.cls), default=None)
+
+    def stand_aside(self, slot: Slot, check: Callable[[], None] | None = None, until: float = 0.0) -> None:
+        """Keep the slot, but wait while a job of a higher class renders on this worker, at most until the
+        monotonic time `until`. `check` runs about every REFRESH seconds and may raise to give up."""
+        checked = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if check is not None and now - checked >= REFRESH:
+                check()
+                checked = now
+            with self._cond:
+                if now >= until or not any(s.rendering and s.cls < slot.cls for s in self._held):
+                    return
+                self._cond.wait(min(REFRESH, until - now))
+
     def _wait_turn(self, slot: Slot, check: Callable[[], None] | None = None, first_after: float | None = None) -> None:
         """Wait in line until the slot's job may run (it then holds a slot). `check` runs about every REFRESH
         seconds and may raise to give up; past the monotonic time `first_after` the job goes to the front."""
@@ -115,6 +146,7 @@ class LaneSlots:
                         self._slots.pop(slot.ticket)
                         self._running[lane_id] += 1
                         slot.held = True
+                        self._held.add(slot)
                         self._cond.notify_all()  # the next in line may fit too
                         return
                     self._cond.wait(REFRESH)
@@ -130,6 +162,7 @@ class LaneSlots:
         with self._cond:
             if slot.held:
                 slot.held = False
+                self._held.discard(slot)
                 self._running[slot.lane_id] -= 1
                 self._cond.notify_all()
 
@@ -142,7 +175,8 @@ class LaneSlots:
 
     @contextmanager
     def acquire(self, lane_id: int, priority: str = Priority.STANDARD, info: Any = None) -> Iterator[Slot]:
-        slot = Slot(lane_id, (RANK.get(priority, 1), next(self._arrivals)), info)
+        rank = RANK.get(priority, 1)
+        slot = Slot(lane_id, (rank, next(self._arrivals)), info, cls=rank)
         self._wait_turn(slot)
         try:
             yield slot

@@ -98,6 +98,61 @@ def test_a_background_job_pauses_for_a_critical_one_and_resumes_bit_identical(wo
     assert alone.preemptions == 0 and digest(alone) == digest(background)
 
 
+def critical_rendering() -> bool:
+    return any(s.rendering and s.cls == 0 for s in slots._held)
+
+
+def test_a_background_job_stands_aside_while_a_critical_one_renders_beside_it_and_ends_bit_identical(
+    worker, casey, monkeypatch
+):
+    """Two slots: the critical job takes the one kept for it, and the background job keeps its own but stops
+    stepping while the critical one renders (they would share the device's compute)."""
+    Lane.objects.filter(name="fast-draft").update(max_concurrency=2)
+    gates = Gates(monkeypatch)
+    brief = dict(prompt="Harbour at noon", intent="draft", seed=12, steps=4)
+    held = gates.hold(brief["prompt"], 1, lambda job: critical_rendering())
+    background = submit_brief(casey, **brief, priority="background")
+    assert held.wait(60)
+    # The critical job goes on only once the background job has stood aside for it.
+    gates.hold("Launch poster", 1, lambda job: Job.objects.filter(pk=background.pk, paused_at__isnull=False).exists())
+    critical = submit_brief(casey, prompt="Launch poster", intent="draft", seed=5, priority="critical")
+    critical, background = wait_for_job(critical.pk), wait_for_job(background.pk)
+    assert critical.state == background.state == Job.State.SUCCEEDED, (critical.error, background.error)
+    assert background.preemptions == 1 and background.paused_for == "critical" and background.paused_seconds > 0
+    assert critical.preemptions == 0
+    alone = wait_for_job(submit_brief(casey, **brief, priority="background").pk)
+    assert digest(alone) == digest(background)
+
+
+def test_standing_aside_ends_at_the_time_limit_and_is_off_on_an_opted_out_lane(worker, casey, monkeypatch, settings):
+    settings.PREEMPT_MAX_PAUSED_SECONDS = 0.5
+    Lane.objects.filter(name="fast-draft").update(max_concurrency=2)
+    gates = Gates(monkeypatch)
+    held = gates.hold("patient", 1, lambda job: critical_rendering())
+    background = submit_brief(casey, prompt="patient", intent="draft", seed=1, priority="background")
+    assert held.wait(60)
+    critical_held, release = gates.until_set("critical", 1)  # renders (held) until the background job is done
+    critical = submit_brief(casey, prompt="critical", intent="draft", seed=2, priority="critical")
+    assert critical_held.wait(60)
+    background = wait_for_job(background.pk, timeout=30)
+    assert background.state == Job.State.SUCCEEDED and background.preemptions == 1
+    assert 0.5 <= background.paused_seconds < 5
+    release.set()
+    assert wait_for_job(critical.pk).state == Job.State.SUCCEEDED
+
+    Lane.objects.filter(name="fast-draft").update(preemptible=False)
+    held = gates.hold("opted out", 1, lambda job: critical_rendering())
+    background = submit_brief(casey, prompt="opted out", intent="draft", seed=3, priority="background")
+    assert held.wait(60)
+    critical_held, release = gates.until_set("critical 2", 1)
+    critical = submit_brief(casey, prompt="critical 2", intent="draft", seed=4, priority="critical")
+    assert critical_held.wait(60)
+    background = wait_for_job(background.pk, timeout=30)
+    assert background.preemptions == 0
+    release.set()
+    assert wait_for_job(critical.pk).state == Job.State.SUCCEEDED
+
+
 def test_a_standard_job_pauses_for_a_critical_one_but_never_for_its_own_class_or_on_an_opted_out_lane(
     worker, casey, monkeypatch
 ):
@@ -200,7 +255,8 @@ def test_cancelling_a_paused_job_stops_it_and_frees_its_memory(worker, casey, mo
     wait_until(lambda: engines.engine_cache._reserved == 0, what="every reservation released")
 
 
-def test_raising_the_lane_cap_resumes_a_paused_job_beside_the_critical_one(worker, casey, monkeypatch):
+def test_raising_the_lane_cap_resumes_a_paused_job_beside_the_critical_one(worker, casey, monkeypatch, settings):
+    settings.PREEMPT_STAND_ASIDE = False  # it would stand aside again for the critical job, held rendering here
     lane = Lane.objects.get(name="fast-draft")
     Lane.objects.filter(pk=lane.pk).update(max_concurrency=1)
     gates = Gates(monkeypatch)
