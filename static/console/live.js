@@ -1,11 +1,31 @@
 // Live job updates over the authenticated websocket. Pushes are hints: on a state change
 // the element re-reads itself from the server, and after a reconnect every unfinished job
-// on the page does the same, so nothing depends on an event that was missed.
+// on the page does the same, so nothing depends on an event that was missed. A push can
+// also be lost while the socket stays open (the channel layer is at-most-once): when the
+// page has unfinished jobs and nothing arrived for RESYNC_MS, it asks for a snapshot.
 (function () {
   "use strict";
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "rejected"]);
+  const RESYNC_MS = 10000;
   let retry = 500;
   let everConnected = false;
+  let lastMessage = Date.now();
+
+  function unfinished() {
+    return Array.prototype.filter.call(document.querySelectorAll("[data-job-id]"), function (el) {
+      return !TERMINAL.has(currentState(el));
+    });
+  }
+
+  // The server's unfinished jobs: each is handled as an event, and an unfinished one on the
+  // page that is not among them has ended since (or is past the snapshot's size): it re-reads itself.
+  function resync(snapshot) {
+    const listed = new Set(snapshot.jobs.map(function (job) { return String(job.job_id); }));
+    snapshot.jobs.forEach(handle);
+    unfinished().forEach(function (el) {
+      if (!listed.has(el.dataset.jobId)) refresh(el);
+    });
+  }
 
   function elementsFor(jobId) {
     return document.querySelectorAll('[data-job-id="' + jobId + '"]');
@@ -61,7 +81,7 @@
         if (el.dataset.laneLive === event.lane) refresh(el);
       });
     } else if (event.type === "jobs.snapshot") {
-      event.jobs.forEach(handle);
+      resync(event);
     }
   }
 
@@ -86,8 +106,18 @@
       }
       everConnected = true;
     };
-    socket.onmessage = function (message) { handle(JSON.parse(message.data)); };
+    socket.onmessage = function (message) {
+      lastMessage = Date.now();
+      handle(JSON.parse(message.data));
+    };
+    const resyncTimer = setInterval(function () {
+      if (socket.readyState === WebSocket.OPEN && Date.now() - lastMessage >= RESYNC_MS && unfinished().length) {
+        lastMessage = Date.now();
+        socket.send(JSON.stringify({ type: "jobs.snapshot" }));
+      }
+    }, RESYNC_MS / 4);
     socket.onclose = function () {
+      clearInterval(resyncTimer);
       status("reconnecting");
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 10000);

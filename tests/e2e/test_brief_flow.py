@@ -94,3 +94,28 @@ def test_a_job_waiting_for_a_cold_model_reads_loading_model_live(
         release.set()
     expect(page.locator("#load-seconds")).to_contain_text("not counted as run time")
     assert Job.objects.get(pk=job.pk).load_seconds > 0
+
+
+def test_an_open_page_catches_up_with_a_change_whose_push_never_came(demo_lanes, live_server_url, page, creative):
+    """Pushes are at-most-once: a page with unfinished jobs that hears nothing for a while asks for a
+    snapshot, so a lost push (here: a change made without one) still reaches it, socket open throughout."""
+    from django.utils import timezone
+
+    from lanes.actions import submit_brief
+
+    loading = submit_brief(creative, prompt="Loads quietly", intent="draft")  # no worker runs: both wait
+    ending = submit_brief(creative, prompt="Ends quietly", intent="draft")
+    page.goto(f"{live_server_url}/login/")
+    page.fill("input[name=username]", "casey")
+    page.fill("input[name=password]", "casey-password-1")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server_url}/jobs/")
+    expect(page.locator("#live-status")).to_have_text("live")
+    closed = []
+    page.on("websocket", lambda ws: ws.on("close", lambda _: closed.append(ws.url)))
+    # Changed in the database only: no push is sent.
+    Job.objects.filter(pk=loading.pk).update(state=Job.State.RUNNING, stage=Job.Stage.LOADING)
+    Job.objects.filter(pk=ending.pk).update(state=Job.State.CANCELLED, finished_at=timezone.now())
+    expect(page.locator(f"#job-{ending.pk} [data-state]")).to_have_text("cancelled", timeout=30_000)
+    expect(page.locator(f"#job-{loading.pk} [data-progress-text]")).to_have_text("loading model…", timeout=30_000)
+    assert closed == [] and page.locator("#live-status").text_content() == "live"
