@@ -107,18 +107,28 @@ class Preemptor:
             return  # after the last step only the decode is left: nothing to gain
         if not settings.PREEMPTION or self.paused_seconds >= settings.PREEMPT_MAX_PAUSED_SECONDS:
             return
-        if self.pauses < settings.PREEMPT_MAX_PAUSES and (waiter := slots.outranking(self.slot)) is not None:
-            if not isinstance(waiter.info, Need):
-                return
-            need: Need = waiter.info
-            if need.version.pk == self.own.version.pk and need.adapters != self.own.adapters:
-                return
-            if not self._preemptible() or not need.fits():
-                return
-            self.pause(need.priority, step)
-        elif settings.PREEMPT_STAND_ASIDE and (above := slots.rendering_above(self.slot)) is not None:
+        if self._hand_over(step):
+            return
+        if settings.PREEMPT_STAND_ASIDE and (above := slots.rendering_above(self.slot)) is not None:
             if self._preemptible():
+                # It ends early when a higher class comes to wait for this lane's slot: then hand it over.
                 self.stand_aside(PRIORITY_OF[above], step)
+                if self.paused_seconds < settings.PREEMPT_MAX_PAUSED_SECONDS:
+                    self._hand_over(step)
+
+    def _hand_over(self, step: int) -> bool:
+        """Pause for the next job in the lane's line, if it is of a higher class and no slot is free for it."""
+        if self.pauses >= settings.PREEMPT_MAX_PAUSES or (waiter := slots.outranking(self.slot)) is None:
+            return False
+        if not isinstance(waiter.info, Need) or RANK.get(waiter.info.priority, 1) >= self.slot.cls:
+            return False  # a paused job past its time limit is first in line, but is not preempted for
+        need: Need = waiter.info
+        if need.version.pk == self.own.version.pk and need.adapters != self.own.adapters:
+            return False
+        if not self._preemptible() or not need.fits():
+            return False
+        self.pause(need.priority, step)
+        return True
 
     def _preemptible(self) -> bool:
         return Lane.objects.filter(pk=self.job.lane_id, preemptible=True).exists()

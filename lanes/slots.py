@@ -106,14 +106,20 @@ class LaneSlots:
 
     def stand_aside(self, slot: Slot, check: Callable[[], None] | None = None, until: float = 0.0) -> None:
         """Keep the slot, but wait while a job of a higher class renders on this worker, at most until the
-        monotonic time `until`. `check` runs about every REFRESH seconds and may raise to give up."""
+        monotonic time `until`, and no longer once a higher class waits in the slot's lane's line with no
+        slot free (the caller then hands the slot over). `check` runs about every REFRESH seconds and may
+        raise to give up."""
         checked = time.monotonic()
         while True:
             now = time.monotonic()
             if check is not None and now - checked >= REFRESH:
                 check()
                 checked = now
+            limit = self.limit(slot.lane_id)  # cached; outside the lock, as it may read the database
             with self._cond:
+                queue = self._waiting[slot.lane_id]
+                if queue and queue[0][0] < slot.cls and self._running[slot.lane_id] >= limit:
+                    return
                 if now >= until or not any(s.rendering and s.cls < slot.cls for s in self._held):
                     return
                 self._cond.wait(min(REFRESH, until - now))
@@ -125,6 +131,7 @@ class LaneSlots:
         with self._cond:
             heapq.heappush(self._waiting[lane_id], slot.ticket)
             self._slots[slot.ticket] = slot
+            self._cond.notify_all()  # a job standing aside may hand its slot to this one
         try:
             while True:
                 if check is not None:

@@ -124,6 +124,27 @@ def test_a_background_job_stands_aside_while_a_critical_one_renders_beside_it_an
     assert digest(alone) == digest(background)
 
 
+def test_a_job_standing_aside_hands_its_slot_to_a_second_critical_job_that_comes_to_wait(worker, casey, monkeypatch):
+    """Both slots taken (a critical job renders, a background job stands aside in the other): a second
+    critical job gets the background job's slot at once, not after the first critical job ends."""
+    Lane.objects.filter(name="fast-draft").update(max_concurrency=2)
+    gates = Gates(monkeypatch)
+    held = gates.hold("aside", 1, lambda job: critical_rendering())
+    background = submit_brief(casey, prompt="aside", intent="draft", seed=1, steps=4, priority="background")
+    assert held.wait(60)
+    second: list[Job] = []
+    # The first critical job renders until the second one runs beside it.
+    gates.hold("first", 1, lambda job: bool(second) and Job.objects.get(pk=second[0].pk).started_at is not None)
+    first = submit_brief(casey, prompt="first", intent="draft", seed=2, priority="critical")
+    paused(background)
+    second.append(submit_brief(casey, prompt="second", intent="draft", seed=3, priority="critical"))
+    first, after = wait_for_job(first.pk), wait_for_job(second[0].pk)
+    background = wait_for_job(background.pk)
+    assert first.state == after.state == background.state == Job.State.SUCCEEDED
+    assert after.started_at < first.finished_at  # it did not wait for the first one to end
+    assert background.preemptions == 2  # stood aside, then handed its slot over
+
+
 def test_standing_aside_ends_at_the_time_limit_and_is_off_on_an_opted_out_lane(worker, casey, monkeypatch, settings):
     settings.PREEMPT_MAX_PAUSED_SECONDS = 0.5
     Lane.objects.filter(name="fast-draft").update(max_concurrency=2)
