@@ -1,6 +1,7 @@
 """A burst of 3x the fleet's capacity of mixed-priority briefs, admission control on and off.
 
-One CPU worker runs the tiny pipeline. The intents of all three priority classes share
+One CPU worker runs the tiny pipeline, with the pool `manage.py gpu_worker` sizes by default (one
+thread per slot of the lanes it serves, plus one). The intents of all three priority classes share
 one lane (final: critical, draft: standard, preview: background), with a cheaper fallback
 lane, as in the incident that motivated Laneway. Each scenario runs in a fresh stack:
 
@@ -58,7 +59,7 @@ def wait_all(job_ids: list[int], timeout: float) -> None:
 
 
 def run(scenario: str, briefs: int, rate: float) -> dict:
-    with Stack(worker_args=("--concurrency", "4")) as stack:
+    with Stack(worker_args=()) as stack:
         from lanes.models import Job
 
         shape_lanes()
@@ -117,6 +118,19 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
                 "rejected": rejected[cls],
                 "failed": sum(1 for j in mine if j.state == "failed"),
             }
+        # Where critical time went: submitted -> a worker claimed it (admission, broker, a pool thread, a
+        # slot), then claimed -> finished (loading, rendering beside other work, pauses, storing).
+        critical = [j for j in jobs if j.priority == "critical" and j.state == "succeeded"]
+
+        def p50(values: list[float]) -> float:
+            return round(percentile(values, 50), 3)
+
+        result["critical_phases_p50_s"] = {
+            "to_dispatch": p50([(j.dispatched_at - j.submitted_at).total_seconds() for j in critical]),
+            "to_claim": p50([(j.started_at - j.submitted_at).total_seconds() for j in critical]),
+            "claim_to_done": p50([(j.finished_at - j.started_at).total_seconds() for j in critical]),
+            "run": p50([j.run_seconds or 0 for j in critical]),
+        }
         result["ooms"] = sum(j.oom_count for j in jobs)
         result["preemptions"] = sum(j.preemptions for j in jobs)
         result["lost_jobs"] = sum(1 for j in jobs if j.state not in Job.TERMINAL)
@@ -143,7 +157,11 @@ def one_run(briefs: int) -> dict:
     for scenario, env in SCENARIOS:
         line = run_child(__file__, ["--child", scenario, "--briefs", str(briefs), "--rate", str(rate)], env, scenario)
         results[scenario] = r = json.loads(line)
-        print(f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}, preemptions {r['preemptions']}", file=sys.stderr)
+        print(
+            f"{scenario}: ooms {r['ooms']}, lost {r['lost_jobs']}, preemptions {r['preemptions']}, "
+            f"critical p50 phases (s) {r['critical_phases_p50_s']}",
+            file=sys.stderr,
+        )
         for cls, c in r["classes"].items():
             if c["submitted"]:
                 print(

@@ -7,6 +7,10 @@ to /briefs/new/ and waits for the job's "succeeded" event on the websocket. Righ
 each job it times the bare pipeline call on the same inputs in this process. It prints
 p50/p95 of (end-to-end - bare pipeline) per mode, and ends with one line of JSON.
 
+The floor, measured in the same run because absolute times on shared machines move by 2x between
+days: a bare Celery round trip on the same broker plus one ORM insert and one conditional update on
+the same database (`floor`). `ratio_p50` is overhead p50 / floor p50.
+
 Then the same through the HTTP API ("api"): POST /api/v1/jobs with a bearer token, and the
 end is the signed job.succeeded webhook arriving at a receiver in this process (HTTP → job
 row → broker → worker → outbox → webhook worker → receiver), minus the bare pipeline.
@@ -100,6 +104,7 @@ def run_mode(jobs: int) -> dict:
         phases.clear()
         rows = [one(seed) for seed in range(jobs)]
         ws.close()
+        floors = floor(jobs)
 
     overhead = [(e2e - bare) * 1000 for e2e, bare, _ in rows]
     overhead_vs_worker = [(e2e - worker) * 1000 for e2e, _, worker in rows]
@@ -107,12 +112,45 @@ def run_mode(jobs: int) -> dict:
         "jobs": jobs,
         "p50_ms": round(percentile(overhead, 50), 2),
         "p95_ms": round(percentile(overhead, 95), 2),
+        **floor_figures(floors, overhead),
         "end_to_end_p50_ms": round(percentile([r[0] * 1000 for r in rows], 50), 2),
         "bare_pipeline_p50_ms": round(percentile([r[1] * 1000 for r in rows], 50), 2),
         "worker_pipeline_p50_ms": round(percentile([r[2] * 1000 for r in rows], 50), 2),
         "vs_worker_pipeline_p50_ms": round(percentile(overhead_vs_worker, 50), 2),
         "vs_worker_pipeline_p95_ms": round(percentile(overhead_vs_worker, 95), 2),
         "phases_p50_ms": {k: round(percentile([p[k] * 1000 for p in phases], 50), 2) for k in phases[0]},
+    }
+
+
+def floor(n: int) -> list[float]:
+    """The floor, n times, in ms: a bare Celery round trip to the running worker on the same broker (a control
+    ping: producer → broker → worker → broker → producer), then one ORM insert of a job row and one conditional
+    update of it (what a claim does) on the same database. Measured in the same run as the overhead."""
+    from console.celery import app
+    from lanes.models import Job
+
+    template = Job.objects.order_by("-pk").first()
+    assert template is not None, "the floor copies a job row: run it after the jobs"
+    made, times = [], []
+    for _ in range(n):
+        started = time.perf_counter()
+        if not app.control.ping(timeout=5, limit=1):
+            raise RuntimeError("no worker answered the ping")
+        template.pk, template.state = None, Job.State.QUEUED
+        template.save(force_insert=True)
+        Job.objects.filter(pk=template.pk, state=Job.State.QUEUED).update(state=Job.State.RUNNING)
+        times.append((time.perf_counter() - started) * 1000)
+        made.append(template.pk)
+    Job.objects.filter(pk__in=made).delete()
+    return times
+
+
+def floor_figures(floors: list[float], overhead: list[float]) -> dict:
+    floor_p50 = percentile(floors, 50)
+    return {
+        "floor_p50_ms": round(floor_p50, 2),
+        "floor_p95_ms": round(percentile(floors, 95), 2),
+        "ratio_p50": round(percentile(overhead, 50) / floor_p50, 2),
     }
 
 
@@ -211,11 +249,13 @@ def run_mode_api(jobs: int) -> dict:
             one(10_000 + seed)
         rows = [one(seed) for seed in range(jobs)]
         client.close()
+        floors = floor(jobs)
     overhead = [(e2e - bare) * 1000 for e2e, bare in rows]
     return {
         "jobs": jobs,
         "p50_ms": round(percentile(overhead, 50), 2),
         "p95_ms": round(percentile(overhead, 95), 2),
+        **floor_figures(floors, overhead),
         "end_to_end_p50_ms": round(percentile([r[0] * 1000 for r in rows], 50), 2),
         "bare_pipeline_p50_ms": round(percentile([r[1] * 1000 for r in rows], 50), 2),
     }
@@ -246,7 +286,8 @@ def main() -> None:
             )
             print(
                 f"{mode:9s} API n={a['jobs']} overhead (POST /api/v1/jobs → job.succeeded webhook received - bare "
-                f"pipeline): p50 {a['p50_ms']} ms, p95 {a['p95_ms']} ms | end-to-end p50 {a['end_to_end_p50_ms']} ms, "
+                f"pipeline): p50 {a['p50_ms']} ms, p95 {a['p95_ms']} ms | floor p50 {a['floor_p50_ms']} ms, "
+                f"overhead/floor {a['ratio_p50']} | end-to-end p50 {a['end_to_end_p50_ms']} ms, "
                 f"bare pipeline p50 {a['bare_pipeline_p50_ms']} ms",
                 file=sys.stderr,
             )
@@ -257,15 +298,17 @@ def main() -> None:
         results[mode] = r = json.loads(run_child(__file__, ["--child", "form", "--jobs", str(args.jobs)], env, mode))
         print(
             f"{mode:9s} n={r['jobs']} overhead (end-to-end - bare pipeline): p50 {r['p50_ms']} ms, "
-            f"p95 {r['p95_ms']} ms | end-to-end p50 {r['end_to_end_p50_ms']} ms, bare pipeline p50 "
+            f"p95 {r['p95_ms']} ms | floor p50 {r['floor_p50_ms']} ms, overhead/floor {r['ratio_p50']} | "
+            f"end-to-end p50 {r['end_to_end_p50_ms']} ms, bare pipeline p50 "
             f"{r['bare_pipeline_p50_ms']} ms, pipeline inside the worker p50 {r['worker_pipeline_p50_ms']} ms | "
             f"end-to-end - the worker's own pipeline time: p50 {r['vs_worker_pipeline_p50_ms']} ms, "
             f"p95 {r['vs_worker_pipeline_p95_ms']} ms | phases p50 (ms): {r['phases_p50_ms']}",
             file=sys.stderr,
         )
     summary = {"bench": "overhead"}
-    summary.update({m: {"p50_ms": results[m]["p50_ms"], "p95_ms": results[m]["p95_ms"]} for m in results})
-    summary.update({f"{m}_api": {"p50_ms": a["p50_ms"], "p95_ms": a["p95_ms"]} for m, a in api_results.items()})
+    keys = ("p50_ms", "p95_ms", "floor_p50_ms", "ratio_p50")
+    summary.update({m: {k: results[m][k] for k in keys} for m in results})
+    summary.update({f"{m}_api": {k: a[k] for k in keys} for m, a in api_results.items()})
     print(json.dumps(summary))
 
 

@@ -164,6 +164,13 @@ AXES_VERBOSE = False
 
 ROOT_URLCONF = "console.urls"
 ASGI_APPLICATION = "console.asgi.application"
+# Plain HTTP through Django's WSGI handler wrapped for ASGI (one call per request, on one of HTTP_THREADS
+# threads), or "asgi": through Django's ASGI handler (each middleware method hops to its sync thread and
+# back). See console.asgi.
+HTTP_HANDLER = _env("LANEWAY_HTTP_HANDLER", "wsgi")
+HTTP_THREADS = envint("LANEWAY_HTTP_THREADS", 10, 1)
+if HTTP_HANDLER not in ("wsgi", "asgi"):
+    raise ImproperlyConfigured(f"LANEWAY_HTTP_HANDLER={HTTP_HANDLER!r}: use wsgi or asgi")
 
 TEMPLATES = [
     {
