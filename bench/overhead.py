@@ -8,8 +8,8 @@ each job it times the bare pipeline call on the same inputs in this process. It 
 p50/p95 of (end-to-end - bare pipeline) per mode, and ends with one line of JSON.
 
 The floor, measured in the same run because absolute times on shared machines move by 2x between
-days: a bare Celery round trip on the same broker plus one ORM insert and one conditional update on
-the same database (`floor`). `ratio_p50` is overhead p50 / floor p50.
+days: a bare message round trip through Celery's broker connection (publish, get, ack) plus one ORM
+insert and one conditional update on the same database (`floor`). `ratio_p50` is overhead p50 / floor p50.
 
 Then the same through the HTTP API ("api"): POST /api/v1/jobs with a bearer token, and the
 end is the signed job.succeeded webhook arriving at a receiver in this process (HTTP → job
@@ -123,24 +123,30 @@ def run_mode(jobs: int) -> dict:
 
 
 def floor(n: int) -> list[float]:
-    """The floor, n times, in ms: a bare Celery round trip to the running worker on the same broker (a control
-    ping: producer → broker → worker → broker → producer), then one ORM insert of a job row and one conditional
-    update of it (what a claim does) on the same database. Measured in the same run as the overhead."""
+    """The floor, n times, in ms: a bare message round trip through Celery's broker connection (publish to a
+    scratch queue, get it back, ack it), then one ORM insert of a job row and one conditional update of it
+    (what a claim does) on the same database. Measured in the same run as the overhead."""
     from console.celery import app
     from lanes.models import Job
 
     template = Job.objects.order_by("-pk").first()
     assert template is not None, "the floor copies a job row: run it after the jobs"
     made, times = [], []
-    for _ in range(n):
-        started = time.perf_counter()
-        if not app.control.ping(timeout=5, limit=1):
-            raise RuntimeError("no worker answered the ping")
-        template.pk, template.state = None, Job.State.QUEUED
-        template.save(force_insert=True)
-        Job.objects.filter(pk=template.pk, state=Job.State.QUEUED).update(state=Job.State.RUNNING)
-        times.append((time.perf_counter() - started) * 1000)
-        made.append(template.pk)
+    with app.connection_for_write() as connection:
+        scratch = connection.SimpleQueue("laneway-bench-floor")
+        try:
+            for i in range(n):
+                started = time.perf_counter()
+                scratch.put({"n": i})
+                scratch.get(timeout=5).ack()
+                template.pk, template.state = None, Job.State.QUEUED
+                template.save(force_insert=True)
+                Job.objects.filter(pk=template.pk, state=Job.State.QUEUED).update(state=Job.State.RUNNING)
+                times.append((time.perf_counter() - started) * 1000)
+                made.append(template.pk)
+        finally:
+            scratch.clear()
+            scratch.close()
     Job.objects.filter(pk__in=made).delete()
     return times
 
