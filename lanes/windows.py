@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
-from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from .models import Lane, LaneWindow
@@ -81,10 +80,7 @@ def upcoming(window: LaneWindow, now: datetime | None = None) -> Opening:
 
 
 def lane_windows(lane: Lane) -> list[LaneWindow]:
-    # Prefetched by pages that list them; otherwise one query, kept on the lane for the next call
-    # (admission asks several questions of one lane's windows for each brief).
-    if "windows" not in getattr(lane, "_prefetched_objects_cache", {}):
-        prefetch_related_objects([lane], "windows")
+    # Prefetched by pages that list them; otherwise one query.
     return list(lane.windows.all())
 
 
