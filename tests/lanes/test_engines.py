@@ -101,7 +101,10 @@ def test_the_cpu_peak_is_how_far_the_process_rss_rose_while_the_block_ran():
     process = psutil.Process()
     with RssPeak(process) as peak:
         block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, written, so resident
-        time.sleep(0.05)  # alive across several samples
+        # Alive until the sampler has seen it (on a busy machine its thread may wait a while for a core).
+        deadline = time.monotonic() + 10
+        while peak.rise < 60 << 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
         del block
     assert peak.rise >= 60 << 20
     with RssPeak(process) as idle:
