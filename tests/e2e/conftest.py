@@ -2,12 +2,14 @@
 a real worker, and Debian's Chromium driven by Playwright."""
 
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 CHROMIUM = os.environ.get("LANEWAY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -87,3 +89,12 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+def log_in(page, base: str, username: str, next_path: str) -> None:
+    """Sign in through the login form (password `<username>-password-1`, as make_user sets) and land on next_path."""
+    page.goto(f"{base}/login/?next={next_path}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", f"{username}-password-1")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(re.escape(next_path) + "$"))

@@ -1,24 +1,15 @@
 """What a new user notices in the browser: re-renders linked both ways, errors without
 Django's '__all__', an address bar that stays on the lane, the chosen intent's lane bounds."""
 
-import re
-
 import pytest
 from playwright.sync_api import expect
 
 from lanes.models import Job, Verification
 from tests.conftest import make_user
+from tests.e2e.conftest import log_in
 from tests.lanes.finished import finished_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def log_in(page, base: str, username: str, next_path: str) -> None:
-    page.goto(f"{base}/login/?next={next_path}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"{username}-password-1")
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(re.escape(next_path) + "$"))
 
 
 def test_a_re_rendered_job_and_its_original_link_to_each_other(demo_lanes, live_server_url, page):

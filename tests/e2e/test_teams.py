@@ -1,24 +1,15 @@
 """The Teams page in the browser: ops set a team's quota and see it saved; a bad value is
 refused next to its field, and the quota stays as it was."""
 
-import re
-
 import pytest
 from playwright.sync_api import expect
 
 from accounts.models import Team
 from lanes.models import AuditEvent, TeamQuota
 from tests.conftest import make_user
+from tests.e2e.conftest import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def log_in(page, base: str, username: str, next_path: str) -> None:
-    page.goto(f"{base}/login/?next={next_path}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"{username}-password-1")
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(re.escape(next_path) + "$"))
 
 
 def test_ops_set_a_teams_quota_and_see_it_saved(demo_lanes, live_server_url, page):
