@@ -14,19 +14,23 @@ log = logging.getLogger(__name__)
 job_finished = Signal()
 
 
+def _send_after_commit(signal: Signal, name: str, for_job: int, **kwargs) -> None:
+    """Send `signal` once the transaction commits; a listener's error is logged, never the worker's
+    crash or the job's failure."""
+
+    def send() -> None:
+        for receiver, error in signal.send_robust(**kwargs):
+            if isinstance(error, Exception):
+                log.error("%s receiver %r failed for job %s", name, receiver, for_job, exc_info=error)
+
+    transaction.on_commit(send)
+
+
 def announce_finished(job) -> None:
     """Announce the job if its run ended it; a job still on its way (a cascade's draft, a job moved
     to its fallback) is announced when it finishes."""
-    if not job.is_terminal:
-        return
-
-    def send() -> None:
-        # A listener's error is logged, never the worker's crash or the job's failure.
-        for receiver, error in job_finished.send_robust(sender=type(job), job=job):
-            if isinstance(error, Exception):
-                log.error("job_finished receiver %r failed for job %s", receiver, job.pk, exc_info=error)
-
-    transaction.on_commit(send)
+    if job.is_terminal:
+        _send_after_commit(job_finished, "job_finished", job.pk, sender=type(job), job=job)
 
 
 # Sent after commit when a job's text check ends (passed, flagged, error): receivers get `job_id`.
@@ -35,12 +39,7 @@ verification_finished = Signal()
 
 
 def announce_verified(job_id: int) -> None:
-    def send() -> None:
-        for receiver, error in verification_finished.send_robust(sender=None, job_id=job_id):
-            if isinstance(error, Exception):
-                log.error("verification_finished receiver %r failed for job %s", receiver, job_id, exc_info=error)
-
-    transaction.on_commit(send)
+    _send_after_commit(verification_finished, "verification_finished", job_id, sender=None, job_id=job_id)
 
 
 # Sent (synchronously, not robustly) before retention prunes artifacts: each receiver returns a
