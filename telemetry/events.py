@@ -24,6 +24,7 @@ class JobStateEvent(TypedDict):
     steps: int
     percent: int
     error: str
+    paused_for: str  # the class a running job is paused for ("" unless paused)
 
 
 class GpuReading(TypedDict):

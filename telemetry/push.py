@@ -108,6 +108,7 @@ def job_state_event(job) -> JobStateEvent:
         steps=job.total_steps,
         percent=job.progress_percent,
         error=job.error,
+        paused_for=job.paused_for if job.is_paused else "",
     )
 
 

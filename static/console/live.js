@@ -72,7 +72,9 @@
     } else if (event.type === "job.state") {
       elementsFor(event.job_id).forEach(function (el) {
         const stageChanged = el.dataset.jobStage !== undefined && el.dataset.jobStage !== event.stage;
-        if (currentState(el) !== event.state || stageChanged || TERMINAL.has(event.state)) refresh(el);
+        // Paused or resumed at a step boundary: same state and stage, a different note.
+        const pauseChanged = el.dataset.jobPaused !== undefined && el.dataset.jobPaused !== (event.paused_for || "");
+        if (currentState(el) !== event.state || stageChanged || pauseChanged || TERMINAL.has(event.state)) refresh(el);
         else setProgress(el, event.step, event.steps, event.percent);
       });
     } else if (event.type === "lane.rollout") {

@@ -1,63 +1,26 @@
 """Step-boundary preemption on a real in-process Celery worker with the tiny checkpoints of every family.
 
 To make "a critical job arrives while a background job runs" deterministic, the background job's
-progress callback (lanes.lifecycle._progress_recorder, wrapped here) holds it at a chosen step until the
+progress callback (lanes.lifecycle._progress_recorder, wrapped by tests.gates) holds it at a chosen step until the
 critical job is waiting in the lane's line; everything after that (the preemption decision, the pause,
 the hand-over, the resume) is the product's own code.
 """
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from django.urls import reverse
 from PIL import Image
 
-from lanes import control, engines, lifecycle
+from lanes import control, engines
 from lanes.actions import submit_brief
 from lanes.models import Job, Lane, ModelVersion
 from lanes.slots import FIRST, slots
 from tests.conftest import make_user, wait_for_job, wait_until
+from tests.gates import Gates
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Gates:
-    """Holds the jobs of a prompt at a step until a condition holds (the test orders the threads, nothing more)."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.gates: dict[tuple[str, int], Callable[[Job], bool]] = {}
-        self.reached: dict[tuple[str, int], threading.Event] = {}
-        real = lifecycle._progress_recorder
-
-        def recorder(job, offset=0):
-            record = real(job, offset)
-
-            def on_step(step: int) -> None:
-                record(step)
-                gate = self.gates.pop((job.prompt, step), None)
-                if gate is not None:
-                    self.reached[(job.prompt, step)].set()
-                    wait_until(lambda: gate(job), timeout=60, what=f"the condition holding job {job.pk} at {step}")
-
-            return on_step
-
-        monkeypatch.setattr(lifecycle, "_progress_recorder", recorder)
-
-    def hold(self, prompt: str, step: int, until: Callable[[Job], bool]) -> threading.Event:
-        """Hold the next job with this prompt at `step` until `until(job)`; returns an event set when it is held."""
-        self.gates[(prompt, step)] = until
-        self.reached[(prompt, step)] = reached = threading.Event()
-        return reached
-
-    def until_waiting(self, prompt: str, step: int) -> threading.Event:
-        """Hold it until another job waits for its lane's slot."""
-        return self.hold(prompt, step, lambda job: slots.waiting(job.lane_id) > 0)
-
-    def until_set(self, prompt: str, step: int) -> tuple[threading.Event, threading.Event]:
-        release = threading.Event()
-        return self.hold(prompt, step, lambda job: release.is_set()), release
 
 
 def digest(job: Job) -> str:
