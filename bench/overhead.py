@@ -8,8 +8,11 @@ each job it times the bare pipeline call on the same inputs in this process. It 
 p50/p95 of (end-to-end - bare pipeline) per mode, and ends with one line of JSON.
 
 The floor, measured in the same run because absolute times on shared machines move by 2x between
-days: a bare message round trip through Celery's broker connection (publish, get, ack) plus one ORM
-insert and one conditional update on the same database (`floor`). `ratio_p50` is overhead p50 / floor p50.
+days: a bare Celery round trip on the same broker (a no-op task of bench/floor_app.py, an app with
+nothing of Laneway, run by its own worker, its result back over the broker) plus one ORM insert and one
+conditional update on the same database (`floor`). `ratio_p50` is overhead p50 / floor p50. A stricter
+floor without the worker (a message published and read back in this process, plus the same insert and
+update) is reported beside it (`broker_floor`, `broker_ratio_p50`).
 
 Then the same through the HTTP API ("api"): POST /api/v1/jobs with a bearer token, and the
 end is the signed job.succeeded webhook arriving at a receiver in this process (HTTP → job
@@ -26,6 +29,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -122,16 +126,59 @@ def run_mode(jobs: int) -> dict:
     }
 
 
-def floor(n: int) -> list[float]:
-    """The floor, n times, in ms: a bare message round trip through Celery's broker connection (publish to a
-    scratch queue, get it back, ack it), then one ORM insert of a job row and one conditional update of it
-    (what a claim does) on the same database. Measured in the same run as the overhead."""
+def floor(n: int) -> dict[str, list[float]]:
+    """The floor, n times, in ms, measured in the same run as the overhead:
+
+    - `floor`: a bare Celery round trip on the same broker (bench/floor_app.py: a task that does nothing,
+      sent to a worker of a Celery app with nothing of Laneway, its result back over the broker) plus one
+      ORM insert of a job row and one conditional update of it (what a claim does) on the same database;
+    - `broker_floor`, stricter: the same without the worker, a message published on Celery's broker
+      connection and read back in this process (publish, get, ack), plus the insert and the update."""
     from console.celery import app
     from lanes.models import Job
 
     template = Job.objects.order_by("-pk").first()
     assert template is not None, "the floor copies a job row: run it after the jobs"
-    made, times = [], []
+    made: list[int] = []
+
+    def insert_and_claim() -> None:
+        template.pk, template.state = None, Job.State.QUEUED
+        template.save(force_insert=True)
+        Job.objects.filter(pk=template.pk, state=Job.State.QUEUED).update(state=Job.State.RUNNING)
+        made.append(template.pk)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    # Without DJANGO_SETTINGS_MODULE: Celery would set Django up in the floor's worker.
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["FLOOR_BROKER_URL"] = app.conf.broker_url
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "floor_app", "worker", "--pool", "threads", "--concurrency", "1",
+         "--queues", "laneway-floor", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+         "--hostname", f"floor-{os.getpid()}@%h"],
+        cwd=here, env=env, stdout=subprocess.DEVNULL, stderr=(log := tempfile.TemporaryFile()),
+    )  # fmt: skip
+    os.environ["FLOOR_BROKER_URL"] = env["FLOOR_BROKER_URL"]
+    sys.path.insert(0, here)
+    from floor_app import noop
+
+    celery_times, broker_times = [], []
+    try:
+        try:
+            noop.apply_async().get(timeout=60)  # the worker is up
+        except Exception:
+            log.seek(0)
+            sys.stderr.write("--- the floor's Celery worker\n" + log.read().decode(errors="replace"))
+            raise
+        for _ in range(10):  # and warm
+            noop.apply_async().get(timeout=10)
+        for _ in range(n):
+            started = time.perf_counter()
+            noop.apply_async().get(timeout=10)
+            insert_and_claim()
+            celery_times.append((time.perf_counter() - started) * 1000)
+    finally:
+        worker.terminate()
+        worker.wait(30)
     with app.connection_for_write() as connection:
         scratch = connection.SimpleQueue("laneway-bench-floor")
         try:
@@ -139,25 +186,24 @@ def floor(n: int) -> list[float]:
                 started = time.perf_counter()
                 scratch.put({"n": i})
                 scratch.get(timeout=5).ack()
-                template.pk, template.state = None, Job.State.QUEUED
-                template.save(force_insert=True)
-                Job.objects.filter(pk=template.pk, state=Job.State.QUEUED).update(state=Job.State.RUNNING)
-                times.append((time.perf_counter() - started) * 1000)
-                made.append(template.pk)
+                insert_and_claim()
+                broker_times.append((time.perf_counter() - started) * 1000)
         finally:
             scratch.clear()
             scratch.close()
     Job.objects.filter(pk__in=made).delete()
-    return times
+    return {"floor": celery_times, "broker_floor": broker_times}
 
 
-def floor_figures(floors: list[float], overhead: list[float]) -> dict:
-    floor_p50 = percentile(floors, 50)
-    return {
-        "floor_p50_ms": round(floor_p50, 2),
-        "floor_p95_ms": round(percentile(floors, 95), 2),
-        "ratio_p50": round(percentile(overhead, 50) / floor_p50, 2),
-    }
+def floor_figures(floors: dict[str, list[float]], overhead: list[float]) -> dict:
+    """p50/p95 of each floor, and overhead p50 over each floor's p50 (`ratio_p50`: over the Celery round trip's)."""
+    figures: dict = {}
+    for name, prefix in (("floor", ""), ("broker_floor", "broker_")):
+        floor_p50 = percentile(floors[name], 50)
+        figures[f"{name}_p50_ms"] = round(floor_p50, 2)
+        figures[f"{name}_p95_ms"] = round(percentile(floors[name], 95), 2)
+        figures[f"{prefix}ratio_p50"] = round(percentile(overhead, 50) / floor_p50, 2)
+    return figures
 
 
 def webhook_receiver() -> tuple[int, queue.Queue]:
@@ -293,7 +339,8 @@ def main() -> None:
             print(
                 f"{mode:9s} API n={a['jobs']} overhead (POST /api/v1/jobs → job.succeeded webhook received - bare "
                 f"pipeline): p50 {a['p50_ms']} ms, p95 {a['p95_ms']} ms | floor p50 {a['floor_p50_ms']} ms, "
-                f"overhead/floor {a['ratio_p50']} | end-to-end p50 {a['end_to_end_p50_ms']} ms, "
+                f"overhead/floor {a['ratio_p50']} (broker-only floor {a['broker_floor_p50_ms']} ms, "
+                f"{a['broker_ratio_p50']}) | end-to-end p50 {a['end_to_end_p50_ms']} ms, "
                 f"bare pipeline p50 {a['bare_pipeline_p50_ms']} ms",
                 file=sys.stderr,
             )
@@ -304,7 +351,8 @@ def main() -> None:
         results[mode] = r = json.loads(run_child(__file__, ["--child", "form", "--jobs", str(args.jobs)], env, mode))
         print(
             f"{mode:9s} n={r['jobs']} overhead (end-to-end - bare pipeline): p50 {r['p50_ms']} ms, "
-            f"p95 {r['p95_ms']} ms | floor p50 {r['floor_p50_ms']} ms, overhead/floor {r['ratio_p50']} | "
+            f"p95 {r['p95_ms']} ms | floor p50 {r['floor_p50_ms']} ms, overhead/floor {r['ratio_p50']} "
+            f"(broker-only floor {r['broker_floor_p50_ms']} ms, {r['broker_ratio_p50']}) | "
             f"end-to-end p50 {r['end_to_end_p50_ms']} ms, bare pipeline p50 "
             f"{r['bare_pipeline_p50_ms']} ms, pipeline inside the worker p50 {r['worker_pipeline_p50_ms']} ms | "
             f"end-to-end - the worker's own pipeline time: p50 {r['vs_worker_pipeline_p50_ms']} ms, "
@@ -312,7 +360,7 @@ def main() -> None:
             file=sys.stderr,
         )
     summary = {"bench": "overhead"}
-    keys = ("p50_ms", "p95_ms", "floor_p50_ms", "ratio_p50")
+    keys = ("p50_ms", "p95_ms", "floor_p50_ms", "ratio_p50", "broker_floor_p50_ms", "broker_ratio_p50")
     summary.update({m: {k: results[m][k] for k in keys} for m in results})
     summary.update({f"{m}_api": {k: a[k] for k in keys} for m, a in api_results.items()})
     print(json.dumps(summary))

@@ -119,6 +119,7 @@ class BriefForm(forms.Form):
                 height=data.get("height"),
                 priority=data.get("priority") or None,
                 adapters=data.get("adapters") or [],
+                route=next((r for r in self.routes if r.intent == data["intent"]), None),
             )
         except BriefRejected as exc:
             for field, message in exc.errors.items():

@@ -222,6 +222,9 @@ else:
         },
         # A file, not :memory:, so the worker thread and the live server see the test data.
         "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
+        # Kept open between requests and tasks: a new SQLite connection (its functions registered, the
+        # pragmas above, the schema read on its first query) costs ~3.5 ms here, against ~0.6 ms for a query.
+        "CONN_MAX_AGE": envint("DB_CONN_MAX_AGE", 60, 0),
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

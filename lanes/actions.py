@@ -15,7 +15,7 @@ from . import adapters as lora
 from . import admission, quotas
 from .changes import describe_errors
 from .dispatch import dispatch
-from .models import Job, Priority
+from .models import Job, Priority, Route
 from .rollout import pick_version
 from .router import Parameters, RoutingError, cascade_fields, check_parameters, clamp_to, route_intent
 
@@ -43,8 +43,12 @@ def submit_brief(
     model_version=None,
     lane=None,
     adapters: list[str] | None = None,
+    route: Route | None = None,
 ) -> Job:
     """Validate a brief, run admission, store the job and dispatch it once the row is committed.
+
+    `route` is the intent's route when the caller has just read it (the brief form, from its choices),
+    so it is not read again.
 
     A brief refused by admission (hard cap) is stored too, as a REJECTED job saying why;
     invalid input raises BriefRejected and stores nothing.
@@ -65,12 +69,13 @@ def submit_brief(
     # A version chosen by the submitter (an experiment arm) is not drawn by the canary split.
     by_policy = model_version is None
     if lane is None:
-        try:
-            routed = route_intent(intent)
-        except RoutingError as exc:
-            errors[exc.field] = str(exc)
-            raise BriefRejected(errors) from None
-        lane, default_priority = routed.lane, routed.route.priority
+        if route is None or route.intent != intent:
+            try:
+                route = route_intent(intent).route
+            except RoutingError as exc:
+                errors[exc.field] = str(exc)
+                raise BriefRejected(errors) from None
+        lane, default_priority = route.lane, route.priority
     else:  # sent to a lane by name (an experiment arm), not by intent
         default_priority = lane.default_priority
     params: Parameters = {
