@@ -106,6 +106,15 @@ def _fail(job: Job, exc: BaseException) -> str:
     return "failed"
 
 
+def _load(job_id: int) -> Job | None:
+    """The job with what running it reads, or None. Not `.first()`: its ORDER BY makes Django hash every
+    selected column (~200 with these joins), which cost more than the query itself."""
+    try:
+        return Job.objects.select_related(*RELATED).get(pk=job_id)
+    except Job.DoesNotExist:
+        return None
+
+
 def run(job_id: int, delivered_to: str | None = None) -> str:
     """Run a job (a cascade's draft stage), or, with fair share, the waiting job of its lane and class
     whose team's turn it is (lanes.fairshare). Safe to deliver twice: only a conditional claim runs it.
@@ -114,7 +123,7 @@ def run(job_id: int, delivered_to: str | None = None) -> str:
     it waited (a local checkpoint ↔ a hosted engine, when a canary stops or a lane rolls back) has its
     message on the wrong queue: it is sent on to the right one, for a worker that can run it.
     """
-    job = Job.objects.select_related(*RELATED).filter(pk=job_id).first()
+    job = _load(job_id)
     if job is None:
         return "missing"
     if delivered_to is not None and delivered_to != queue_for(job):
@@ -148,7 +157,7 @@ def _run_in_turn(job: Job, fair: bool, slot: Slot) -> tuple[Job, str]:
     outcome = f"skipped: {job.state}"
     while turn := fairshare.in_turn(job):
         for pk in turn:
-            chosen = job if pk == job.pk else Job.objects.select_related(*RELATED).filter(pk=pk).first()
+            chosen = job if pk == job.pk else _load(pk)
             if chosen is None:
                 continue
             slot.info = Need.of(chosen)  # what a job preempting for this slot would weigh against
@@ -299,8 +308,9 @@ def _store_draft(job: Job, result) -> str:
 def refine(job_id: int) -> str:
     """A cascade's refine stage: img2img over the upscaled draft, batched with other waiting jobs."""
     related = ("model_version", "refine_version", "lane")
-    job = Job.objects.select_related(*related).prefetch_related("artifacts").filter(pk=job_id).first()
-    if job is None:
+    try:
+        job = Job.objects.select_related(*related).prefetch_related("artifacts").get(pk=job_id)
+    except Job.DoesNotExist:
         return "missing"
     claimed = Job.objects.filter(pk=job.pk, state=Job.State.RUNNING, stage=Job.Stage.REFINE_QUEUED).update(
         stage=Job.Stage.REFINING, worker=worker_ident()

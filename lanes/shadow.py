@@ -117,8 +117,11 @@ def sample(job: Job) -> Job | None:
     the shadow version. Returns the shadow job (None when not drawn, or when nothing may be shadowed)."""
     if not job.routed or job.shadow_of_id is not None or job.state not in (Job.State.SUCCEEDED, Job.State.FAILED):
         return None
-    shadow = Shadow.objects.running().filter(lane_id=job.lane_id).select_related("version", "started_by").first()
-    if shadow is None or shadow.version_id == job.model_version_id:
+    try:  # after every job: `get`, not `.first()` and its ORDER BY (one shadow at most runs per lane)
+        shadow = Shadow.objects.running().select_related("version", "started_by").get(lane_id=job.lane_id)
+    except Shadow.DoesNotExist:
+        return None
+    if shadow.version_id == job.model_version_id:
         return None
     if rng.random() * 100 >= shadow.percent:
         return None

@@ -64,8 +64,9 @@ def claim(delivery: Delivery, now: datetime) -> bool:
 
 def deliver(delivery_id: int) -> str:
     """Send one due delivery. Safe to run twice and from several workers: only a claim sends."""
-    delivery = Delivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
-    if delivery is None:
+    try:
+        delivery = Delivery.objects.select_related("endpoint").get(pk=delivery_id)
+    except Delivery.DoesNotExist:
         return "missing"
     if delivery.state != Delivery.State.PENDING:
         return f"skipped: {delivery.state}"
