@@ -94,6 +94,11 @@ class Session:
         """POST a brief; returns (status, job id or None)."""
         response = self.request("POST", "/briefs/new/", {**fields, "csrfmiddlewaretoken": self.form_token})
         if response.status == 302:
+            # A browser follows the redirect to the job list, which shows the "Brief admitted" message and so
+            # clears it; this client does not, so it drops it. (Kept, unread messages fill the cookie and then
+            # overflow into the session, which every later POST then writes: a cost of this client, not of
+            # submitting.)
+            self.cookies.pop("messages", None)
             return response.status, int(response.headers["Location"].rsplit("=", 1)[1])
         return response.status, None
 

@@ -122,12 +122,13 @@ def _waiting_by_team(lane: Lane, priority: str) -> dict[int | None, int]:
 def ahead_in_class(lane: Lane, priority: str, team_id: int | None) -> int:
     """Queued jobs of the brief's class on the lane that fair share serves before a new brief of `team_id`."""
     waiting = _waiting_by_team(lane, priority)
-    if not waiting:
-        return 0
-    fair = shares(lane)
     own = waiting.get(team_id, 0)
+    others = {team: n for team, n in waiting.items() if team != team_id}
+    if not others:  # a team alone in its class: FIFO, and no need to read the shares
+        return own
+    fair = shares(lane)
     tag = fair.tag(team_id, own)
-    return own + sum(fair.jobs_before(tag, team, n) for team, n in waiting.items() if team != team_id)
+    return own + sum(fair.jobs_before(tag, team, n) for team, n in others.items())
 
 
 def _same_queue_families(job: Job) -> list[str]:
