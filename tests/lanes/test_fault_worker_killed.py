@@ -87,6 +87,13 @@ def test_a_job_paused_for_a_critical_one_on_a_killed_worker_renders_again_and_eq
             lambda: Job.objects.filter(pk=background.pk, paused_at__isnull=False).first(),
             timeout=60, what="the background job paused for the critical one",
         )  # fmt: skip
+        # Killed once the critical job holds the handed-over slot. (Killed before that claim, the critical job
+        # would still be queued, its message held unacknowledged by the dead worker: it is sent again only
+        # after REDISPATCH_AFTER_SECONDS, another case than this test's.)
+        wait_until(
+            lambda: Job.objects.filter(pk=critical.pk, state=Job.State.RUNNING).exists(),
+            timeout=60, what="the critical job running in the handed-over slot",
+        )  # fmt: skip
         gpu.send_signal(signal.SIGKILL)
         gpu.wait(10)
         assert paused.preemptions == 1 and paused.paused_for == "critical"
