@@ -126,7 +126,6 @@ def run(scenario: str, briefs: int, rate: float) -> dict:
             return round(percentile(values, 50), 3)
 
         result["critical_phases_p50_s"] = {
-            "to_dispatch": p50([(j.dispatched_at - j.submitted_at).total_seconds() for j in critical]),
             "to_claim": p50([(j.started_at - j.submitted_at).total_seconds() for j in critical]),
             "claim_to_done": p50([(j.finished_at - j.started_at).total_seconds() for j in critical]),
             "run": p50([j.run_seconds or 0 for j in critical]),

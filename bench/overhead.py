@@ -82,8 +82,8 @@ def run_mode(jobs: int) -> dict:
             phases.append(
                 {
                     "http_post": posted - wall,
-                    "to_dispatch": job.dispatched_at.timestamp() - job.submitted_at.timestamp(),
-                    "broker_to_claim": job.started_at.timestamp() - job.dispatched_at.timestamp(),
+                    # The row is stamped at admission (submitted_at); its message leaves once it commits.
+                    "admitted_to_claim": job.started_at.timestamp() - job.submitted_at.timestamp(),
                     "worker_besides_pipeline": job.finished_at.timestamp()
                     - job.started_at.timestamp()
                     - job.run_seconds,

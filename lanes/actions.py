@@ -134,6 +134,8 @@ def submit_brief(
             routed=by_policy,
             state=decision.state,
             deferred_at=now if decision.state == Job.State.DEFERRED else None,
+            # Sent once this commits: stamped here rather than by an UPDATE after the send (dispatch).
+            dispatched_at=now if decision.state == Job.State.QUEUED else None,
             deferral=decision.deferral,
             admission=decision.admission,
             admission_reason=reason[:300],
@@ -144,7 +146,7 @@ def submit_brief(
         )
         job.retry_after = decision.retry_after
         if job.state == Job.State.QUEUED:
-            transaction.on_commit(lambda: dispatch(job))
+            transaction.on_commit(lambda: dispatch(job, stamped=True))
         transaction.on_commit(lambda: push.job_state(job))
     return job
 

@@ -1,10 +1,10 @@
 """The jobs websocket: live progress and state of the jobs a user may see."""
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.access import has_role, team_of
 from accounts.models import Role
+from telemetry.consumers import PushConsumer
 from telemetry.events import JobsSnapshotEvent
 from telemetry.push import STAFF_GROUP, job_state_event, team_group, user_group
 
@@ -13,7 +13,7 @@ from .models import Job
 SNAPSHOT_JOBS = 50
 
 
-class JobsConsumer(AsyncJsonWebsocketConsumer):
+class JobsConsumer(PushConsumer):
     """Job progress and state: a creative's own and their team's jobs; every job for ops and admins."""
 
     async def connect(self) -> None:

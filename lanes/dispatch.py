@@ -42,10 +42,14 @@ def queue_for(job: Job) -> str:
     return settings.HOSTED_QUEUE if job.model_version.is_hosted else job.lane.queue
 
 
-def dispatch(job: Job) -> bool:
+def dispatch(job: Job, stamped: bool = False) -> bool:
     """Send a committed job to its lane's queue; False (and `job.queueing_down` set) if the broker is down.
 
-    The job stays queued in the database, and reconcile sends it once the broker is back."""
+    The job stays queued in the database, and reconcile sends it once the broker is back.
+
+    `stamped`: the row already holds the send's time (a new job's insert does, for the send right after
+    its commit), so a send that works writes nothing, and one that fails clears it. (An UPDATE after the
+    send would also race the worker's claim of the same row.)"""
     queue = queue_for(job)
     try:
         current_app.send_task(
@@ -54,8 +58,12 @@ def dispatch(job: Job) -> bool:
     except BROKER_DOWN as exc:
         log.warning("job %s saved but not queued (broker unreachable: %s); reconcile will send it", job.pk, exc)
         job.queueing_down = True
+        if stamped:
+            job.dispatched_at = None
+            Job.objects.filter(pk=job.pk).update(dispatched_at=None)
         return False
-    job.mark_dispatched()
+    if not stamped:
+        job.mark_dispatched()
     return True
 
 
