@@ -155,8 +155,7 @@ def _run_in_turn(job: Job, fair: bool, slot: Slot) -> tuple[Job, str]:
     """
     if not fair:
         return job, _run_claimed(job, slot)
-    job.refresh_from_db(fields=["state"])
-    outcome = f"skipped: {job.state}"
+    outcome = ""
     while turn := fairshare.in_turn(job):
         for pk in turn:
             chosen = job if pk == job.pk else _load(pk)
@@ -168,6 +167,9 @@ def _run_in_turn(job: Job, fair: bool, slot: Slot) -> tuple[Job, str]:
                 if chosen is not job:
                     log.info("job %s ran in the turn of job %s (fair share)", chosen.pk, job.pk)
                 return chosen, outcome
+    if not outcome:  # nothing was in turn: say what became of the message's own job (read only now)
+        job.refresh_from_db(fields=["state"])
+        outcome = f"skipped: {job.state}"
     return job, outcome
 
 
@@ -451,7 +453,7 @@ def _store_if(job: Job, image, stage: str, transition) -> bool:
             if stage == Artifact.Stage.FINAL:
                 start_verification(job, artifact)
             if job.state == Job.State.SUCCEEDED:
-                outbox.emit("job.succeeded", job.webhook_data(), job.team_id)
+                outbox.emit("job.succeeded", job.webhook_data, job.team_id)
     if not applied:
         written.discard()
     return applied

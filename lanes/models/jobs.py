@@ -465,7 +465,7 @@ class Job(models.Model):
             )
             if done:
                 self.refresh_from_db()
-                outbox.emit("job.failed", self.webhook_data(), self.team_id)
+                outbox.emit("job.failed", self.webhook_data, self.team_id)
         return bool(done)
 
     def cancel(self) -> bool:
@@ -499,7 +499,7 @@ class Job(models.Model):
             if done:
                 self.refresh_from_db()
                 if self.state == self.State.FAILED:
-                    outbox.emit("job.failed", self.webhook_data(), self.team_id)
+                    outbox.emit("job.failed", self.webhook_data, self.team_id)
         return bool(done)
 
 
