@@ -72,7 +72,11 @@ class VerificationOut(Schema):
 
 class Timings(Schema):
     submitted_at: datetime
-    dispatched_at: datetime | None
+    dispatched_at: datetime | None = Field(
+        None,
+        description="When the job's message was last sent to its queue: for a new job, its admission (the message "
+        "leaves as its row commits); empty while deferred, or while the broker was down.",
+    )
     started_at: datetime | None
     finished_at: datetime | None
     run_seconds: float | None
