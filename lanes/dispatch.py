@@ -58,9 +58,9 @@ def dispatch(job: Job, stamped: bool = False) -> bool:
     except BROKER_DOWN as exc:
         log.warning("job %s saved but not queued (broker unreachable: %s); reconcile will send it", job.pk, exc)
         job.queueing_down = True
-        if stamped:
+        if stamped:  # unless a later send (reconcile's) has stamped it since
+            Job.objects.filter(pk=job.pk, dispatched_at=job.dispatched_at).update(dispatched_at=None)
             job.dispatched_at = None
-            Job.objects.filter(pk=job.pk).update(dispatched_at=None)
         return False
     if not stamped:
         job.mark_dispatched()

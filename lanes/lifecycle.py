@@ -447,8 +447,9 @@ def _store_if(job: Job, image, stage: str, transition) -> bool:
     with transaction.atomic():
         applied = transition()
         if applied:
-            # First of the commit's hooks: the watcher's page hears of it before the checks are sent off.
-            transaction.on_commit(lambda: push.job_state(job))
+            # First of the commit's hooks, so the watcher's page hears of it before the checks are sent off;
+            # robust, so a push that fails cannot keep the hooks after it (the OCR check, webhooks) from running.
+            transaction.on_commit(lambda: push.job_state(job), robust=True)
             artifact = artifacts.record(job, stage, written)
             if stage == Artifact.Stage.FINAL:
                 start_verification(job, artifact)

@@ -74,8 +74,9 @@ class Timings(Schema):
     submitted_at: datetime
     dispatched_at: datetime | None = Field(
         None,
-        description="When the job's message was last sent to its queue: for a new job, its admission (the message "
-        "leaves as its row commits); empty while deferred, or while the broker was down.",
+        description="When the job's message was last sent to its queue. A new job's is its admission: the message "
+        "leaves as its row commits (reconcile sends it again if it never did). Empty while deferred, or when the "
+        "broker was down for its first send.",
     )
     started_at: datetime | None
     finished_at: datetime | None

@@ -2,6 +2,7 @@ import pytest
 from django.urls import reverse
 
 from lanes.models import Job, Lane
+from tests.conftest import waiting_tasks
 
 URL = reverse("brief-new")
 GOOD = {"prompt": "A winter coat poster", "intent": "draft"}
@@ -41,7 +42,8 @@ def test_a_good_brief_becomes_a_queued_job_routed_by_intent(submit, creative):
     assert job.model_version == job.lane.active_version
     assert (job.steps, job.width, job.height) == (8, 128, 128)  # the lane's defaults
     assert job.expected_text == "SALE 50%"
-    assert job.dispatched_at is not None  # sent to the broker after commit
+    assert job.dispatched_at == job.submitted_at  # stamped at admission: no write after the send
+    assert ("lanes.tasks.run_job", (job.pk,)) in waiting_tasks(job.lane.queue)  # sent to the broker after commit
 
 
 def test_an_htmx_submit_redirects_the_client(submit):
