@@ -161,9 +161,12 @@ class RerenderIn(BodyIn):
     intent: str | None = text(None, max_length=50, description="Default: the job's own intent.")
 
 
-def job_out(job: Job) -> dict:
-    artifacts = sorted(job.artifacts.all(), key=lambda a: a.created_at)
-    verifications = sorted(job.verifications.all(), key=lambda v: v.created_at)
+def job_out(job: Job, artifacts: list | None = None, verifications: list | None = None) -> dict:
+    """The job as the API shows it; its images and checks are read from the job unless given."""
+    artifacts = sorted(job.artifacts.all() if artifacts is None else artifacts, key=lambda a: a.created_at)
+    verifications = sorted(
+        job.verifications.all() if verifications is None else verifications, key=lambda v: v.created_at
+    )
     latest = verifications[-1] if verifications else None
     queued = (job.started_at - job.submitted_at).total_seconds() if job.started_at else None
     return {
@@ -227,16 +230,15 @@ def job_out(job: Job) -> dict:
     }
 
 
-def _reloaded(job: Job, request) -> dict:
-    retry_after = getattr(job, "retry_after", None)
-    fresh = get_job_for_user(request, job.pk)
-    fresh.retry_after = retry_after
-    return JobOut.model_validate(job_out(fresh)).model_dump(mode="json")
+def _as_admitted(job: Job) -> dict:
+    """The job as admission left it, from the row just written rather than read again: a new job has no
+    images or checks yet (GET /jobs/{id} shows it as it goes on)."""
+    return JobOut.model_validate(job_out(job, artifacts=[], verifications=[])).model_dump(mode="json")
 
 
-def _submitted(request, job: Job) -> tuple[int, dict]:
+def _submitted(job: Job) -> tuple[int, dict]:
     """202 and the job; 429 and a problem for a brief admission refused (its REJECTED job is kept)."""
-    body = _reloaded(job, request)
+    body = _as_admitted(job)
     if job.state == Job.State.REJECTED:
         detail = f"Not accepted now: {job.admission_reason}. Retry in {job.retry_after} s."
         return 429, {"detail": detail, "retry_after": job.retry_after or 1, "job": body["id"]}
@@ -272,7 +274,7 @@ def submit(request, brief: BriefIn, response: HttpResponse):
             made.append(submit_brief(request.user, **brief.model_dump(exclude_unset=True)))
         except BriefRejected as exc:
             raise ProblemError(422, str(exc), exc.errors) from None
-        return _submitted(request, made[0])
+        return _submitted(made[0])
 
     return _answer(response, *_after_commit(request, made, *idempotency.once(request, make, response)))
 
@@ -335,7 +337,7 @@ def rerender(request, job_id: IdPath, response: HttpResponse, body: RerenderIn |
             made.append(rerender_job(job, request.user, intent))
         except BriefRejected as exc:
             raise ProblemError(422, str(exc), exc.errors) from None
-        return _submitted(request, made[0])
+        return _submitted(made[0])
 
     return _answer(response, *_after_commit(request, made, *idempotency.once(request, make, response)))
 
