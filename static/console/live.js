@@ -31,9 +31,23 @@
     return document.querySelectorAll('[data-job-id="' + jobId + '"]');
   }
 
+  // One refresh at a time per element (by id), each from its own element: htmx.ajax without a source
+  // queues every request of the page behind the one in flight and keeps only the last, so a job's
+  // "succeeded" could be dropped for another job's update. A refresh asked for while its element's is
+  // in flight runs again once that one has swapped, on the element that replaced it.
+  const refreshing = new Map();
+
   function refresh(el) {
-    if (!el.dataset.liveUrl || !window.htmx) return;
-    htmx.ajax("GET", el.dataset.liveUrl, { target: el, swap: "outerHTML" });
+    if (!el.dataset.liveUrl || !window.htmx || !el.id) return;
+    const id = el.id;
+    if (refreshing.has(id)) { refreshing.set(id, true); return; }
+    refreshing.set(id, false);
+    htmx.ajax("GET", el.dataset.liveUrl, { source: el, target: el, swap: "outerHTML" }).finally(function () {
+      const again = refreshing.get(id);
+      refreshing.delete(id);
+      const current = document.getElementById(id);
+      if (again && current) refresh(current);
+    });
   }
 
   function setProgress(el, step, steps, percent) {
