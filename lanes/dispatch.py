@@ -125,14 +125,14 @@ def release_deferred(lane: Lane, limit: int = 100, now=None) -> list[Job]:
     deferred = Job.objects.filter(lane=lane, state=Job.State.DEFERRED)
     if not deferred.exists():  # cheap: the ordered read of whole rows below costs ~10x as much
         return []
-    waiting = list(deferred.select_related("lane", "model_version").order_by("submitted_at", "pk")[:RELEASE_SCAN])
-    if not waiting:
-        return []
     load = pressure(lane)
     # Pressure has dropped when a slot is free, not merely below the defer threshold:
     # released work must not queue up in front of critical briefs still arriving.
     room = min(min(load.capacity, lane.defer_depth) - load.depth, limit)
-    if room <= 0:
+    if room <= 0:  # checked before the deferred rows are read: during a burst most passes end here
+        return []
+    waiting = list(deferred.select_related("lane", "model_version").order_by("submitted_at", "pk")[:RELEASE_SCAN])
+    if not waiting:
         return []
     off_peak = windows.open_window(lane, LaneWindow.Mode.RELEASE, now) is not None
     if not off_peak:
