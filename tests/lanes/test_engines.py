@@ -101,26 +101,50 @@ def test_the_demo_checkpoint_loads_with_from_pretrained_and_is_reproducible(demo
 
 
 RSS_PEAK_SCRIPT = """
-import time, django, numpy as np, psutil
+import sys, time, django, numpy as np, psutil
 django.setup()
 from lanes.engines import RssPeak
 process = psutil.Process()
+if sys.argv[1] == "sampler":
+    RssPeak._kernel_mark = False  # as where the high-water mark cannot be reset
 with RssPeak(process) as peak:
     block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, written, so resident
-    time.sleep(0.2)  # alive across many samples
+    time.sleep(float(sys.argv[2]))
     del block
+    if sys.argv[1] == "overlapping":
+        with RssPeak(process):  # another job's call, started and ended meanwhile: it must not reset the mark
+            pass
 with RssPeak(process) as idle:
     time.sleep(0.05)
-print(peak.rise, idle.rise)
+print(RssPeak._kernel_mark, peak.rise, idle.rise)
 """
 
 
-def test_the_cpu_peak_is_how_far_the_process_rss_rose_while_the_block_ran():
+def rss_peak(mode: str, alive_s: float) -> tuple[str, int, int]:
     # In a process of its own: in the test run's process, other tests' threads free memory meanwhile.
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    out = subprocess.run([sys.executable, "-c", RSS_PEAK_SCRIPT], env=env, cwd=settings.BASE_DIR, capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
-    rise, idle = map(int, out.stdout.split())
+    out = subprocess.run([sys.executable, "-c", RSS_PEAK_SCRIPT, mode, str(alive_s)], env=env, cwd=settings.BASE_DIR,
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    kernel, rise, idle = out.stdout.split()
+    return kernel, int(rise), int(idle)
+
+
+def test_the_cpu_peak_is_how_far_the_process_rss_rose_while_the_block_ran():
+    # Linux's high-water mark: the 64 MiB are seen though freed at once, before any sampler could look.
+    kernel, rise, idle = rss_peak("kernel", 0.0)
+    assert kernel == "True"
+    assert rise >= 60 << 20
+    assert idle < 16 << 20
+
+
+def test_a_call_starting_while_another_runs_does_not_hide_the_first_ones_peak():
+    kernel, rise, _ = rss_peak("overlapping", 0.0)
+    assert kernel == "True" and rise >= 60 << 20
+
+
+def test_where_the_mark_cannot_be_reset_a_thread_samples_the_rss():
+    kernel, rise, idle = rss_peak("sampler", 0.2)  # alive across many samples
+    assert kernel == "False"
     assert rise >= 60 << 20
     assert idle < 16 << 20
 
