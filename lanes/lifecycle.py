@@ -198,6 +198,9 @@ def _run_claimed(job: Job, slot: Slot) -> str:
     for attempt in (1, 2):
         try:
             with use_engine(job.model_version, width=width, height=height, job=job) as engine, preemptor.rendering():
+                # Step 0: a job about to start while a higher class renders here waits before its first
+                # step (its prompt encoding and first step would otherwise share the device with that render).
+                preemptor(0)
                 result = engine.run(
                     prompt=job.prompt,
                     seed=job.seed,

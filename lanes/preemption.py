@@ -31,7 +31,8 @@ render (another lane's, or a critical job in the slot kept for critical work): t
 one device share its compute, so each takes up to twice as long. While a job of a higher class
 renders on this worker (`Preemptor.rendering` marks its pipeline call: model loaded, memory
 reserved), a lower-class job stands still at its step boundary, keeping its slot and its memory, and
-goes on when no higher class renders (`slots.stand_aside`). It shows as paused like any other pause
+goes on when no higher class renders (`slots.stand_aside`). A job whose call is about to start looks
+first too (step 0): its prompt encoding and first step would otherwise share the device. It shows as paused like any other pause
 and counts against the same time limit. A job waiting for memory or a model load is not rendering,
 so nobody stands aside for it and a job standing aside never holds up the job it stands aside for.
 

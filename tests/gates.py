@@ -17,6 +17,7 @@ class Gates:
     def __init__(self, monkeypatch) -> None:
         self.gates: dict[tuple[str, int], Callable[[Job], bool]] = {}
         self.reached: dict[tuple[str, int], threading.Event] = {}
+        self.seen: list[tuple[str, int]] = []  # (prompt, step) of every step boundary reached, in order
         real = lifecycle._progress_recorder
 
         def recorder(job, offset=0):
@@ -24,6 +25,7 @@ class Gates:
 
             def on_step(step: int) -> None:
                 record(step)
+                self.seen.append((job.prompt, step))
                 gate = self.gates.pop((job.prompt, step), None)
                 if gate is not None:
                     self.reached[(job.prompt, step)].set()

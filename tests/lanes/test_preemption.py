@@ -87,6 +87,31 @@ def test_a_background_job_stands_aside_while_a_critical_one_renders_beside_it_an
     assert digest(alone) == digest(background)
 
 
+def test_a_job_that_starts_while_a_critical_one_renders_stands_aside_before_its_first_step(worker, casey, monkeypatch):
+    """Its prompt encoding and first step would otherwise share the device with the critical render."""
+    Lane.objects.filter(name="fast-draft").update(max_concurrency=3)  # a slot for each, and one kept for critical
+    gates = Gates(monkeypatch)
+    background: list[Job] = []
+    steps_before_pause: list[int] = []
+
+    def background_paused(job: Job) -> bool:
+        if background and Job.objects.filter(pk=background[0].pk, paused_at__isnull=False).exists():
+            steps_before_pause.append(sum(1 for prompt, _ in gates.seen if prompt == "aside"))
+            return True
+        return False
+
+    held = gates.hold("Launch poster", 1, background_paused)  # the critical job renders until then
+    critical = submit_brief(casey, prompt="Launch poster", intent="draft", seed=5, steps=4, priority="critical")
+    assert held.wait(60)
+    background.append(submit_brief(casey, prompt="aside", intent="draft", seed=1, steps=4, priority="background"))
+    critical, after = wait_for_job(critical.pk), wait_for_job(background[0].pk)
+    assert critical.state == after.state == Job.State.SUCCEEDED, (critical.error, after.error)
+    assert steps_before_pause == [0]
+    assert after.preemptions == 1 and after.paused_for == "critical" and after.started_at < critical.finished_at
+    alone = wait_for_job(submit_brief(casey, prompt="aside", intent="draft", seed=1, steps=4, priority="background").pk)
+    assert digest(alone) == digest(after)
+
+
 def test_a_job_standing_aside_hands_its_slot_to_a_second_critical_job_that_comes_to_wait(worker, casey, monkeypatch):
     """Both slots taken (a critical job renders, a background job stands aside in the other): a second
     critical job gets the background job's slot at once, not after the first critical job ends."""
