@@ -32,9 +32,10 @@ one device share its compute, so each takes up to twice as long. While a job of 
 renders on this worker (`Preemptor.rendering` marks its pipeline call: model loaded, memory
 reserved), a lower-class job stands still at its step boundary, keeping its slot and its memory, and
 goes on when no higher class renders (`slots.stand_aside`). A job whose call is about to start looks
-first too (step 0): its prompt encoding and first step would otherwise share the device. It shows as paused like any other pause
-and counts against the same time limit. A job waiting for memory or a model load is not rendering,
-so nobody stands aside for it and a job standing aside never holds up the job it stands aside for.
+first too (step 0): its prompt encoding and first step would otherwise share the device. It shows as
+paused like any other pause and counts against the same time limit. A job waiting for memory or a
+model load is not rendering, so nobody stands aside for it and a job standing aside never holds up the
+job it stands aside for.
 
 Limits (settings): a job paused PREEMPT_MAX_PAUSES times, or for PREEMPT_MAX_PAUSED_SECONDS in all,
 is not paused again, and a pause that reaches the time limit takes the next slot that frees, ahead
