@@ -117,13 +117,30 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-class Stack:
-    """Valkey (embedded mode), migrations, demo lanes, a user, uvicorn and one worker process."""
+def split_cpus() -> tuple[set[int], set[int]]:
+    """This process's CPUs in two halves: (for the worker, for everything else). One CPU: both get it."""
+    cpus = sorted(os.sched_getaffinity(0))
+    half = max(1, len(cpus) // 2)
+    return set(cpus[-half:]), set(cpus[:-half] or cpus)
 
-    def __init__(self, worker_args: tuple[str, ...] = ()) -> None:
+
+class Stack:
+    """Valkey (embedded mode), migrations, demo lanes, a user, uvicorn and one worker process.
+
+    `pin=True` stands the worker in for a GPU: it gets half of this machine's CPUs to itself (torch sizes
+    its thread pool to them), and the web server, the broker and this process (the load generator) share
+    the other half. On a GPU host the renders run on the device, not on the CPUs serving HTTP; unpinned on
+    a small machine, a burst's HTTP traffic slows the renders themselves.
+    """
+
+    def __init__(self, worker_args: tuple[str, ...] = (), pin: bool = False) -> None:
         self.worker_args = worker_args
         self.procs: list[subprocess.Popen] = []
         self.valkey = None
+        self.worker_cpus: set[int] | None = None
+        if pin:
+            self.worker_cpus, others = split_cpus()
+            os.sched_setaffinity(0, others)  # inherited by the broker and the web server started below
 
     def __enter__(self) -> Stack:
         setup_django()
@@ -183,12 +200,14 @@ class Stack:
         wait_port(self.port)
 
     def _worker(self, env) -> subprocess.Popen:
+        cpus = self.worker_cpus
         return subprocess.Popen(
             [sys.executable, "manage.py", "gpu_worker", "--loglevel", "WARNING", *self.worker_args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.log_dir / "worker.log", "w"),
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
     def session(self) -> Session:
