@@ -30,6 +30,10 @@ from django.db import close_old_connections
 from .models import Lane, Priority
 
 REFRESH = 1.0
+# Between two renders of a higher class (storing one, claiming the next) a job standing aside keeps still
+# this long while a job of that class holds or waits for a slot here, so that its next step does not
+# start just as the next higher-class render does. Bounded: that job may be waiting for memory.
+BETWEEN_RENDERS = 0.1
 RANK: dict[str, int] = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BACKGROUND: 2}
 FIRST = -1  # the rank of a paused job that has waited its limit: it takes the next slot that frees
 
@@ -105,11 +109,12 @@ class LaneSlots:
             return min((s.cls for s in self._held if s.rendering and s.cls < slot.cls), default=None)
 
     def stand_aside(self, slot: Slot, check: Callable[[], None] | None = None, until: float = 0.0) -> None:
-        """Keep the slot, but wait while a job of a higher class renders on this worker, at most until the
-        monotonic time `until`, and no longer once a higher class waits in the slot's lane's line with no
-        slot free (the caller then hands the slot over). `check` runs about every REFRESH seconds and may
-        raise to give up."""
+        """Keep the slot, but wait while a job of a higher class renders on this worker (and up to
+        BETWEEN_RENDERS after, while one is about to render), at most until the monotonic time `until`,
+        and no longer once a higher class waits in the slot's lane's line with no slot free (the caller
+        then hands the slot over). `check` runs about every REFRESH seconds and may raise to give up."""
         checked = time.monotonic()
+        quiet_since: float | None = None  # when the last higher-class render here ended
         while True:
             now = time.monotonic()
             if check is not None and now - checked >= REFRESH:
@@ -120,9 +125,24 @@ class LaneSlots:
                 queue = self._waiting[slot.lane_id]
                 if queue and queue[0][0] < slot.cls and self._running[slot.lane_id] >= limit:
                     return
-                if now >= until or not any(s.rendering and s.cls < slot.cls for s in self._held):
+                if now >= until:
                     return
-                self._cond.wait(min(REFRESH, until - now))
+                timeout = min(REFRESH, until - now)
+                if not any(s.rendering and s.cls < slot.cls for s in self._held):
+                    quiet_since = now if quiet_since is None else quiet_since
+                    if now - quiet_since >= BETWEEN_RENDERS or not self._higher_next(slot):
+                        return
+                    timeout = min(timeout, quiet_since + BETWEEN_RENDERS - now)
+                else:
+                    quiet_since = None
+                self._cond.wait(timeout)
+
+    def _higher_next(self, slot: Slot) -> bool:
+        """Whether a job of a higher class than the slot's holds a slot on this worker or waits in a line for
+        one (it is about to render). Called under the lock."""
+        return any(s.cls < slot.cls for s in self._held) or any(
+            queue and self._slots[queue[0]].cls < slot.cls for queue in self._waiting.values()
+        )
 
     def _wait_turn(self, slot: Slot, check: Callable[[], None] | None = None, first_after: float | None = None) -> None:
         """Wait in line until the slot's job may run (it then holds a slot). `check` runs about every REFRESH
