@@ -201,6 +201,7 @@ def _run_claimed(job: Job, slot: Slot) -> str:
                 # Step 0: a job about to start while a higher class renders here waits before its first
                 # step (its prompt encoding and first step would otherwise share the device with that render).
                 preemptor(0)
+                paused_before_call = preemptor.paused_seconds
                 result = engine.run(
                     prompt=job.prompt,
                     seed=job.seed,
@@ -229,9 +230,11 @@ def _run_claimed(job: Job, slot: Slot) -> str:
             if attempt == 2:
                 return _fail(job, exc)
 
-    # Time paused at a step boundary is not run time.
-    result.run_seconds = max(0.0, result.run_seconds - preemptor.paused_seconds)
-    result.gpu_seconds = max(0.0, result.gpu_seconds - preemptor.paused_seconds)
+    # Time paused at a step boundary inside the call is not run time (the call's clock does not see a
+    # pause before it starts, nor an earlier attempt's).
+    paused_in_call = preemptor.paused_seconds - paused_before_call
+    result.run_seconds = max(0.0, result.run_seconds - paused_in_call)
+    result.gpu_seconds = max(0.0, result.gpu_seconds - paused_in_call)
     if job.is_cascade:
         return _store_draft(job, result)
     stored = _store_if(

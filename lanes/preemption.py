@@ -103,9 +103,11 @@ class Preemptor:
         self.own = Need.of(job)
         self.pauses = 0
         self.paused_seconds = 0.0
+        # A hosted engine's job renders elsewhere: it neither pauses for this device's work nor holds it up.
+        self.local = not job.model_version.is_hosted
 
     def __call__(self, step: int) -> None:
-        if step >= self.job.steps:
+        if step >= self.job.steps or not self.local:
             return  # after the last step only the decode is left: nothing to gain
         if not settings.PREEMPTION or self.paused_seconds >= settings.PREEMPT_MAX_PAUSED_SECONDS:
             return
@@ -138,6 +140,9 @@ class Preemptor:
     @contextmanager
     def rendering(self) -> Iterator[None]:
         """Around the job's pipeline call: while it runs, lower classes on this GPU stand aside for it."""
+        if not self.local:
+            yield
+            return
         slots.rendering(self.slot, True)
         try:
             yield

@@ -101,13 +101,19 @@ def test_a_job_that_starts_while_a_critical_one_renders_stands_aside_before_its_
         return False
 
     held = gates.hold("Launch poster", 1, background_paused)  # the critical job renders until then
+    # and a while longer: the background job's pause before its call is longer than its whole render
+    gates.hold("Launch poster", 2, lambda job: time.monotonic() - paused_since[0] > 2.0)
+    paused_since = [float("inf")]
     critical = submit_brief(casey, prompt="Launch poster", intent="draft", seed=5, steps=4, priority="critical")
     assert held.wait(60)
+    paused_since[0] = time.monotonic()
     background.append(submit_brief(casey, prompt="aside", intent="draft", seed=1, steps=4, priority="background"))
     critical, after = wait_for_job(critical.pk), wait_for_job(background[0].pk)
     assert critical.state == after.state == Job.State.SUCCEEDED, (critical.error, after.error)
     assert steps_before_pause == [0]
     assert after.preemptions == 1 and after.paused_for == "critical" and after.started_at < critical.finished_at
+    # The pause came before the call, which its clock does not count: nothing is taken off the run time.
+    assert after.paused_seconds > 1.0 and after.run_seconds > 0 and after.gpu_seconds == after.run_seconds
     alone = wait_for_job(submit_brief(casey, prompt="aside", intent="draft", seed=1, steps=4, priority="background").pk)
     assert digest(alone) == digest(after)
 
@@ -349,3 +355,22 @@ def test_preemptions_show_on_the_dashboard_and_in_metrics(demo_lanes, casey, cli
     page = client.get(reverse("job-detail", args=[job.pk]))
     assert "2× for higher-class renders, 1.5 s in all" in page.text
     assert settings.PREEMPTION
+
+
+def test_a_hosted_engines_job_neither_stands_aside_for_this_gpus_work_nor_holds_it_up(demo_lanes, casey):
+    """It renders elsewhere: pausing it would gain the GPU nothing, and lower classes need not wait for it."""
+    from lanes.preemption import Preemptor
+
+    job = submit_brief(casey, prompt="A hosted poster", intent="hosted", seed=3, priority="background")
+    assert job.model_version.is_hosted
+    local = Lane.objects.get(name="fast-draft")
+    with slots.acquire(local.pk, "critical") as critical, slots.acquire(job.lane_id, "background") as slot:
+        slots.rendering(critical, True)  # a critical render on this GPU
+        preemptor = Preemptor(job, slot)
+        with preemptor.rendering():
+            assert not slot.rendering
+            preemptor(0)
+            preemptor(1)
+        slots.rendering(critical, False)
+    job.refresh_from_db()
+    assert preemptor.pauses == 0 and preemptor.paused_seconds == 0 and job.paused_at is None and job.preemptions == 0
