@@ -108,34 +108,29 @@ class RssPeak:
     activations: torch's allocations are invisible to tracemalloc). Other jobs running at the same time in
     the process count too.
 
-    On Linux the kernel keeps the process's RSS high-water mark (VmHWM): it is reset when a block opens
-    and no other is open (clear_refs 5), and read when the block closes, so a peak is seen however brief,
-    at no cost while the block runs. Elsewhere a thread samples the RSS every few milliseconds; that thread
-    took about a tenth of a CPU render's time, two renders sharing one core."""
+    On Linux the kernel keeps the process's RSS high-water mark (VmHWM), which `clear_refs` resets to the
+    current RSS. Each block that opens first folds the mark into the peak of every block still open, then
+    resets it; a block that closes folds it into its own. So each block's peak covers exactly its own
+    lifetime, however brief a peak was, at no cost while the block runs. Where the mark cannot be read
+    or reset, a thread samples the RSS every few milliseconds instead: that thread took about a tenth
+    of a CPU render's time, two renders sharing one core."""
 
     INTERVAL_S = 0.005
     STATUS = Path("/proc/self/status")
     CLEAR_REFS = Path("/proc/self/clear_refs")
     _lock = threading.Lock()
-    _open = 0
-    _kernel_mark: bool | None = None  # whether the high-water mark can be reset: found out once
+    _open: set[RssPeak] = set()
+    _kernel_mark: bool | None = None  # whether the high-water mark can be read and reset: found out once
 
     def __init__(self, process) -> None:
         self.process = process
         self.rise = 0
+        self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
         self.rise = max(self.rise, self.process.memory_info().rss - self.start)
-
-    @classmethod
-    def _reset_mark(cls) -> bool:
-        try:
-            cls.CLEAR_REFS.write_text("5")
-        except OSError:
-            return False
-        return True
 
     @classmethod
     def _mark(cls) -> int:
@@ -144,18 +139,28 @@ class RssPeak:
                 return int(line.split()[1]) * 1024
         raise OSError("no VmHWM in /proc/self/status")
 
+    @classmethod
+    def _fold_and_reset(cls) -> None:
+        """Fold the mark into every open block's peak, then reset it to the current RSS. Under the lock."""
+        mark = cls._mark()
+        for block in cls._open:
+            block.peak = max(block.peak, mark)
+        cls.CLEAR_REFS.write_text("5")
+
     def __enter__(self) -> RssPeak:
         cls = type(self)
-        with cls._lock:
-            if cls._kernel_mark is None:
-                cls._kernel_mark = cls._reset_mark()
-            elif cls._kernel_mark and cls._open == 0:
-                cls._kernel_mark = cls._reset_mark()
-            if cls._kernel_mark:
-                cls._open += 1
-                self.start = self.process.memory_info().rss
-                return self
         self.start = self.process.memory_info().rss
+        with cls._lock:
+            if cls._kernel_mark is not False:
+                try:
+                    cls._fold_and_reset()
+                    cls._kernel_mark = True
+                except (OSError, ValueError):
+                    cls._kernel_mark = False
+            if cls._kernel_mark:
+                self.peak = self.start
+                cls._open.add(self)
+                return self
 
         def loop() -> None:
             while not self._stop.wait(self.INTERVAL_S):
@@ -169,8 +174,12 @@ class RssPeak:
         if self._thread is None:
             cls = type(self)
             with cls._lock:
-                cls._open -= 1
-                self.rise = max(0, cls._mark() - self.start)
+                cls._open.discard(self)
+                try:
+                    self.peak = max(self.peak, cls._mark())
+                except (OSError, ValueError):  # never in place of the call's own outcome
+                    pass
+            self.rise = max(0, self.peak - self.start)
             return
         self._stop.set()
         self._thread.join()
