@@ -138,6 +138,7 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
         self.valkey = None
         self.worker_cpus: set[int] | None = None
+        self.own_cpus = os.sched_getaffinity(0)
         if pin:
             self.worker_cpus, others = split_cpus()
             os.sched_setaffinity(0, others)  # inherited by the broker and the web server started below
@@ -200,15 +201,16 @@ class Stack:
         wait_port(self.port)
 
     def _worker(self, env) -> subprocess.Popen:
-        cpus = self.worker_cpus
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "manage.py", "gpu_worker", "--loglevel", "WARNING", *self.worker_args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.log_dir / "worker.log", "w"),
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
+        if self.worker_cpus:  # before it imports torch (seconds away), which sizes its threads to the mask
+            os.sched_setaffinity(proc.pid, self.worker_cpus)
+        return proc
 
     def session(self) -> Session:
         session = Session(self.port)
@@ -225,6 +227,7 @@ class Stack:
                 proc.kill()
         if self.valkey is not None:
             self.valkey.stop()
+        os.sched_setaffinity(0, self.own_cpus)
 
 
 def run_child(script: str, mode_args: list[str], env_extra: dict[str, str], label: str) -> str:

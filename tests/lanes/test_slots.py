@@ -61,7 +61,7 @@ def test_a_job_standing_aside_keeps_still_between_two_critical_renders(demo_lane
             finish.wait(10)
 
     with slots.acquire(lane.pk, "background") as background:
-        with slots.acquire(other.pk, "critical"):  # the other lane's one slot is busy
+        with slots.acquire(other.pk, "background"):  # the other lane's one slot is busy (not with a higher class)
             with slots.acquire(lane.pk, "critical") as first:
                 slots.rendering(first, True)
                 thread = threading.Thread(target=stand_aside, args=(background,))
