@@ -140,14 +140,13 @@ class Preemptor:
     @contextmanager
     def rendering(self) -> Iterator[None]:
         """Around the job's pipeline call: while it runs, lower classes on this GPU stand aside for it."""
-        if not self.local:
-            yield
-            return
-        slots.rendering(self.slot, True)
+        if self.local:
+            slots.rendering(self.slot, True)
         try:
             yield
         finally:
-            slots.rendering(self.slot, False)
+            if self.local:
+                slots.rendering(self.slot, False)
 
     def pause(self, for_priority: str, step: int) -> None:
         """Hand the slot to the waiting job and wait for one again."""

@@ -106,7 +106,11 @@ class LaneSlots:
     def rendering_above(self, slot: Slot) -> int | None:
         """The highest class (lowest rank) rendering on this worker above the slot's job, if any."""
         with self._cond:
-            return min((s.cls for s in self._held if s.rendering and s.cls < slot.cls), default=None)
+            return self._rendering_above(slot)
+
+    def _rendering_above(self, slot: Slot) -> int | None:
+        """`rendering_above`, called under the lock."""
+        return min((s.cls for s in self._held if s.rendering and s.cls < slot.cls), default=None)
 
     def stand_aside(self, slot: Slot, check: Callable[[], None] | None = None, until: float = 0.0) -> None:
         """Keep the slot, but wait while a job of a higher class renders on this worker (and up to
@@ -128,8 +132,9 @@ class LaneSlots:
                 if now >= until:
                     return
                 timeout = min(REFRESH, until - now)
-                if not any(s.rendering and s.cls < slot.cls for s in self._held):
-                    quiet_since = now if quiet_since is None else quiet_since
+                if self._rendering_above(slot) is None:
+                    if quiet_since is None:
+                        quiet_since = now
                     if now - quiet_since >= BETWEEN_RENDERS or not self._higher_next(slot):
                         return
                     timeout = min(timeout, quiet_since + BETWEEN_RENDERS - now)
